@@ -1,0 +1,33 @@
+"""Shared output of the benchmark scripts: a plain-text table, or JSON with --json."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory of this process (or of its largest waited-for child), in MB."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def print_table(title: str, rows: list[tuple[str, str, str]], notes: list[str] = ()) -> None:
+    """Rows of (measure, value, reference or comment)."""
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    print(title)
+    print("-" * len(title))
+    for name, value, comment in rows:
+        print(f"{name:<{width}}  {value:>{value_width}}  {comment}")
+    for note in notes:
+        print(note)
+
+
+def emit(figures: dict, as_json: bool, title: str, rows: list[tuple[str, str, str]], notes: list[str] = ()) -> None:
+    if as_json:
+        json.dump(figures, sys.stdout, indent=1)
+        print()
+    else:
+        print_table(title, rows, notes)

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real replays in ../shared/replays and stores encoded from them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REPLAYS = Path(os.environ.get("MELEE_REPLAYS", ROOT.parent / "shared" / "replays")).resolve()
+
+# Replays peppi cannot parse, and games with more than two players (see ../shared/replays/MANIFEST.md).
+UNREADABLE = ("peppi/corrupt.slp", "slippi-js/FodPlatforms.slp", "slippi-js/incomplete.slp")
+NOT_1V1 = {
+    "peppi/crazy_name_tags.slp": 4,
+    "slippi-js/controllerFixes.slp": 3,
+    "slippi-js/placementsTest__ffa_1p2p3p_winner_3p.slp": 3,
+    "slippi-js/placementsTest__ffa_1p2p4p_winner_4p.slp": 3,
+}
+
+
+def replay(name: str) -> str:
+    """Path of one shared replay, e.g. replay("peppi/ics2.slp")."""
+    path = REPLAYS / name
+    if not path.exists():
+        pytest.fail(f"real replay {path} not found; the tests read ../shared/replays (or set MELEE_REPLAYS)")
+    return str(path)
+
+
+def all_replays() -> list[str]:
+    return sorted(str(p) for p in REPLAYS.rglob("*.slp"))
+
+
+@pytest.fixture(scope="session")
+def replays_dir() -> str:
+    if not REPLAYS.is_dir():
+        pytest.fail(f"real replays not found at {REPLAYS}; the tests read ../shared/replays (or set MELEE_REPLAYS)")
+    return str(REPLAYS)
+
+
+@pytest.fixture(scope="session")
+def shared_store(replays_dir, tmp_path_factory) -> str:
+    """Every shared replay encoded once with the default (v3) config, small chunks to cross them."""
+    from melee_encode import EncodeOptions, encode
+
+    path = str(tmp_path_factory.mktemp("stores") / "shared.zarr")
+    encode([replays_dir], path, EncodeOptions(progress=False, chunk_frames=4096))
+    return path
