@@ -61,8 +61,10 @@ def encode_game(raw: RawGame, config: EncodingConfig | None = None) -> EncodedGa
     sources = [_player_sources(raw.players[p], raw.items, plan.derived) for p in (0, 1)]
     zeros = np.zeros(n, np.float32)
 
-    floats = np.empty((len(plan.float_sources), n), np.float32)  # (n_float, frames)
-    np.stack([sources[p].get(key, zeros) for p, key in plan.float_sources], out=floats, casting="unsafe")
+    floats = np.empty((plan.n_float, n), np.float32)  # (n_float, frames)
+    for rows, player, source, index in plan.float_blocks:
+        values = sources[player].get(source)
+        floats[rows] = 0 if values is None else (values if index is None else values[index])
     for rows, scales in plan.scaled_rows:
         floats[rows] *= scales  # (rows, 1) broadcast over frames
     floats[plan.offset_rows] += plan.offsets
@@ -81,7 +83,8 @@ def encode_game(raw: RawGame, config: EncodingConfig | None = None) -> EncodedGa
 class _Plan:
     """Per-config lookup tables: which source feeds each column, and the per-row transforms."""
 
-    float_sources: tuple[tuple[int, str], ...]  # (player, source key) per float column
+    n_float: int
+    float_blocks: tuple[tuple, ...]  # (rows, player, source, index into a 2-D source or None)
     derived: frozenset[str]  # derived sources the columns need (facing, state_flags, ...)
     scaled_rows: tuple[tuple[slice, np.ndarray], ...]  # runs of rows with scale != 1, and (rows, 1) scales
     float_field_rows: tuple[slice, ...]  # runs of rows fed by float fields: the only ones that can be NaN
@@ -95,12 +98,12 @@ class _Plan:
 def _plan(config: EncodingConfig) -> _Plan:
     schema = schema_of(config)
     columns = schema.float_columns
-    float_sources = tuple((c.player, f"{c.field}.{c.bit}" if c.bit is not None else c.field) for c in columns)
     scales = np.array([c.scale for c in columns], np.float32)
     offsets = np.array([c.offset for c in columns], np.float32)
     offset_rows = np.flatnonzero(offsets)
     return _Plan(
-        float_sources=float_sources,
+        n_float=len(columns),
+        float_blocks=_float_blocks(columns),
         derived=frozenset(c.field for c in columns if c.field in _DERIVED),
         scaled_rows=tuple((rows, scales[rows, None]) for rows in _runs(scales != 1)),
         float_field_rows=tuple(_runs(np.array([c.field in _FLOAT_FIELDS for c in columns]))),
@@ -111,6 +114,29 @@ def _plan(config: EncodingConfig) -> _Plan:
     )
 
 
+def _float_blocks(columns) -> tuple[tuple, ...]:
+    """Group columns into blocks written with one assignment each.
+
+    A plain field fills one row; consecutive bit columns of one field (the 40 state-flag bits, the
+    8 buttons) fill a block of rows from the field's (bits, frames) source, by a slice when the bits
+    are consecutive and a gather otherwise.
+    """
+    blocks, start = [], 0
+    while start < len(columns):
+        first = columns[start]
+        stop = start + 1
+        if first.bit is not None:
+            while stop < len(columns) and (columns[stop].player, columns[stop].field) == (first.player, first.field):
+                stop += 1
+            bits = [c.bit for c in columns[start:stop]]
+            index = slice(bits[0], bits[-1] + 1) if bits == list(range(bits[0], bits[-1] + 1)) else np.array(bits)
+            blocks.append((slice(start, stop), first.player, first.field, index))
+        else:
+            blocks.append((start, first.player, first.field, None))
+        start = stop
+    return tuple(blocks)
+
+
 def _runs(mask: np.ndarray) -> list[slice]:
     """Slices over the runs of True in a boolean vector."""
     edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
@@ -118,7 +144,10 @@ def _runs(mask: np.ndarray) -> list[slice]:
 
 
 def _player_sources(fields: dict[str, np.ndarray], items: ItemFrames | None, derived: frozenset[str]) -> dict[str, np.ndarray]:
-    """One player's raw fields plus the derived sources in `derived`; absent fields stay absent."""
+    """One player's raw fields plus the derived sources in `derived`; absent fields stay absent.
+
+    Bit fields become (bits, frames) arrays: state_flags (40, frames), buttons (16, frames).
+    """
     sources = dict(fields)
     if "facing" in derived:
         sources["facing"] = fields["direction"] > 0
@@ -130,12 +159,10 @@ def _player_sources(fields: dict[str, np.ndarray], items: ItemFrames | None, der
         sources["hitstun"] = recover_hitstun(fields["misc_as"])
     if "state_flags" in derived and "state_flags" in fields:
         flags = fields["state_flags"]  # (5, frames) uint8
-        bits = ((flags[:, None, :] >> _BYTE_BITS) & 1).reshape(40, -1)  # (40, frames): row 8*byte + bit
-        sources.update((f"state_flags.{b}", row) for b, row in enumerate(bits))
+        sources["state_flags"] = ((flags[:, None, :] >> _BYTE_BITS) & 1).reshape(40, -1)  # (40, frames): row 8*byte + bit
     if "buttons" in derived:
         low = fields["buttons"].astype(np.uint16)  # every button column is one of the 16 low bits
-        bits = ((low[None, :] >> _BUTTON_BITS) & 1).astype(np.uint8)  # (16, frames)
-        sources.update((f"buttons.{b}", row) for b, row in enumerate(bits))
+        sources["buttons"] = ((low[None, :] >> _BUTTON_BITS) & 1).astype(np.uint8)  # (16, frames)
     if derived & {"item_dx", "item_dy", "item_count"}:
         sources.update(_nearest_item(items, fields["x"], fields["y"]))
     return sources

@@ -144,7 +144,7 @@ def resolve_game(game, items: bool = True) -> RawGame:
     n_kept = len(frame_ids) if keep is None else len(keep)
     leaders = [ports_struct.field(name).field("leader") for name in port_names]
     players = tuple(_player_fields(leader, keep) for leader in leaders)
-    missing = _missing_sources(leaders[0], frames)
+    missing = _missing_sources(leaders[0].type, frames.type)
 
     by_port = {p["port"]: p for p in start.get("players", [])}
     version = start.get("slippi", {}).get("version", [0, 0, 0])
@@ -183,7 +183,7 @@ def last_versions(frame_ids: np.ndarray) -> np.ndarray | None:
 
 def _player_fields(leader: pa.StructArray, keep: np.ndarray | None) -> dict[str, np.ndarray]:
     fields: dict[str, np.ndarray] = {}
-    _collect(leader, PLAYER_TREE, fields)
+    _collect(leader, _walk_plan(leader.type), fields)
     if keep is not None:
         fields = {name: values[..., keep] for name, values in fields.items()}
     if leader.null_count:
@@ -191,14 +191,11 @@ def _player_fields(leader: pa.StructArray, keep: np.ndarray | None) -> dict[str,
     return fields
 
 
-def _collect(struct: pa.StructArray, tree: dict, out: dict[str, np.ndarray]) -> None:
-    """Convert the fields of `tree` present in `struct` to numpy, walking each struct once."""
-    for key, target in tree.items():
-        index = struct.type.get_field_index(key)
-        if index < 0:
-            continue
+def _collect(struct: pa.StructArray, plan: tuple, out: dict[str, np.ndarray]) -> None:
+    """Convert the fields of a walk plan to numpy, visiting each struct once."""
+    for index, target in plan:
         child = struct.field(index)
-        if isinstance(target, dict):
+        if isinstance(target, tuple):
             _collect(child, target, out)
         elif target == "state_flags":
             out[target] = np.stack([_to_numpy(child.field(b)) for b in range(5)])  # (5, frames) uint8
@@ -206,9 +203,47 @@ def _collect(struct: pa.StructArray, tree: dict, out: dict[str, np.ndarray]) -> 
             out[target] = _to_numpy(child)
 
 
+_walk_plans: dict[tuple, tuple] = {}
+
+
+def _walk_plan(leader_type: pa.DataType) -> tuple:
+    """(child index, raw name or sub-plan) for the PLAYER_TREE fields a leader struct has.
+
+    Replays of one Slippi version share a layout, so it is worked out once per set of field names
+    (hashing the Arrow type itself costs ~50 us).
+    """
+    key = _field_names(leader_type)
+    if key not in _walk_plans:
+        _walk_plans[key] = _plan_for(leader_type, _TREE_ITEMS)
+    return _walk_plans[key]
+
+
+def _field_names(leader_type: pa.DataType) -> tuple:
+    return tuple(
+        tuple(sub.field(i).name for i in range(sub.num_fields))
+        for sub in (leader_type.field(j).type for j in range(leader_type.num_fields))
+    )
+
+
+def _plan_for(struct_type: pa.DataType, tree: tuple) -> tuple:
+    plan = []
+    for key, target in tree:
+        index = struct_type.get_field_index(key)
+        if index >= 0:
+            sub = _plan_for(struct_type.field(index).type, target) if isinstance(target, tuple) else target
+            plan.append((index, sub))
+    return tuple(plan)
+
+
+def _tree_items(tree: dict) -> tuple:
+    return tuple((k, _tree_items(v) if isinstance(v, dict) else v) for k, v in tree.items())
+
+
+_TREE_ITEMS = _tree_items(PLAYER_TREE)
+
+
 def _to_numpy(array: pa.Array) -> np.ndarray:
-    if array.null_count:
-        array = array.fill_null(0)
+    # peppi declares every leaf non-null; only a whole player row can be null (see _zero_null_rows).
     return array.to_numpy(zero_copy_only=False)
 
 
@@ -221,10 +256,10 @@ def _zero_null_rows(fields: dict[str, np.ndarray], leader: pa.StructArray, keep:
         fields[name] = np.where(null, 0, values).astype(values.dtype)  # broadcasts over state_flags' bytes
 
 
-def _missing_sources(leader: pa.StructArray, frames: pa.StructArray) -> tuple[str, ...]:
-    post = leader.field("post").type
+def _missing_sources(leader_type: pa.DataType, frames_type: pa.DataType) -> tuple[str, ...]:
+    post = leader_type.field("post").type
     present = {post.field(i).name for i in range(post.num_fields)}
-    if frames.type.get_field_index("item") >= 0:
+    if frames_type.get_field_index("item") >= 0:
         present.add("items")
     return tuple(name for name in OPTIONAL_SOURCES if name not in present)
 

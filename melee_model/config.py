@@ -1,0 +1,200 @@
+"""Experiment configuration: typed dataclasses, loaded from YAML with unknown keys refused.
+
+One `ExperimentConfig` holds everything a run needs: the encoding it expects of the store, the data
+options (examples, split, filters, batching), the model, the loss weights, the training schedule and
+the logging. `load_config(path, overrides)` reads a YAML file and applies `section.key=value`
+overrides from the command line; a misspelled key anywhere is an error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from melee_encode.config import EncodingConfig
+
+
+@dataclass
+class DataConfig:
+    context_len: int = 10  # K: context frames per example
+    press_events: bool = False  # add the 16 button rising edges to next_ctrl
+    lookahead: int = 0  # d: controls of t .. t+d, target frame t+d
+    val_fraction: float = 0.1  # share of games in validation, decided per game by content hash
+    # Load-time game filters (empty: all). Names or ids, as melee-encode's filters.
+    end_methods: list = field(default_factory=list)
+    characters: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
+    require_fields: str = "used"  # "used": games must have every replay field the encoding uses; "none"
+    batch_size: int = 4096  # examples per batch per process
+    chunks_per_group: int = 4  # decoded chunks shuffled together (memory ~ this x 20 MB per loader)
+    num_workers: int = 2  # loader processes per training process (0: load in the training process)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mamba2"  # "mamba2" (FrameStackMamba2) or "mlp" (FrameStackMLP)
+    d_model: int = 384
+    n_layers: int = 4
+    d_state: int = 64
+    headdim: int = 64
+    expand: int = 2
+    d_conv: int = 4
+    chunk_size: int = 10  # SSD chunk; the context is 10 frames
+    dropout: float = 0.1
+    mlp_hidden: list = field(default_factory=lambda: [512, 256])
+    embed_dims: dict = field(
+        default_factory=lambda: {
+            "action": 32,
+            "jumps_left": 4,
+            "character": 8,
+            "l_cancel": 2,
+            "hurtbox_state": 2,
+            "ground": 4,
+            "last_attack_landed": 8,
+            "state_age": 8,
+            "stage": 4,
+        }
+    )
+    backend: str = "auto"  # Mamba2 scan: "auto" (mamba-ssm kernels on CUDA if installed), "torch", "cuda"
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (spec section 5); every CE is the mean of both players'."""
+
+    continuous: float = 1.0
+    velocity: float = 0.5
+    dynamics: float = 0.5
+    binary: float = 0.5
+    action: float = 2.0
+    jumps_left: float = 0.5
+    l_cancel: float = 0.3
+    hurtbox_state: float = 0.3
+    ground: float = 0.3
+    last_attack_landed: float = 0.3
+
+
+@dataclass
+class ScheduledSamplingConfig:
+    """From epoch 1 on (0-based), noise on the last context frames of a fraction of samples."""
+
+    rate: float = 0.0  # fraction of samples at full anneal
+    noise: float = 0.1  # Gaussian scale at full anneal
+    anneal_epochs: int = 3  # rate and noise grow as min(1, epoch / anneal_epochs)
+    frames: int = 3  # last context frames corrupted
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 2
+    max_steps: int | None = None  # stop earlier (optimizer steps), e.g. for smoke runs
+    lr: float = 5e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # "auto": bf16 on GPUs, fp32 on CPU; or "no", "bf16", "fp16"
+    log_interval: int = 1000  # batches between logs
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only each epoch)
+    val_batches: int | None = None  # cap on validation batches per evaluation (None: all)
+    seed: int = 0
+    scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
+    # Escape hatches (spec section 6).
+    stop_on_nonfinite: bool = True
+    patience_batches: int = 10_000  # stop when the loss has not improved for this many batches
+    min_val_change_acc: float | None = 0.60  # after the first epoch, stop below this
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "melee-worldmodel"
+    entity: str | None = None
+    mode: str = "auto"  # "auto": online when logged in, else offline; "online", "offline", "disabled"
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    encoding: EncodingConfig = field(default_factory=EncodingConfig)  # what the store must hold
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or the defaults) and apply `section.key=value` overrides."""
+    values = {}
+    if path is not None:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+        values.setdefault("name", Path(path).stem)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ValueError(f"override {override!r} is not section.key=value")
+        _set_path(values, key.strip().split("."), yaml.safe_load(raw))
+    return from_dict(ExperimentConfig, values)
+
+
+def from_dict(cls, values: dict, where: str = ""):
+    """Build dataclass `cls` from a mapping, recursively; unknown keys raise ValueError."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known in {where or 'top level'}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = from_dict(kind, value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, kind, f"{where}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _coerce(value, kind, where: str):
+    """Check a scalar against its annotation; YAML's 1e-3 (a string in YAML 1.1) becomes a float."""
+    origin = typing.get_origin(kind)
+    options = typing.get_args(kind) if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, bool, list, dict) and isinstance(value, base):
+            return value
+    raise ValueError(f"{where}: {value!r} is not a {kind}")
+
+
+def _set_path(values: dict, keys: list[str], value) -> None:
+    for key in keys[:-1]:
+        values = values.setdefault(key, {})
+    values[keys[-1]] = value

@@ -1,0 +1,127 @@
+"""The example layout: which store columns feed each part of a training example and each head.
+
+`FrameLayout` is derived from a store's column schema (never from hard-coded offsets, which is how
+the reference broke when a flag moved its columns) and the example options (context length, press
+events, lookahead). Everything downstream (the data pipeline, the model, the losses and the
+rollouts) reads its indices and sizes from here.
+
+An example for target frame t (spec section 3), with K = context_len and d = lookahead:
+    float_ctx (K, n_float)  frames t-K .. t-1            int_ctx (K, n_int)   the same frames
+    next_ctrl (ctrl_dim)    controller columns of p0 then p1 at frames t .. t+d, each frame followed
+                            by its 16 button rising edges when press_events is on
+    float_tgt (112 at v3)   [p0 d(continuous), p1 d(continuous), p0 d(velocity), p1 d(velocity),
+                             p0 binary, p1 binary, p0 dynamics, p1 dynamics] at frame t+d, where
+                            d(c) = value at t+d minus value at t-1 (the last context frame)
+    int_tgt (12)            per player: action, jumps_left, l_cancel, hurtbox_state, ground,
+                            last_attack_landed at frame t+d
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from melee_encode.config import Schema
+
+# Categorical targets per player, in int_tgt order; each gets a head of its vocabulary's size.
+TARGET_FIELDS = ("action", "jumps_left", "l_cancel", "hurtbox_state", "ground", "last_attack_landed")
+# Float target blocks in float_tgt order; "delta" blocks are differences, the others absolute.
+FLOAT_BLOCKS = (("continuous", True), ("velocity", True), ("binary", False), ("dynamics", False))
+N_BUTTONS = 8
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Indices into the store's float/int columns and the sizes of examples and heads."""
+
+    schema: Schema
+    context_len: int = 10
+    press_events: bool = False
+    lookahead: int = 0
+
+    # Derived in __post_init__:
+    ctrl_columns: tuple[int, ...] = field(init=False)  # float columns of one frame's controls: p0 then p1
+    button_columns: tuple[int, ...] = field(init=False)  # the 16 button columns: p0's 8 then p1's 8
+    float_target_columns: tuple[int, ...] = field(init=False)  # float columns in float_tgt order
+    float_target_is_delta: tuple[bool, ...] = field(init=False)
+    float_blocks: dict[str, slice] = field(init=False)  # block name -> slice of float_tgt
+    int_target_columns: tuple[int, ...] = field(init=False)  # int columns in int_tgt order
+    action_columns: tuple[int, int] = field(init=False)  # int columns of p0.action, p1.action
+    embedded_fields: tuple[str, ...] = field(init=False)  # int fields to embed, in first-appearance order
+
+    def __post_init__(self):
+        schema = self.schema
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        controls = [schema.float_indices(player=p, group="controller") for p in (0, 1)]
+        set_("ctrl_columns", tuple(controls[0] + controls[1]))
+        buttons = [i for i in self.ctrl_columns if schema.float_columns[i].field == "buttons"]
+        set_("button_columns", tuple(buttons))
+        columns, is_delta, blocks = [], [], {}
+        for group, delta in FLOAT_BLOCKS:
+            start = len(columns)
+            for player in (0, 1):
+                block = schema.float_indices(player=player, group=group)
+                columns += block
+                is_delta += [delta] * len(block)
+            blocks[group] = slice(start, len(columns))
+        set_("float_target_columns", tuple(columns))
+        set_("float_target_is_delta", tuple(is_delta))
+        set_("float_blocks", blocks)
+        set_("int_target_columns", tuple(schema.int_indices(player=0, fields=TARGET_FIELDS) + schema.int_indices(player=1, fields=TARGET_FIELDS)))
+        set_("action_columns", (schema.int_index("p0.action"), schema.int_index("p1.action")))
+        set_("embedded_fields", tuple(dict.fromkeys(c.field for c in schema.int_columns)))
+        if len(self.button_columns) != 2 * N_BUTTONS:
+            raise ValueError("the encoding must have 8 button columns per player")
+
+    @property
+    def n_float(self) -> int:
+        return self.schema.n_float
+
+    @property
+    def n_int(self) -> int:
+        return self.schema.n_int
+
+    @property
+    def frame_ctrl_dim(self) -> int:
+        """Controller features of one frame: 26, or 42 with press events."""
+        return len(self.ctrl_columns) + (2 * N_BUTTONS if self.press_events else 0)
+
+    @property
+    def ctrl_dim(self) -> int:
+        """Size of next_ctrl: one frame's controls for each of frames t .. t+lookahead."""
+        return self.frame_ctrl_dim * (self.lookahead + 1)
+
+    @property
+    def float_target_dim(self) -> int:
+        return len(self.float_target_columns)
+
+    @property
+    def int_target_dim(self) -> int:
+        return len(self.int_target_columns)
+
+    @property
+    def span(self) -> int:
+        """Frames one example covers: K context frames, then frames t .. t+lookahead."""
+        return self.context_len + self.lookahead + 1
+
+    def vocab(self, field_name: str) -> int:
+        """Vocabulary of an int field (the same for both players)."""
+        return next(c.vocab for c in self.schema.int_columns if c.field == field_name)
+
+    def int_columns_of(self, field_name: str) -> tuple[int, ...]:
+        """The int columns holding a field: one per player, or one for stage."""
+        return tuple(i for i, c in enumerate(self.schema.int_columns) if c.field == field_name)
+
+    def float_target_index(self, name: str) -> int:
+        """Position in float_tgt of a float column, e.g. "p1.x"."""
+        return self.float_target_columns.index(self.schema.float_index(name))
+
+    def describe(self) -> dict:
+        """The per-frame and per-example sizes, for start-up logs and run plans."""
+        return {
+            "float_dims": self.n_float,
+            "int_dims": self.n_int,
+            "context_len": self.context_len,
+            "ctrl_dim": self.ctrl_dim,
+            "float_target_dim": self.float_target_dim,
+            "int_target_dim": self.int_target_dim,
+        }

@@ -1,0 +1,172 @@
+"""Evaluation metrics (spec section 5), accumulated on the device and read back with one host transfer.
+
+`MetricAccumulator.update` adds each batch's numerators and denominators to one (2, n_metrics) float64
+tensor without a host sync (no .item(), no boolean-mask indexing: masks multiply). `compute` optionally
+reduces that tensor across ranks, copies it to the host once, and divides. Every metric is a ratio of
+sums, so a cross-rank sum of the two rows gives the exact global value.
+
+Metrics, all over the examples seen since the last reset():
+    loss/<term>           each loss term (and total), averaged over examples
+    change_acc            among (example, player) pairs whose target action differs from the action in
+                          the last context frame, the fraction whose argmax action is the target
+    change_acc_p0         the same for p0 only (the reference's definition, for published numbers)
+    action_acc_p0, _p1    argmax action == target action
+    pos_mae               mean |pred - true| of the x/y deltas of both players, game units
+    damage_mae            mean |pred - true| of both players' percent deltas, percent units
+    velocity_mae          mean |pred - true| over the velocity-delta block, game units
+    binary_acc            sigmoid(logit) > 0.5 agrees with target > 0.5, over every binary entry
+    action_acc/<category> action accuracy among (example, player) pairs whose target is in the category
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from melee_model.layout import FrameLayout
+from melee_model.losses import LOSS_TERMS, player_targets
+
+# Action-state ids per category, for per-category action accuracy; "other" holds every id not listed.
+ACTION_CATEGORIES = {
+    "idle": (14,),
+    "movement": (*range(15, 24), 39, 40, 41, 244),
+    "aerial": (*range(24, 38), 42, 43),
+    "ground_attack": tuple(range(44, 65)),
+    "aerial_attack": tuple(range(65, 75)),
+    "damage": (38, *range(75, 92)),
+    "shield_dodge": (*range(178, 183), *range(233, 237)),
+    "grab": (*range(212, 233), *range(239, 244)),
+    "edge": tuple(range(245, 264)),
+    "special": tuple(range(342, 398)),
+}
+OTHER_CATEGORY = "other"
+CATEGORY_NAMES = (*ACTION_CATEGORIES, OTHER_CATEGORY)
+METRICS = (
+    "change_acc",
+    "change_acc_p0",
+    "action_acc_p0",
+    "action_acc_p1",
+    "pos_mae",
+    "damage_mae",
+    "velocity_mae",
+    "binary_acc",
+)
+
+
+def action_category_table(vocab: int) -> torch.Tensor:
+    """(vocab,) int64: the index in CATEGORY_NAMES of each action id."""
+    table = torch.full((vocab,), CATEGORY_NAMES.index(OTHER_CATEGORY), dtype=torch.long)
+    for index, ids in enumerate(ACTION_CATEGORIES.values()):
+        table[list(ids)] = index
+    return table
+
+
+class MetricAccumulator:
+    """Sums and counts of every metric across batches, kept on `device`.
+
+    update(pred, batch, losses): pred is the model's dict ("float" (B, T), field -> (B, 2, V)), batch the
+    data dict (float_ctx, int_ctx, next_ctrl, float_tgt, int_tgt), losses compute_losses' dict.
+    compute(reduce=None, prefix="") -> {key: float}; a metric whose denominator is empty (e.g. no action
+    change seen, or no target in a category) is NaN.
+    """
+
+    def __init__(self, layout: FrameLayout, device):
+        self.layout = layout
+        self.device = torch.device(device)
+        self.names = [f"loss/{term}" for term in (*LOSS_TERMS, "total")] + list(METRICS)
+        self.names += [f"action_acc/{category}" for category in CATEGORY_NAMES]
+        schema = layout.schema
+        target_columns = [schema.float_columns[i] for i in layout.float_target_columns]
+        # Dividing by a column's scale turns an encoded delta back into game units (offsets cancel).
+        self.target_scale = torch.tensor([c.scale for c in target_columns], device=self.device)  # (T,)
+        self.pos_mask = self._target_mask(["p0.x", "p0.y", "p1.x", "p1.y"])  # (T,)
+        self.damage_mask = self._target_mask(["p0.percent", "p1.percent"])  # (T,)
+        self.category_of_action = action_category_table(layout.vocab("action")).to(self.device)  # (V,)
+        self.category_ids = torch.arange(len(CATEGORY_NAMES), device=self.device)  # (n_categories,)
+        self.reset()
+
+    def _target_mask(self, names: list[str]) -> torch.Tensor:
+        mask = torch.zeros(self.layout.float_target_dim, device=self.device)
+        mask[[self.layout.float_target_index(name) for name in names]] = 1
+        return mask
+
+    def reset(self) -> None:
+        # Row 0: numerators, row 1: denominators, one column per name.
+        self.totals = torch.zeros(2, len(self.names), dtype=torch.float64, device=self.device)
+
+    @torch.no_grad()
+    def update(self, pred: dict, batch: dict, losses: dict) -> None:
+        terms = {**self._loss_terms(batch, losses), **self._action_terms(pred, batch), **self._float_terms(pred, batch)}
+        nums = torch.stack([terms[name][0] for name in self.names])  # (n_metrics,)
+        dens = torch.stack([terms[name][1] for name in self.names])  # (n_metrics,)
+        self.totals += torch.stack([nums, dens])  # (2, n_metrics)
+
+    def _loss_terms(self, batch: dict, losses: dict) -> dict:
+        # Weighting each batch's mean by its size makes the result the mean over examples.
+        size = batch["float_tgt"].shape[0]
+        terms = {}
+        for term in (*LOSS_TERMS, "total"):
+            loss = losses[term].detach().double()
+            terms[f"loss/{term}"] = (loss * size, loss.new_full((), size))
+        return terms
+
+    def _action_terms(self, pred: dict, batch: dict) -> dict:
+        target = player_targets(batch, self.layout, "action")  # (B, 2)
+        last_ctx = batch["int_ctx"][:, -1]  # (B, n_int)
+        last = torch.stack([last_ctx[:, c] for c in self.layout.action_columns], dim=1).long()  # (B, 2)
+        correct = pred["action"].argmax(-1) == target  # (B, 2)
+        changed = target != last  # (B, 2)
+        in_category = self.category_of_action[target][..., None] == self.category_ids  # (B, 2, n_categories)
+        category_hits = (in_category & correct[..., None]).sum((0, 1))  # (n_categories,)
+        category_counts = in_category.sum((0, 1))  # (n_categories,)
+        terms = {
+            "change_acc": _ratio(correct, changed),
+            "change_acc_p0": _ratio(correct[:, 0], changed[:, 0]),
+            "action_acc_p0": _ratio(correct[:, 0]),
+            "action_acc_p1": _ratio(correct[:, 1]),
+        }
+        for k, category in enumerate(CATEGORY_NAMES):
+            terms[f"action_acc/{category}"] = (category_hits[k].double(), category_counts[k].double())
+        return terms
+
+    def _float_terms(self, pred: dict, batch: dict) -> dict:
+        pred_float, target = pred["float"].float(), batch["float_tgt"].float()  # (B, T)
+        error = (pred_float - target).abs() / self.target_scale  # (B, T), game units
+        velocity, binary = self.layout.float_blocks["velocity"], self.layout.float_blocks["binary"]
+        binary_correct = (torch.sigmoid(pred_float[:, binary]) > 0.5) == (target[:, binary] > 0.5)  # (B, n_binary)
+        return {
+            "pos_mae": _ratio(error, self.pos_mask.expand_as(error)),
+            "damage_mae": _ratio(error, self.damage_mask.expand_as(error)),
+            "velocity_mae": _ratio(error[:, velocity]),
+            "binary_acc": _ratio(binary_correct),
+        }
+
+    def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, prefix: str = "") -> dict[str, float]:
+        """Every metric as a float; NaN where its denominator is zero.
+
+        reduce, when given, maps the (2, n_metrics) tensor of sums to its cross-rank sum (e.g.
+        `lambda t: accelerator.reduce(t, "sum")`); it receives a copy, so an in-place reduction is safe
+        as long as it returns the result. Keys: "loss/<term>" and "metric/<name>" (per category
+        "metric/action_acc/<category>"); with a prefix p: "<p>loss/<term>" and "<p><name>",
+        e.g. "val_loss/total", "val_change_acc", "val_action_acc/edge".
+        """
+        totals = self.totals if reduce is None else reduce(self.totals.clone())
+        nums, dens = totals.tolist()  # the one host transfer
+        return {self._key(name, prefix): num / den if den else math.nan for name, num, den in zip(self.names, nums, dens)}
+
+    @staticmethod
+    def _key(name: str, prefix: str) -> str:
+        if name.startswith("loss/") or prefix:
+            return prefix + name
+        return f"metric/{name}"
+
+
+def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of values * weights, sum of weights) as float64 scalars; no weights means every entry counts."""
+    values = values.double()
+    if weights is None:
+        return values.sum(), values.new_full((), values.numel())
+    weights = weights.double()
+    return (values * weights).sum(), weights.sum()

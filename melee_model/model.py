@@ -1,0 +1,188 @@
+"""The world models: predict frame t from frames t-K .. t-1 and the controllers at t (spec section 4).
+
+Two architectures share the frame embedding and the prediction heads:
+- `FrameStackMamba2`: embedded frames -> Linear -> n_layers pre-norm residual Mamba-2 blocks -> last
+  timestep -> RMSNorm -> + Linear(next_ctrl) -> heads (4,345,444 parameters at the run card's config).
+- `FrameStackMLP`: the K embedded frames flattened, with next_ctrl -> two ReLU layers -> heads (the
+  baseline, 1,874,516 parameters).
+
+Shape letters: B batch, K context frames, F n_float, I n_int, E embedded frame width (278 at v3),
+C ctrl_dim, D d_model (or the MLP's last hidden size), T float_target_dim, V a field's vocabulary.
+
+Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in order (binary entries
+are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
+float32; under autocast the outputs may be bfloat16 (the losses cast them back).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from melee_model.config import ModelConfig
+from melee_model.layout import TARGET_FIELDS, FrameLayout
+from melee_model.mamba2 import Mamba2
+
+ARCHS = ("mamba2", "mlp")
+
+
+class FrameEmbedding(nn.Module):
+    """A frame as one vector: its floats, then the embeddings of its int columns in int-column order.
+
+    One table per int field, shared by both players (p0.action and p1.action look up the same table).
+    float_ctx (B, K, F), int_ctx (B, K, I) -> (B, K, E), E = F + sum of the columns' embedding dims.
+    """
+
+    def __init__(self, layout: FrameLayout, embed_dims: dict):
+        super().__init__()
+        missing = [f for f in layout.embedded_fields if f not in embed_dims]
+        if missing:
+            raise ValueError(f"model.embed_dims has no size for int field(s) {', '.join(missing)}")
+        self.tables = nn.ModuleDict({f: nn.Embedding(layout.vocab(f), embed_dims[f]) for f in layout.embedded_fields})
+        self.column_fields = tuple(c.field for c in layout.schema.int_columns)
+        self.out_dim = layout.n_float + sum(embed_dims[f] for f in self.column_fields)
+
+    def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
+        embedded = [self.tables[f](int_ctx[..., i]) for i, f in enumerate(self.column_fields)]  # each (B, K, dim)
+        return torch.cat([float_ctx, *embedded], dim=-1)  # (B, K, E)
+
+
+class PredictionHeads(nn.Module):
+    """Linear heads from a hidden vector to every target.
+
+    One Linear per float block (sized by layout.float_blocks) and, per field of TARGET_FIELDS, one
+    Linear per player. h (B, D) -> {"float": (B, T), field: (B, 2, V) for each field}.
+    """
+
+    def __init__(self, layout: FrameLayout, d_in: int):
+        super().__init__()
+        self.float_heads = nn.ModuleDict(
+            {name: nn.Linear(d_in, block.stop - block.start) for name, block in layout.float_blocks.items()}
+        )
+        self.int_heads = nn.ModuleDict(
+            {f: nn.ModuleList([nn.Linear(d_in, layout.vocab(f)) for _ in (0, 1)]) for f in TARGET_FIELDS}
+        )
+
+    def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        # float_blocks is in float_tgt order, so concatenating the blocks rebuilds float_tgt's layout.
+        out = {"float": torch.cat([head(h) for head in self.float_heads.values()], dim=-1)}  # (B, T)
+        for f, heads in self.int_heads.items():
+            out[f] = torch.stack([head(h) for head in heads], dim=1)  # (B, 2, V)
+        return out
+
+
+class FrameStackMamba2(nn.Module):
+    """Embedded frames through pre-norm residual Mamba-2 blocks; the last step plus next_ctrl feeds the heads.
+
+    forward(float_ctx (B, K, F), int_ctx (B, K, I), next_ctrl (B, C)) -> the heads' dict (module docstring).
+    No state is kept between calls: the output depends on the given K frames only.
+    """
+
+    arch = "mamba2"
+
+    def __init__(self, layout: FrameLayout, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = FrameEmbedding(layout, config.embed_dims)
+        self.in_proj = nn.Linear(self.embed.out_dim, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norms = nn.ModuleList([nn.RMSNorm(config.d_model, eps=1e-5) for _ in range(config.n_layers)])
+        self.mixers = nn.ModuleList(
+            [
+                Mamba2(
+                    config.d_model,
+                    d_state=config.d_state,
+                    d_conv=config.d_conv,
+                    expand=config.expand,
+                    headdim=config.headdim,
+                    chunk_size=config.chunk_size,
+                    backend=config.backend,
+                )
+                for _ in range(config.n_layers)
+            ]
+        )
+        self.final_norm = nn.RMSNorm(config.d_model, eps=1e-5)
+        self.ctrl_proj = nn.Linear(layout.ctrl_dim, config.d_model)
+        self.heads = PredictionHeads(layout, config.d_model)
+
+    def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
+        x = self.dropout(self.in_proj(self.embed(float_ctx, int_ctx)))  # (B, K, D)
+        # The residual stream stays float32 under autocast (mamba-ssm's residual_in_fp32): small block
+        # updates would round away in bfloat16, and RMSNorm gets an input matching its fp32 weight.
+        x = x.float()
+        for norm, mixer in zip(self.norms, self.mixers):
+            x = x + mixer(norm(x))  # (B, K, D)
+        h = self.final_norm(x[:, -1]) + self.ctrl_proj(next_ctrl)  # (B, D)
+        return self.heads(h)
+
+    def architecture(self) -> str:
+        c = self.config
+        return (
+            f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
+            f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
+            f"dropout {c.dropout}, backend {c.backend}"
+        )
+
+
+class FrameStackMLP(nn.Module):
+    """The baseline: K embedded frames flattened with next_ctrl, two ReLU layers, the same heads.
+
+    forward(float_ctx (B, K, F), int_ctx (B, K, I), next_ctrl (B, C)) -> the heads' dict; K must be
+    layout.context_len, since the first layer's width depends on it.
+    """
+
+    arch = "mlp"
+
+    def __init__(self, layout: FrameLayout, config: ModelConfig):
+        super().__init__()
+        if len(config.mlp_hidden) != 2:
+            raise ValueError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
+        self.config = config
+        self.context_len = layout.context_len
+        self.embed = FrameEmbedding(layout, config.embed_dims)
+        hidden1, hidden2 = config.mlp_hidden
+        self.mlp = nn.Sequential(
+            nn.Linear(layout.context_len * self.embed.out_dim + layout.ctrl_dim, hidden1),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden1, hidden2),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+        )
+        self.heads = PredictionHeads(layout, hidden2)
+
+    def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
+        frames = self.embed(float_ctx, int_ctx).flatten(1)  # (B, K*E)
+        h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
+        return self.heads(h)
+
+    def architecture(self) -> str:
+        c = self.config
+        return f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}"
+
+
+def build_model(config: ModelConfig, layout: FrameLayout) -> nn.Module:
+    """The model named by config.arch."""
+    if config.arch == "mamba2":
+        return FrameStackMamba2(layout, config)
+    if config.arch == "mlp":
+        return FrameStackMLP(layout, config)
+    raise ValueError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model: nn.Module, layout: FrameLayout) -> str:
+    """A few lines for the start-up log: architecture, parameter count and per-frame sizes."""
+    return "\n".join(
+        [
+            f"model: {model.architecture()}",
+            f"parameters: {count_parameters(model):,}",
+            f"frame: {layout.n_float} floats + {layout.n_int} ints -> {model.embed.out_dim} embedded; "
+            f"context {layout.context_len} frames",
+            f"next_ctrl: {layout.ctrl_dim}; targets: {layout.float_target_dim} floats, "
+            f"{layout.int_target_dim} ints ({', '.join(TARGET_FIELDS)} per player)",
+        ]
+    )
