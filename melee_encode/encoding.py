@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import EncodingConfig, Schema
+from .config import VELOCITIES, EncodingConfig, Schema
 from .replay import GameInfo, ItemFrames, RawGame, read_replay
 
 HITSTUN_MAX = 200.0
@@ -45,6 +45,32 @@ class EncodedGame:
 def schema_of(config: EncodingConfig) -> Schema:
     """The (cached) schema of a config."""
     return config.schema()
+
+
+# The optional replay fields (replay.OPTIONAL_SOURCES) each column field reads.
+_FIELD_SOURCES = {
+    "state_age": "state_age",
+    "state_flags": "state_flags",
+    "hitstun": "misc_as",
+    "on_ground": "airborne",
+    "ground": "ground",
+    "jumps_left": "jumps",
+    "l_cancel": "l_cancel",
+    "hurtbox_state": "hurtbox_state",
+    "invulnerable": "hurtbox_state",
+    **{v: "velocities" for v in VELOCITIES},
+    "hitlag": "hitlag",
+    "item_dx": "items",
+    "item_dy": "items",
+    "item_count": "items",
+}
+
+
+def sources_used(config: EncodingConfig) -> tuple[str, ...]:
+    """The optional replay fields an encoding reads: a game missing one of them has zero columns."""
+    schema = schema_of(config)
+    fields = {c.field for c in schema.float_columns} | {c.field for c in schema.int_columns}
+    return tuple(sorted({_FIELD_SOURCES[f] for f in fields if f in _FIELD_SOURCES}))
 
 
 def encode_replay(path: str, config: EncodingConfig | None = None) -> EncodedGame:
