@@ -1,4 +1,7 @@
-"""The `melee-encode` command: `encode` replays into a store, and `info` about a store."""
+"""The `melee-encode` command: `encode` replays into a store, and `info` about a store.
+
+Stores and inputs are local paths or fsspec URLs (s3://bucket/ranked.zarr); credentials come from
+the environment or profiles, never from arguments."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections import Counter
 from .config import EncodingConfig
 from .pipeline import EncodeOptions, EncodeSummary, encode
 from .sources import SourceError
+from .storage import parse_storage_options
 from .store import DEFAULT_CHUNK_FRAMES, DEFAULT_PART_FRAMES, Filters, StoreError, open_store
 from .tables import character_id, end_method_id, end_method_name, stage_id, stage_name, character_name
 
@@ -19,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (StoreError, SourceError, ValueError) as error:
+    except (StoreError, SourceError, ValueError, ImportError) as error:
         print(f"melee-encode: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -33,8 +37,10 @@ def _parser() -> argparse.ArgumentParser:
 
     enc = commands.add_parser("encode", help="encode replays (files, folders, archives) into a store")
     enc.add_argument("inputs", nargs="+", metavar="INPUT", help=".slp/.slp.gz files, folders, .zip/.tar(.gz)/.7z archives")
-    enc.add_argument("-o", "--output", required=True, metavar="STORE", help="the store to create or extend")
-    enc.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    enc.add_argument("-o", "--output", required=True, metavar="STORE", help="the store to create or extend: a folder or a URL (s3://bucket/ranked.zarr)")
+    enc.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
+    enc.add_argument("--dask", metavar="SCHEDULER", help="run the encode as tasks on this Dask cluster (tcp://host:8786); needs the dask extra")
+    enc.add_argument("--dask-batch", type=int, default=EncodeOptions.dask_batch, metavar="N", help="replays per Dask task, each written as one part (default %(default)s)")
     enc.add_argument("--end-method", action="append", default=[], metavar="METHOD", help="keep only games that ended so: game, time, no_contest, resolved, unresolved, none, or an id (repeatable)")
     enc.add_argument("--character", action="append", default=[], metavar="NAME", help="keep games where a player is this character, by name or internal id (repeatable)")
     enc.add_argument("--stage", action="append", default=[], metavar="NAME", help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)")
@@ -45,17 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per compressed chunk (default %(default)s)")
     enc.add_argument("--part-frames", type=int, default=DEFAULT_PART_FRAMES, help="frames per part before a worker commits it (default %(default)s)")
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
+    _storage_option_argument(enc)
     enc.set_defaults(run=_encode)
 
     info = commands.add_parser("info", help="games, frames, size and skipped replays of a store")
     info.add_argument("store", metavar="STORE")
+    _storage_option_argument(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--games", action="store_true", help="list the per-game metadata")
     info.set_defaults(run=_info)
     return parser
 
 
+def _storage_option_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for URLs, e.g. endpoint_url=http://minio:9000 (repeatable; never credentials)")
+
+
 def _encode(args) -> int:
+    if args.dask and args.workers is not None:
+        raise ValueError("--workers and --dask exclude each other: the Dask cluster's workers do the work")
     config = EncodingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EncodingConfig)})
     filters = Filters(
         end_methods=tuple(end_method_id(m) for m in args.end_method),
@@ -66,11 +80,14 @@ def _encode(args) -> int:
     options = EncodeOptions(
         config=config,
         filters=filters,
-        workers=args.workers,
+        workers=args.workers or 1,
         max_games=args.max_games,
         chunk_frames=args.chunk_frames,
         part_frames=args.part_frames,
         progress=not args.quiet,
+        storage_options=parse_storage_options(args.storage_option),
+        dask=args.dask,
+        dask_batch=args.dask_batch,
     )
     summary = encode(args.inputs, args.output, options)
     print(format_summary(summary, args.output))
@@ -93,7 +110,7 @@ def format_summary(summary: EncodeSummary, store: str) -> str:
 
 
 def _info(args) -> int:
-    store = open_store(args.store)
+    store = open_store(args.store, parse_storage_options(args.storage_option))
     if args.games:
         rows = store.game_rows()
         print(json.dumps(rows, indent=1) if args.json else format_games(rows))

@@ -10,10 +10,15 @@ every skipped replay with its reason, and draws the progress bar. Memory is boun
 
 Re-running an interrupted encode resumes: the store's writer removes what was never committed and
 the content hashes skip what was.
+
+Past one machine, `EncodeOptions(dask=...)` runs the same `ReplayEncoder` as Dask tasks instead of
+local helpers (see `distributed`, imported only then); the `Coordinator` that turns outcomes into
+commits is the same for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import threading
@@ -24,12 +29,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import xxhash
-import zarr
 
 from .config import EncodingConfig
 from .encoding import encode_game
 from .replay import ReplayError, one_line, read_replay
-from .sources import ReplaySource, count_sources, iter_sources, local_replay_path
+from .sources import ReplaySource, count_sources, is_transient, iter_sources, local_replay_path
+from .storage import open_zarr
 from .store import (
     DEFAULT_CHUNK_FRAMES,
     DEFAULT_PART_FRAMES,
@@ -55,6 +60,9 @@ class EncodeOptions:
     part_frames: int = DEFAULT_PART_FRAMES
     allow_duplicates: bool = False  # encode content already in the store again (benchmarks)
     progress: bool = True
+    storage_options: dict = field(default_factory=dict)  # fsspec options for every URL (never credentials)
+    dask: object = None  # a Dask scheduler address or distributed.Client: encode as tasks on that cluster
+    dask_batch: int = 64  # replays per Dask task; each task writes one part
 
 
 @dataclass
@@ -86,23 +94,40 @@ class Outcome:
 
 
 def encode(inputs: Iterable[str], store_path: str, options: EncodeOptions | None = None) -> EncodeSummary:
-    """Encode every replay under `inputs` into the store at `store_path` (created if needed)."""
+    """Encode every replay under `inputs` into the store at `store_path` (created if needed).
+
+    `store_path` and the inputs may be fsspec URLs; with `options.dask`, the work runs on that cluster.
+    """
     options = options or EncodeOptions()
     inputs = [str(i) for i in inputs]
     started = time.perf_counter()
-    if options.workers > 1:
-        _mp_context()  # starts the worker server now, while the store opens
-    with StoreWriter(store_path, options.config, options.filters, options.chunk_frames) as writer:
-        coordinator = _Coordinator(writer, options)
-        sources = (s for s in iter_sources(inputs) if s.name not in writer.known_sources)
-        total = count_sources(inputs) if options.progress else None
-        with _progress(options.progress, total) as bar:
-            coordinator.bar = bar
-            coordinator.run(sources)
-        summary = coordinator.summary
-        summary.store_games = writer.n_games
+    with _runner(inputs, options) as run:
+        with StoreWriter(store_path, options.config, options.filters, options.chunk_frames, options.storage_options) as writer:
+            coordinator = Coordinator(writer, options)
+            sources = (s for s in iter_sources(inputs, options.storage_options) if s.name not in writer.known_sources)
+            total = count_sources(inputs, options.storage_options) if options.progress else None
+            with _progress(options.progress, total) as bar:
+                coordinator.bar = bar
+                run(coordinator, sources)
+            summary = coordinator.summary
+            summary.store_games = writer.n_games
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@contextlib.contextmanager
+def _runner(inputs: list[str], options: EncodeOptions) -> Iterator[Callable[["Coordinator", Iterator[ReplaySource]], None]]:
+    """How the sources get encoded: on a Dask cluster, or here and in local helper processes.
+    Chosen before the store opens, so that a bad cluster address or input fails first."""
+    if options.dask is not None:
+        from .distributed import dask_runner
+
+        with dask_runner(inputs, options) as run:
+            yield run
+        return
+    if options.workers > 1:
+        _mp_context()  # starts the worker server now, while the store opens
+    yield _run_local
 
 
 def content_hash(data: bytes) -> str:
@@ -111,10 +136,10 @@ def content_hash(data: bytes) -> str:
 
 
 class ReplayEncoder:
-    """Turns sources into games appended to parts; runs in a worker process or inline."""
+    """Turns sources into games appended to parts; runs in a worker process, a Dask task or inline."""
 
     def __init__(self, store_path: str, options: EncodeOptions, known_hashes: set[str], allocate_part: Callable[[], int]):
-        self.root = zarr.open_group(store_path, mode="r+")
+        self.root = open_zarr(store_path, "r+", options.storage_options)
         self.options = options
         self.known_hashes = set() if options.allow_duplicates else known_hashes
         self.allocate_part = allocate_part
@@ -123,8 +148,10 @@ class ReplayEncoder:
 
     def process(self, source: ReplaySource) -> Outcome:
         try:
-            data = source.read_bytes()
+            data = source.read_bytes(self.options.storage_options)
         except (OSError, EOFError, ValueError) as error:  # unreadable file, bad gzip or zip member
+            if is_transient(error, source):
+                raise
             return Outcome(source.name, skip=SkipRecord(source.name, f"unreadable: {one_line(error)}"))
         digest = content_hash(data)
         if digest in self.known_hashes:
@@ -160,8 +187,9 @@ class ReplayEncoder:
         return self.writer
 
 
-class _Coordinator:
-    """Dispatches sources, gathers outcomes, commits closed parts and skips."""
+class Coordinator:
+    """Gathers outcomes, whoever produced them: dedupes, counts toward max_games, commits closed
+    parts with their games, and commits skips. The runners (`_run_local`, `distributed`) dispatch."""
 
     def __init__(self, writer: StoreWriter, options: EncodeOptions):
         self.writer = writer
@@ -175,40 +203,15 @@ class _Coordinator:
         limit = options.max_games
         self.budget = None if limit is None else max(0, limit - writer.n_games)
 
-    def wants_more(self, in_flight: int) -> bool:
-        return self.budget is None or self.summary.games + in_flight < self.budget
+    def room(self, in_flight: int, most: int) -> int:
+        """How many more sources (up to `most`) may be dispatched with `in_flight` outstanding:
+        each may become a game, and the store must not pass max_games."""
+        if self.budget is None:
+            return most
+        return max(0, min(most, self.budget - self.summary.games - in_flight))
 
-    def run(self, sources: Iterator[ReplaySource]) -> None:
-        """Encode every source: here, and in `workers - 1` helper processes when there are more."""
-        pool = _WorkerPool(self.options.workers - 1, self.writer, self.options) if self.options.workers > 1 else None
-        encoder = ReplayEncoder(self.writer.path, self.options, self.writer.known_hashes, pool.allocate_part if pool else self.writer.allocate_part)
-        exhausted = False
-        try:
-            while True:
-                while pool and not exhausted and pool.has_room() and self.wants_more(pool.in_flight):
-                    source = next(sources, None)
-                    exhausted = source is None
-                    if source is not None:
-                        pool.submit(source)
-                for outcome in pool.answers() if pool else ():
-                    self.handle(outcome)
-                in_flight = pool.in_flight if pool else 0
-                source = None
-                if not exhausted and self.wants_more(in_flight):
-                    source = next(sources, None)
-                    exhausted = source is None
-                if source is not None:
-                    self.handle(encoder.process(source))  # this process works too between dispatches
-                elif in_flight:
-                    self.handle(pool.wait_answer())
-                else:
-                    break
-            closed = [encoder.finish()] + (pool.finish() if pool else [])
-            self._commit(dict(part for part in closed if part is not None))
-        finally:
-            if pool:
-                pool.stop()
-                self.writer.next_part = pool.next_part()
+    def wants_more(self, in_flight: int) -> bool:
+        return self.room(in_flight, 1) > 0
 
     def handle(self, outcome: Outcome) -> None:
         if outcome.present:
@@ -235,6 +238,10 @@ class _Coordinator:
         if closed is not None:
             self._commit({closed[0]: closed[1]})
 
+    def commit_parts(self, closed: list[tuple[int, int] | None]) -> None:
+        """Commit closed parts (part, frames) with their games in one commit, and the pending skips."""
+        self._commit(dict(part for part in closed if part is not None))
+
     def _skip(self, record: SkipRecord) -> None:
         self.pending_skips.append(record)
         self.summary.skipped.append(record)
@@ -244,6 +251,39 @@ class _Coordinator:
         self.writer.commit(parts, games, self.pending_skips)
         self.pending_skips = []
         self.last_skip_commit = time.monotonic()
+
+
+def _run_local(coordinator: Coordinator, sources: Iterator[ReplaySource]) -> None:
+    """Encode every source: here, and in `workers - 1` helper processes when there are more."""
+    writer, options = coordinator.writer, coordinator.options
+    pool = _WorkerPool(options.workers - 1, writer, options) if options.workers > 1 else None
+    encoder = ReplayEncoder(writer.path, options, writer.known_hashes, pool.allocate_part if pool else writer.allocate_part)
+    exhausted = False
+    try:
+        while True:
+            while pool and not exhausted and pool.has_room() and coordinator.wants_more(pool.in_flight):
+                source = next(sources, None)
+                exhausted = source is None
+                if source is not None:
+                    pool.submit(source)
+            for outcome in pool.answers() if pool else ():
+                coordinator.handle(outcome)
+            in_flight = pool.in_flight if pool else 0
+            source = None
+            if not exhausted and coordinator.wants_more(in_flight):
+                source = next(sources, None)
+                exhausted = source is None
+            if source is not None:
+                coordinator.handle(encoder.process(source))  # this process works too between dispatches
+            elif in_flight:
+                coordinator.handle(pool.wait_answer())
+            else:
+                break
+        coordinator.commit_parts([encoder.finish()] + (pool.finish() if pool else []))
+    finally:
+        if pool:
+            pool.stop()
+            writer.next_part = pool.next_part()
 
 
 class _WorkerPool:

@@ -17,13 +17,16 @@ offset[i] + length[i]]`, so reading a game or a frame range touches only the chu
 
 Commit protocol, which keeps the store readable after a kill -9 at any point: parts are written
 completely, then the table rows that reference them are appended, and only then the root
-attributes' counts are updated (one atomic write). Readers use the first `games` / `skipped` rows;
-a writer that finds more rows, or parts that no committed row references, removes them.
+attributes' counts are updated (one atomic write; on an object store, one PUT). Readers use the
+first `games` / `skipped` rows; a writer that finds more rows, or parts that no committed row
+references, removes them. Concurrent part writers never write the same object: each owns its part.
+
+A store is a local path or an fsspec URL (see `storage`). One committer at a time: on local disk
+an flock (`WriterLock`), on an object store a lease object (`lease.WriterLease`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -36,12 +39,14 @@ from typing import Iterable
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous as zarr_async
 from zarr.codecs import ZstdCodec
 
 from . import __version__
 from .config import EncodingConfig, Schema
 from .encoding import EncodedGame, schema_of
 from .replay import OPTIONAL_SOURCES, GameInfo
+from .storage import bytes_under, exists, gather, is_url, list_names, local_path, open_zarr
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "melee_encode"
@@ -145,9 +150,10 @@ def part_name(part: int) -> str:
 class Store:
     """A read view of an encoded store: its schema, per-game table and frames."""
 
-    def __init__(self, root: zarr.Group, path: str):
+    def __init__(self, root: zarr.Group, path: str, storage_options: dict | None = None):
         self.root = root
         self.path = path
+        self.storage_options = dict(storage_options or {})
         attrs = root.attrs.asdict().get(ATTRS_KEY)
         if attrs is None:
             raise StoreError(f"{path} is a zarr group but not a melee-encode store")
@@ -185,8 +191,8 @@ class Store:
     def part_arrays(self, part: int) -> tuple[zarr.Array, zarr.Array, zarr.Array]:
         """The (float, int, state_age) arrays of one part, each (columns, frames)."""
         if part not in self._part_arrays:
-            group = self.root["parts"][part_name(part)]
-            self._part_arrays[part] = tuple(group[name] for name in ARRAYS)
+            arrays = table_arrays(self.root["parts"][part_name(part)])
+            self._part_arrays[part] = tuple(arrays[name] for name in ARRAYS)
         return self._part_arrays[part]
 
     def frames(self, game: int, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,7 +203,8 @@ class Store:
             raise IndexError(f"frame range [{start}, {stop}) outside game {game} of {length} frames")
         offset = int(self.games["offset"][game])
         arrays = self.part_arrays(int(self.games["part"][game]))
-        return tuple(np.ascontiguousarray(a[:, offset + start : offset + stop].T) for a in arrays)
+        values = gather(*(a.async_array.getitem((slice(None), slice(offset + start, offset + stop))) for a in arrays))
+        return tuple(np.ascontiguousarray(v.T) for v in values)
 
     def game(self, index: int) -> EncodedGame:
         """One whole game, read back as the `EncodedGame` the encoder produced."""
@@ -211,7 +218,7 @@ class Store:
 
     def info(self) -> dict:
         """Summary figures: games, frames, bytes on disk and per frame, skipped replays, encoding."""
-        disk = bytes_on_disk(self.path)
+        disk = bytes_under(self.path, self.storage_options)
         frames = self.n_frames
         return {
             "path": self.path,
@@ -231,21 +238,27 @@ class Store:
 
     def data_bytes(self) -> int:
         """Compressed bytes of the float, int and state-age arrays of committed parts."""
-        if not self.path or "://" in self.path:
-            return 0
-        return sum(bytes_on_disk(os.path.join(self.path, "parts", part_name(p))) for p in self.parts)
+        return sum(bytes_under(f"{self.path.rstrip('/')}/parts/{part_name(p)}", self.storage_options) for p in self.parts)
 
 
-def open_store(path: str | os.PathLike) -> Store:
-    """Open an encoded store for reading."""
+def open_store(path: str | os.PathLike, storage_options: dict | None = None) -> Store:
+    """Open an encoded store for reading: a local path or an fsspec URL (see `storage`)."""
     path = str(path)
-    if "://" not in path and not os.path.exists(os.path.join(path, "zarr.json")):
+    if not exists(f"{path.rstrip('/')}/zarr.json", storage_options):
         raise StoreError(f"no store at {path}")
-    return Store(zarr.open_group(path, mode="r"), path)
+    return Store(open_zarr(path, "r", storage_options), path, storage_options)
 
 
 def read_table(group: zarr.Group, columns: dict, rows: int) -> dict[str, np.ndarray]:
-    return {name: group[name][:rows] for name in columns}
+    """The first `rows` rows of a table's columns, all columns fetched at once."""
+    arrays = table_arrays(group)
+    values = gather(*(arrays[name].async_array.getitem(slice(0, rows)) for name in columns))
+    return dict(zip(columns, values))
+
+
+def table_arrays(group: zarr.Group) -> dict[str, zarr.Array]:
+    """A table's column arrays, their metadata fetched at once (one listing, then concurrent reads)."""
+    return dict(group.arrays())
 
 
 def game_info(row: dict) -> GameInfo:
@@ -277,15 +290,6 @@ def table_row_json(row: dict) -> dict:
     return out
 
 
-def bytes_on_disk(path: str) -> int:
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.path.getsize(os.path.join(directory, name))
-    return total
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -298,21 +302,25 @@ class PartWriter:
     def __init__(self, root: zarr.Group, part: int, schema: Schema, chunk_frames: int):
         self.part = part
         self.chunk_frames = chunk_frames
+        # overwrite: a part left by a killed writer or a failed task's attempt is recreated empty.
         group = root.require_group("parts").create_group(part_name(part), overwrite=True)
         widths = (schema.n_float, schema.n_int, len(schema.state_age_columns))
         dtypes = (np.float32, np.int16, np.float32)
-        self.arrays = [
-            group.create_array(
-                name,
-                shape=(width, 0),
-                chunks=(width, chunk_frames),
-                dtype=dtype,
-                fill_value=0,
-                compressors=ZstdCodec(level=ZSTD_LEVEL),
-                config={"write_empty_chunks": True},  # skips zarr's costly all-fill-value check
+        self.arrays = gather(
+            *(
+                zarr_async.create_array(
+                    group.store,
+                    name=f"{group.path}/{name}",
+                    shape=(width, 0),
+                    chunks=(width, chunk_frames),
+                    dtype=dtype,
+                    fill_value=0,
+                    compressors=ZstdCodec(level=ZSTD_LEVEL),
+                    config={"write_empty_chunks": True},  # skips zarr's costly all-fill-value check
+                )
+                for name, width, dtype in zip(ARRAYS, widths, dtypes)
             )
-            for name, width, dtype in zip(ARRAYS, widths, dtypes)
-        ]
+        )
         self.buffers = [np.zeros((width, chunk_frames), dtype) for width, dtype in zip(widths, dtypes)]
         self.written = 0  # frames already in the arrays (a multiple of chunk_frames until closed)
         self.filled = 0  # frames in the buffers
@@ -348,13 +356,13 @@ class PartWriter:
         end = self.written + self.filled
         if end > self.capacity:
             self._resize(self.capacity + GROW_CHUNKS * self.chunk_frames)
-        for array, buffer in zip(self.arrays, self.buffers):
-            array[:, self.written : end] = buffer[:, : self.filled]
+        gather(*(array.setitem((slice(None), slice(self.written, end)), buffer[:, : self.filled]) for array, buffer in zip(self.arrays, self.buffers)))
         self.written, self.filled = end, 0
 
     def _resize(self, frames: int) -> None:
-        for array in self.arrays:
-            array.resize((array.shape[0], frames))
+        # Only ever trimmed past the written frames, where no chunk exists: nothing to delete (on an
+        # object store, zarr would otherwise send one delete request per chunk of the trimmed range).
+        gather(*(array.resize((array.shape[0], frames), delete_outside_chunks=False) for array in self.arrays))
         self.capacity = frames
 
 
@@ -400,16 +408,19 @@ class StoreWriter:
         config: EncodingConfig | None = None,
         filters: Filters | None = None,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        storage_options: dict | None = None,
     ):
         self.path = str(path)
-        self._lock = WriterLock(self.path)
+        self.storage_options = dict(storage_options or {})
+        self._lock = writer_lock(self.path, self.storage_options)
         try:
             self.root = self._open_or_create(config or EncodingConfig(), filters or Filters(), chunk_frames)
-            self._recover()
+            self._tables = {table: table_arrays(self.root[table]) for table in ("games", "skipped")}
+            removed = self._recover()
         except BaseException:
             self._lock.release()
             raise
-        store = Store(self.root, self.path)
+        store = Store(self.root, self.path, self.storage_options)
         self.config, self.schema, self.chunk_frames = store.config, store.schema, store.chunk_frames
         self.filters = Filters.from_dict(store.attrs["filters"])
         self.attrs = store.attrs
@@ -418,7 +429,9 @@ class StoreWriter:
         if store.n_games:
             self.known_hashes.update(store.games["hash"].tolist())
         self.known_sources = {s.source for s in skipped if not s.hash}
-        self.next_part = max(store.parts, default=-1) + 1
+        # New parts start past every part found, committed or not: a worker of an interrupted run
+        # (a Dask task whose client was killed) may still be finishing one of the removed parts.
+        self.next_part = max([*store.parts, *removed], default=-1) + 1
 
     @property
     def n_games(self) -> int:
@@ -432,8 +445,11 @@ class StoreWriter:
         """Make finished parts (part -> frames), their games and new skips visible, atomically."""
         if not (parts or games or skipped):
             return
-        _append_rows(self.root["games"], GAME_COLUMNS, self.attrs["games"], [g.row() for g in games])
-        _append_rows(self.root["skipped"], SKIPPED_COLUMNS, self.attrs["skipped"], [dataclasses.asdict(s) for s in skipped])
+        self._lock.check()  # a writer that lost its lease must not commit over its successor
+        gather(
+            *_append_rows(self._tables["games"], GAME_COLUMNS, self.attrs["games"], [g.row() for g in games]),
+            *_append_rows(self._tables["skipped"], SKIPPED_COLUMNS, self.attrs["skipped"], [dataclasses.asdict(s) for s in skipped]),
+        )
         attrs = dict(self.attrs)
         attrs["games"] += len(games)
         attrs["skipped"] += len(skipped)
@@ -455,21 +471,20 @@ class StoreWriter:
         self.close()
 
     def _open_or_create(self, config: EncodingConfig, filters: Filters, chunk_frames: int) -> zarr.Group:
-        if os.path.exists(os.path.join(self.path, "zarr.json")):
-            root = zarr.open_group(self.path, mode="r+")
+        if exists(f"{self.path.rstrip('/')}/zarr.json", self.storage_options):
+            root = open_zarr(self.path, "r+", self.storage_options)
             attrs = root.attrs.asdict().get(ATTRS_KEY)
             if attrs is None:
                 raise StoreError(f"{self.path} is a zarr group but not a melee-encode store")
             _check_same(self.path, "encoding", attrs["encoding"], config.to_dict())
             _check_same(self.path, "filters", attrs["filters"], filters.to_dict())
             return root
-        if set(os.listdir(self.path)) - {LOCK_NAME}:
+        if {name for name in list_names(self.path, self.storage_options) if not _is_lock(name)}:
             raise StoreError(f"{self.path} exists and is not a melee-encode store; choose a new or empty folder")
-        root = zarr.open_group(self.path, mode="a", zarr_format=3)
+        root = open_zarr(self.path, "a", self.storage_options)
         schema = schema_of(config)
         root.create_group("parts")
-        _create_table(root.create_group("games"), GAME_COLUMNS)
-        _create_table(root.create_group("skipped"), SKIPPED_COLUMNS)
+        gather(*_create_table(root.create_group("games"), GAME_COLUMNS), *_create_table(root.create_group("skipped"), SKIPPED_COLUMNS))
         root.attrs[ATTRS_KEY] = {
             "format": FORMAT_VERSION,
             "version": __version__,
@@ -487,14 +502,20 @@ class StoreWriter:
         }
         return root
 
-    def _recover(self) -> None:
+    def _recover(self) -> list[int]:
+        """Cut the tables back to the committed rows and remove uncommitted parts; return their ids."""
         attrs = self.root.attrs[ATTRS_KEY]
-        _truncate_table(self.root["games"], GAME_COLUMNS, attrs["games"])
-        _truncate_table(self.root["skipped"], SKIPPED_COLUMNS, attrs["skipped"])
-        committed = set(attrs["parts"])
-        for name in list(self.root["parts"].group_keys()):
-            if str(int(name)) not in committed:
-                del self.root["parts"][name]
+        gather(*_truncate_table(self._tables["games"], attrs["games"]), *_truncate_table(self._tables["skipped"], attrs["skipped"]))
+        return self.remove_uncommitted_parts()
+
+    def remove_uncommitted_parts(self) -> list[int]:
+        """Delete parts that no commit references (left by a killed writer, or a failed task's
+        attempt); return their ids."""
+        committed = set(self.root.attrs[ATTRS_KEY]["parts"])
+        removed = [int(name) for name in self.root["parts"].group_keys() if str(int(name)) not in committed]
+        for part in removed:
+            del self.root["parts"][part_name(part)]
+        return removed
 
 
 def _check_same(path: str, what: str, stored: dict, requested: dict) -> None:
@@ -503,37 +524,60 @@ def _check_same(path: str, what: str, stored: dict, requested: dict) -> None:
         raise StoreError(f"{path} was encoded with other {what} ({diff}); use the same options or a new store")
 
 
-def _create_table(group: zarr.Group, columns: dict) -> None:
-    for name, (dtype, trailing) in columns.items():
-        group.create_array(
-            name,
+def _create_table(group: zarr.Group, columns: dict) -> list:
+    """Coroutines creating a table's column arrays, empty."""
+    return [
+        zarr_async.create_array(
+            group.store,
+            name=f"{group.path}/{name}",
             shape=(0, *trailing),
             chunks=(TABLE_CHUNK_ROWS, *trailing),
             dtype=dtype,
             compressors=ZstdCodec(level=ZSTD_LEVEL),
             config={"write_empty_chunks": True},
         )
+        for name, (dtype, trailing) in columns.items()
+    ]
 
 
-def _append_rows(group: zarr.Group, columns: dict, committed: int, rows: list[dict]) -> None:
+def _append_rows(arrays: dict[str, zarr.Array], columns: dict, committed: int, rows: list[dict]) -> list:
+    """Coroutines appending `rows` after the first `committed` rows of a table, one per column."""
     if not rows:
-        return
-    for name, (dtype, trailing) in columns.items():
-        array = group[name]
+        return []
+    appends = []
+    for name, (dtype, _) in columns.items():
         values = np.array([row[name] for row in rows], dtype=object if dtype is str else dtype)
-        array.resize((committed + len(rows), *trailing))
-        array[committed:] = values.astype(str) if dtype is str else values
+        appends.append(_append_column(arrays[name].async_array, committed, values.astype(str) if dtype is str else values))
+    return appends
 
 
-def _truncate_table(group: zarr.Group, columns: dict, rows: int) -> None:
-    for name, (_, trailing) in columns.items():
-        array = group[name]
-        if array.shape[0] != rows:
-            array.resize((rows, *trailing))
+async def _append_column(array, committed: int, values: np.ndarray) -> None:
+    await array.resize((committed + len(values), *values.shape[1:]))
+    await array.setitem(slice(committed, None), values)
+
+
+def _truncate_table(arrays: dict[str, zarr.Array], rows: int) -> list:
+    """Coroutines cutting a table's columns back to `rows` rows, for those longer."""
+    return [array.async_array.resize((rows, *array.shape[1:])) for array in arrays.values() if array.shape[0] != rows]
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def writer_lock(path: str, storage_options: dict):
+    """The exclusive writer lock of a store: an flock on local disk, a lease on an object store."""
+    if not is_url(path):
+        return WriterLock(local_path(path))
+    from .lease import WriterLease
+
+    return WriterLease(path, storage_options)
+
+
+def _is_lock(name: str) -> bool:
+    from .lease import LEASE_PREFIX
+
+    return name == LOCK_NAME or name.startswith(LEASE_PREFIX)
 
 
 class WriterLock:
@@ -544,8 +588,6 @@ class WriterLock:
     """
 
     def __init__(self, path: str):
-        if "://" in path:
-            raise StoreError(f"{path}: writing to remote stores needs the remote-store support")
         Path(path).mkdir(parents=True, exist_ok=True)
         self.file = open(os.path.join(path, LOCK_NAME), "a+")
         try:
@@ -559,6 +601,9 @@ class WriterLock:
         self.file.truncate()
         self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
         self.file.flush()
+
+    def check(self) -> None:
+        """Nothing to check: the kernel holds an flock for as long as this process lives."""
 
     def release(self) -> None:
         if not self.file.closed:

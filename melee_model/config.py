@@ -33,6 +33,10 @@ class DataConfig:
     chunks_per_group: int = 4  # decoded chunks shuffled together (memory ~ this x 20 MB per loader)
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
+    # Remote stores (s3://, gs://): compressed chunks kept on local disk for later epochs, shared by
+    # the loader processes of a machine, at most cache_mb MB (0: no cache). Local stores: unused.
+    cache_dir: str = "~/.cache/melee-model/chunks"
+    cache_mb: int = 0
 
 
 @dataclass
@@ -103,9 +107,11 @@ class TrainConfig:
     log_interval: int = 1000  # batches between logs
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only each epoch)
     val_batches: int | None = None  # cap on validation batches per evaluation (None: all)
+    eval_at_start: bool = False  # validate the untrained model first (logged at step 0)
     seed: int = 0
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
-    # Escape hatches (spec section 6).
+    # Escape hatches (spec section 6), checked every `check_every` steps (each check syncs the host).
+    check_every: int = 50
     stop_on_nonfinite: bool = True
     patience_batches: int = 10_000  # stop when the loss has not improved for this many batches
     min_val_change_acc: float | None = 0.60  # after the first epoch, stop below this

@@ -9,6 +9,8 @@ Nothing is loaded into memory up front. An epoch is planned from the per-game ta
 - the resulting example stream is cut into contiguous ranges, one per rank and loader worker, in
   whole batches, so each worker decodes mostly its own chunks.
 Batches are assembled by vectorized gathers from the decoded group (no per-example Python).
+The store may be remote (an fsspec URL): a group's chunks are then requested all at once, the next
+group's while the current one is batched, through an optional bounded disk cache (see `chunks`).
 
 Invariant: the order of an epoch's examples is a pure function of (seed, epoch, the selected games,
 the layout and the batching); every example appears exactly once per epoch across all ranks and
@@ -18,25 +20,23 @@ groups already consumed.
 
 from __future__ import annotations
 
+import itertools
 import math
-import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 import zarr
-from numcodecs import Zstd
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from zarr.codecs import BytesCodec, ZstdCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from melee_encode import EncodingConfig, Store, open_store
 from melee_encode.encoding import sources_used
+from melee_encode.storage import is_url
 from melee_encode.store import fields_missing_mask
 from melee_encode.tables import character_id, end_method_id, stage_id
+from melee_model.chunks import ChunkFetcher, ChunkKey, decode_chunk, fetch_stored, plain_zstd
 from melee_model.config import DataConfig
 from melee_model.layout import N_BUTTONS, FrameLayout
 
@@ -193,25 +193,26 @@ class GroupReader:
     the copies themselves. A returned pool is valid until the next `read`.
     """
 
-    def __init__(self, store: Store, layout: FrameLayout):
+    def __init__(self, store: Store, layout: FrameLayout, fetcher: ChunkFetcher | None = None):
         self.store = store
         self.layout = layout
+        self.fetcher = fetcher or ChunkFetcher(store)
         self.chunk = store.chunk_frames
         self.floats = torch.empty(0, layout.n_float)  # the pools, frame-major
         self.ints = torch.empty(0, layout.n_int, dtype=torch.int16)
         self.slots: list[tuple[np.ndarray, np.ndarray]] = []  # decoded chunks, feature-major
 
-    def read(self, units: list[Unit]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """floats (P, n_float) float32, ints (P, n_int) int16, and per unit the pool index of part position 0."""
-        before, after = self.layout.context_len, self.layout.lookahead
-        segments = []
-        for unit in units:
-            start = unit.chunk * self.chunk
-            lo = max(0, min(int(unit.starts.min()) - before, start))
-            hi = min(self.store.parts[unit.part], max(int(unit.stops.max()) + after, start + self.chunk))
-            segments.append((unit.part, lo, hi))
-        chunks = list(dict.fromkeys((part, c) for part, lo, hi in segments for c in range(lo // self.chunk, (hi - 1) // self.chunk + 1)))
-        decoded = {key: self._decode(*key, slot) for slot, key in enumerate(chunks)}  # each chunk once
+    def fetch(self, units: list[Unit]) -> dict[ChunkKey, np.ndarray | None]:
+        """The stored bytes of the float and int chunks a `read` of `units` decodes, all at once."""
+        return self.fetcher.fetch([(part, array, c) for part, c in self._chunks(self._segments(units)) for array in (0, 1)])
+
+    def read(self, units: list[Unit], fetched: dict[ChunkKey, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """floats (P, n_float) float32, ints (P, n_int) int16, and per unit the pool index of part position 0.
+
+        `fetched` holds the group's stored chunks if `fetch` got them already (ahead of time)."""
+        segments = self._segments(units)
+        fetched = self.fetch(units) if fetched is None else fetched
+        decoded = {key: self._decode(*key, slot, fetched) for slot, key in enumerate(self._chunks(segments))}  # each chunk once
         size = sum(hi - lo for _, lo, hi in segments)
         if size > len(self.floats):
             self.floats = torch.empty(size, self.layout.n_float)
@@ -227,12 +228,30 @@ class GroupReader:
                 at += b - a
         return self.floats[:size].numpy(), self.ints[:size].numpy(), np.array(bases, dtype=np.int64)
 
-    def _decode(self, part: int, c: int, slot: int) -> tuple[np.ndarray, np.ndarray]:
+    def _segments(self, units: list[Unit]) -> list[tuple[int, int, int]]:
+        """(part, lo, hi) per unit: the part positions its examples read, context included."""
+        before, after = self.layout.context_len, self.layout.lookahead
+        segments = []
+        for unit in units:
+            start = unit.chunk * self.chunk
+            lo = max(0, min(int(unit.starts.min()) - before, start))
+            hi = min(self.store.parts[unit.part], max(int(unit.stops.max()) + after, start + self.chunk))
+            segments.append((unit.part, lo, hi))
+        return segments
+
+    def _chunks(self, segments: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+        """(part, chunk) of every chunk the segments overlap, each once, in order."""
+        return list(dict.fromkeys((part, c) for part, lo, hi in segments for c in range(lo // self.chunk, (hi - 1) // self.chunk + 1)))
+
+    def _decode(self, part: int, c: int, slot: int, fetched: dict[ChunkKey, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         """Chunk c of a part's float and int arrays, decoded into buffer `slot`."""
         while len(self.slots) <= slot:
             self.slots.append((np.empty((self.layout.n_float, self.chunk), np.float32), np.empty((self.layout.n_int, self.chunk), np.int16)))
-        float_array, int_array, _ = self.store.part_arrays(part)
-        return tuple(read_chunk(array, c, out) for array, out in zip((float_array, int_array), self.slots[slot]))
+        arrays = self.store.part_arrays(part)[:2]
+        return tuple(
+            decode_chunk(array, fetched[(part, k, c)], out) if (part, k, c) in fetched else read_chunk_zarr(array, c, out)
+            for k, (array, out) in enumerate(zip(arrays, self.slots[slot]))
+        )
 
 
 def read_chunk(array: zarr.Array, c: int, out: np.ndarray) -> np.ndarray:
@@ -243,17 +262,10 @@ def read_chunk(array: zarr.Array, c: int, out: np.ndarray) -> np.ndarray:
     (2-3x slower for whole chunks). Any other codec chain goes through `read_chunk_zarr`, the
     reference twin the tests compare with.
     """
-    codecs = array.metadata.codecs
-    plain_zstd = len(codecs) == 2 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little) and isinstance(codecs[1], ZstdCodec)
-    if not plain_zstd or sys.byteorder != "little":
+    if not plain_zstd(array):
         return read_chunk_zarr(array, c, out)
-    key = array.metadata.encode_chunk_key((0, c))
-    stored = sync((array.store_path / key).get(prototype=default_buffer_prototype()))
-    if stored is None:  # never written: the fill value
-        out[:] = array.metadata.fill_value
-        return out
-    _ZSTD.decode(stored.as_numpy_array(), out=out)
-    return out
+    [stored] = fetch_stored([(array, c)])
+    return decode_chunk(array, stored, out)
 
 
 def read_chunk_zarr(array: zarr.Array, c: int, out: np.ndarray) -> np.ndarray:
@@ -263,9 +275,6 @@ def read_chunk_zarr(array: zarr.Array, c: int, out: np.ndarray) -> np.ndarray:
     out[:, : values.shape[1]] = values
     out[:, values.shape[1] :] = array.metadata.fill_value
     return out
-
-
-_ZSTD = Zstd()
 
 
 def build_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, layout: FrameLayout) -> dict[str, np.ndarray]:
@@ -309,9 +318,10 @@ class ExampleSource:
     Built once per run; `loader(split, epoch, ...)` then gives each epoch's DataLoader cheaply.
     """
 
-    def __init__(self, store_path: str, layout: FrameLayout, config: DataConfig, encoding: EncodingConfig | None = None):
+    def __init__(self, store_path: str, layout: FrameLayout, config: DataConfig, encoding: EncodingConfig | None = None, storage_options: dict | None = None):
         self.store_path = str(store_path)
-        self.store = open_store(self.store_path)
+        self.storage_options = dict(storage_options or {})
+        self.store = open_store(self.store_path, self.storage_options)
         if encoding is not None:
             check_encoding(self.store, encoding)
         self.layout = layout
@@ -335,7 +345,8 @@ class ExampleSource:
 
     def loader(self, split: str, epoch: int, *, rank: int = 0, world: int = 1, start_batch: int = 0, batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
         """A DataLoader over rank `rank`'s batches of `split` in `epoch` (dicts of CPU tensors)."""
-        dataset = StoreExamples(self.store_path, self.layout, self.plan(split, epoch, world, batch_size), rank=rank, start_batch=start_batch)
+        plan = self.plan(split, epoch, world, batch_size)
+        dataset = StoreExamples(self.store_path, self.layout, plan, rank=rank, start_batch=start_batch, storage_options=self.storage_options, cache=(self.config.cache_dir, self.config.cache_mb))
         workers = self.config.num_workers if num_workers is None else num_workers
         return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
 
@@ -345,15 +356,18 @@ class StoreExamples(IterableDataset):
 
     Each batch also carries "example_id" (B,) int64 (part << 40 | target frame), which names the
     example across the whole store. `start_batch` skips the rank's first batches (resume) without
-    decoding them: each worker skips its share of the DataLoader's round-robin.
+    decoding them: each worker skips its share of the DataLoader's round-robin. `cache` is the
+    (directory, MB) of the disk cache of a remote store's chunks (MB 0: none).
     """
 
-    def __init__(self, store_path: str, layout: FrameLayout, plan: EpochPlan, *, rank: int = 0, start_batch: int = 0):
+    def __init__(self, store_path: str, layout: FrameLayout, plan: EpochPlan, *, rank: int = 0, start_batch: int = 0, storage_options: dict | None = None, cache: tuple[str, int] = ("", 0)):
         self.store_path = store_path
         self.layout = layout
         self.plan = plan
         self.rank = rank
         self.start_batch = start_batch
+        self.storage_options = storage_options
+        self.cache = cache
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         info = get_worker_info()
@@ -368,7 +382,8 @@ class StoreExamples(IterableDataset):
         if first >= stop:
             return
         start, end = self.plan.stream_range(self.rank, first, stop)
-        reader = GroupReader(open_store(self.store_path), self.layout)
+        store = open_store(self.store_path, self.storage_options)
+        reader = GroupReader(store, self.layout, ChunkFetcher.for_store(store, *self.cache))
         yield from _batches(self.plan, reader, self.layout, start, end, self.plan.batch_size)
 
 
@@ -377,18 +392,17 @@ def _batches(plan: EpochPlan, reader: GroupReader, layout: FrameLayout, start: i
 
     A batch that straddles two groups is completed from the next group (`carry`).
     """
+    starts = plan.group_starts
+    groups = [g for g in range(len(plan.groups)) if starts[g + 1] > max(start, starts[g]) and starts[g] < end]
+    fetches = _prefetched(plan, reader, groups) if is_url(reader.store.path) else itertools.repeat(None)
     carry = None
-    for group in range(len(plan.groups)):
-        g0, g1 = int(plan.group_starts[group]), int(plan.group_starts[group + 1])
-        if g1 <= start or g1 == g0:
-            continue
-        if g0 >= end:
-            break
+    for group, fetched in zip(groups, fetches):
+        g0, g1 = int(starts[group]), int(starts[group + 1])
         unit_ids, positions = plan.group_examples(group)
         take = slice(max(start, g0) - g0, min(end, g1) - g0)
         unit_ids, positions = unit_ids[take], positions[take]
         units = [plan.units[u] for u in plan.groups[group]]
-        floats, ints, bases = reader.read(units)
+        floats, ints, bases = reader.read(units, fetched)
         anchors = bases[unit_ids] + positions  # (n,) pool index of each example's first control frame
         ids = (np.array([u.part for u in units], dtype=np.int64)[unit_ids] << PART_SHIFT) | positions
 
@@ -412,6 +426,20 @@ def _batches(plan: EpochPlan, reader: GroupReader, layout: FrameLayout, start: i
                 carry = batch
     if carry is not None:
         yield carry
+
+
+def _prefetched(plan: EpochPlan, reader: GroupReader, groups: list[int]) -> Iterator[dict]:
+    """The stored chunks of each group in turn, the next group's fetched in a background thread
+    while the caller batches the current one: from an object store, the requests' latency hides
+    behind the work. (From local disk there is nothing worth hiding.)"""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee-prefetch") as prefetcher:
+        fetch = lambda group: prefetcher.submit(reader.fetch, [plan.units[u] for u in plan.groups[group]])  # noqa: E731
+        upcoming = fetch(groups[0]) if groups else None
+        for i in range(len(groups)):
+            fetched = upcoming.result()
+            if i + 1 < len(groups):
+                upcoming = fetch(groups[i + 1])
+            yield fetched
 
 
 def _concat(batches: list[dict]) -> dict:

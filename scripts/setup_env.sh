@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs the project with its training and test extras. Sourced by
+# Creates .venv (once) and installs the project with its training, test, 7z and dask extras. Sourced by
 # run.sh and run_tests.sh; safe to run again: it reinstalls only when setup.cfg changed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch first, pinned: on the project's machines this is the CPU build on local disk; a bare
     # "torch" requirement would pull a multi-GB CUDA build.
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
-    .venv/bin/python -m pip install --quiet -e ".[train,test,7z]"
+    .venv/bin/python -m pip install --quiet -e ".[train,test,7z,dask]"
     echo "$want" > "$stamp"
 fi

@@ -47,3 +47,12 @@ def shared_store(replays_dir, tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("stores") / "shared.zarr")
     encode([replays_dir], path, EncodeOptions(progress=False, chunk_frames=4096))
     return path
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3-compatible server (moto) on loopback in its own process, dummy credentials in the environment."""
+    from servers import S3Server
+
+    with S3Server() as server:
+        yield server

@@ -1,0 +1,217 @@
+"""Evaluating a checkpoint: a split's metrics, autoregressive rollouts and their plot (behind scripts/evaluate.py).
+
+The checkpoint's state.json gives the experiment config (encoding, data options, model); the weights
+are read with `load_checkpoint` (tensors only, nothing unpickled). The store must hold the config's
+encoding. Metrics are the trainer's: the same `MetricAccumulator`, keys with the "val_" prefix,
+whatever the split. Split "all" is every game the config's filters select (train and val); it is
+the split of `--replays`, which are first encoded to a temporary store with the checkpoint's encoding.
+One process: the first GPU if there is one, else the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import tempfile
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from melee_encode import EncodeOptions, encode, open_store
+from melee_model.checkpoint import load_checkpoint, read_state
+from melee_model.config import ExperimentConfig, from_dict
+from melee_model.data import SPLITS, ExampleSource, check_encoding
+from melee_model.layout import FrameLayout
+from melee_model.losses import compute_losses
+from melee_model.metrics import MetricAccumulator
+from melee_model.model import build_model
+from melee_model.rollout import ROLLOUT_METRICS, RolloutResult, Trajectory, pick_starts, rollout_store
+from melee_model.train import batch_to_device, layout_for
+
+EVAL_SPLITS = (*SPLITS, "all")
+METRIC_PREFIX = "val_"
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint's figures on one split of a store."""
+
+    split: str
+    games: int
+    examples: int
+    metrics: dict[str, float]  # MetricAccumulator's, "val_" prefix
+    rollout: RolloutResult | None = None
+
+    def to_json(self) -> dict:
+        """The metrics, the split's size and, when run, "rollout": {horizon: {metric: value}}; NaN and inf as null."""
+        out = {"split": self.split, "games": self.games, "examples": self.examples, **{k: _finite(v) for k, v in self.metrics.items()}}
+        if self.rollout is not None:
+            out["rollout"] = {str(h): {k: _finite(v) for k, v in values.items()} for h, values in self.rollout.metrics.items()}
+            out["rollouts"] = len(self.rollout.starts)
+        return out
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def checkpoint_config(checkpoint: str | Path) -> ExperimentConfig:
+    """The experiment config a checkpoint was trained with (its state.json "config")."""
+    return from_dict(ExperimentConfig, read_state(checkpoint)["config"])
+
+
+def load_model(checkpoint: str | Path, config: ExperimentConfig, layout: FrameLayout, device) -> torch.nn.Module:
+    """The checkpoint's model on `device`, in eval mode."""
+    # The scan backend does not change the weights; "auto" runs a model trained with mamba-ssm's
+    # kernels on a CPU too.
+    model = build_model(dataclasses.replace(config.model, backend="auto"), layout)
+    weights, _, _, _ = load_checkpoint(checkpoint)
+    model.load_state_dict(weights)
+    return model.to(device).eval()
+
+
+def split_rows(source: ExampleSource, split: str) -> np.ndarray:
+    """Game rows of a split; "all" is both."""
+    return np.sort(np.concatenate([source.rows[s] for s in _splits(split)]))
+
+
+@torch.no_grad()
+def split_metrics(model: torch.nn.Module, source: ExampleSource, config: ExperimentConfig, split: str, device, max_batches: int | None = None, num_workers: int | None = None) -> tuple[dict[str, float], int]:
+    """(the trainer's metrics of `split`, "val_" keys; examples seen), over at most `max_batches` batches."""
+    layout = source.layout
+    metrics = MetricAccumulator(layout, device)
+    batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in _splits(split))
+    examples = 0
+    for batch in islice(batches, max_batches):
+        batch = batch_to_device(batch, device)
+        with _autocast(device, config.train.mixed_precision):
+            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+        metrics.update(pred, batch, compute_losses(pred, batch, layout, config.loss))
+        examples += len(batch["example_id"])
+    return metrics.compute(prefix=METRIC_PREFIX), examples
+
+
+def split_rollouts(model: torch.nn.Module, source: ExampleSource, split: str, count: int, horizon: int, device, seed: int = 0) -> RolloutResult:
+    """`count` rollouts of `horizon` frames from start points spread over the split's games."""
+    rows = split_rows(source, split)
+    starts = pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
+    return rollout_store(model, source.layout, source.store, starts, horizon, device)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    store: str | None = None,
+    replays: Sequence[str] = (),
+    *,
+    split: str | None = None,
+    max_batches: int | None = None,
+    rollouts: int = 0,
+    horizon: int = 300,
+    seed: int = 0,
+    device=None,
+    num_workers: int | None = None,
+    plot: str | Path | None = None,
+) -> Evaluation:
+    """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
+
+    rollouts > 0 also runs that many rollouts of `horizon` frames; `plot` then writes the first one's PNG.
+    """
+    if (store is None) == (not replays):
+        raise ValueError("give a store or replays to evaluate on (one of them)")
+    split = split or ("all" if replays else "val")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if plot is not None and rollouts <= 0:
+        raise ValueError("a plot needs rollouts (rollouts > 0)")
+    config = checkpoint_config(checkpoint)
+    device = torch.device(device) if device is not None else default_device()
+    with _store_for(store, replays, config) as path:
+        opened = open_store(path)
+        check_encoding(opened, config.encoding)  # before the layout: name the differing options first
+        layout = layout_for(config, opened.schema)
+        source = ExampleSource(path, layout, config.data, encoding=config.encoding)
+        games = len(split_rows(source, split))
+        if not games:
+            raise ValueError(f"no game of {path} is in split {split!r} after the config's data filters")
+        model = load_model(checkpoint, config, layout, device)
+        metrics, examples = split_metrics(model, source, config, split, device, max_batches, num_workers)
+        result = split_rollouts(model, source, split, rollouts, horizon, device, seed) if rollouts > 0 else None
+    if plot is not None:
+        plot_rollout(result.first, plot)
+    return Evaluation(split, games, examples, metrics, result)
+
+
+def metrics_table(evaluation: Evaluation) -> str:
+    """The metrics, then the rollout horizons, as aligned plain-text tables."""
+    lines = [f"split {evaluation.split}: {evaluation.games} games, {evaluation.examples:,} examples"]
+    width = max(map(len, evaluation.metrics))
+    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in evaluation.metrics.items()]
+    if evaluation.rollout is not None:
+        result = evaluation.rollout
+        lines += ["", f"rollouts: {len(result.starts)}, each from a real context with the replay's controllers"]
+        lines.append("  " + f"{'horizon':>8}" + "".join(f"{name:>14}" for name in ROLLOUT_METRICS))
+        for h, values in result.metrics.items():
+            lines.append("  " + f"{h:>8}" + "".join(f"{values[name]:>14.4f}" for name in ROLLOUT_METRICS))
+        lines.append("  pos_error: mean |pred - true| of x and y over both players, game units; matches: fraction of players")
+    return "\n".join(lines)
+
+
+def plot_rollout(trajectory: Trajectory, path: str | Path) -> None:
+    """A PNG of one rollout: x, y and action id of both players, predicted (dashed) and true (solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    frames = np.arange(1, len(trajectory.true["x"]) + 1)
+    figure, axes = plt.subplots(3, 1, figsize=(12, 10), sharex=True)
+    for axis, field in zip(axes, ("x", "y", "action")):
+        for player, color in ((0, "tab:blue"), (1, "tab:red")):
+            draw = axis.step if field == "action" else axis.plot
+            draw(frames, trajectory.true[field][:, player], color=color, label=f"p{player} true")
+            draw(frames, trajectory.pred[field][:, player], color=color, linestyle="--", label=f"p{player} predicted")
+        axis.set_ylabel("action id" if field == "action" else f"{field} (game units)")
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", ncol=4, fontsize="small")
+    axes[-1].set_xlabel("frames after the real context")
+    game, t0 = trajectory.start
+    figure.suptitle(f"rollout from game {game}, frame {t0}: predicted frames fed back, replay controllers")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+@contextlib.contextmanager
+def _store_for(store: str | None, replays: Sequence[str], config: ExperimentConfig) -> Iterator[str]:
+    """The store path to read: `store` itself, or a temporary store of `replays` in the config's encoding."""
+    if store is not None:
+        yield store
+        return
+    with tempfile.TemporaryDirectory(prefix="melee-eval-") as directory:
+        path = str(Path(directory) / "replays.zarr")
+        summary = encode(replays, path, EncodeOptions(config=config.encoding, progress=False))
+        if not summary.store_games:
+            reasons = "; ".join(f"{s.source}: {s.reason}" for s in summary.skipped[:3])
+            raise ValueError(f"none of the replays could be encoded ({reasons or 'no .slp files found'})")
+        yield path
+
+
+def _splits(split: str) -> tuple[str, ...]:
+    return SPLITS if split == "all" else (split,)
+
+
+def _autocast(device: torch.device, mixed_precision: str):
+    """The trainer's precision on GPUs ("auto" is bf16 there); fp32 on a CPU."""
+    dtypes = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if device.type != "cuda" or mixed_precision not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtypes[mixed_precision])
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,261 @@
+"""Autoregressive rollouts (spec section 5): the model's predictions fed back as its next context frame.
+
+A rollout starts from K real frames (t0-K .. t0-1 of a game) and predicts frames t0 .. t0+H-1 one at a
+time, each from the K frames before it (real at first, then its own predictions) and the replay's own
+controller input at that frame. A predicted frame is the last context frame with:
+    continuous, velocity columns   += the predicted deltas
+    binary columns                 := sigmoid(logit) > 0.5
+    dynamics columns               := the predicted values
+    controller columns             := the replay's at that frame
+    TARGET_FIELDS int columns      := argmax per player
+    state_age int column (if any)  := previous + 1 while the action is unchanged, else 0 (clipped to its vocab)
+    character, stage               carried over
+then percent, x, y, shield and stocks clamped to their game ranges (converted with each column's
+scale/offset from the schema). Many rollouts run at once, as one batch, on any device.
+
+`rollout` runs start points in one game's frames; `rollout_store` runs start points anywhere in a
+store; `pick_starts` chooses start points over a split's games, deterministically for a seed. Both
+return a `RolloutResult`: per-frame errors averaged over the rollouts, read off at horizons, and the
+first rollout's trajectory in game units for plotting.
+
+Shape letters: N rollouts, K context frames, H horizon, F n_float, I n_int, C ctrl_dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from melee_encode import Schema, Store
+from melee_model.layout import TARGET_FIELDS, FrameLayout
+
+DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
+# Game-unit ranges of the clamped fields (spec section 5).
+CLAMP_RANGES = {"percent": (0.0, 999.0), "x": (-300.0, 300.0), "y": (-200.0, 300.0), "shield": (0.0, 60.0), "stocks": (0.0, 4.0)}
+# Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units), and the
+# fraction of players whose action, and whose stock count, matches the replay.
+ROLLOUT_METRICS = ("pos_error", "action_match", "stocks_match")
+# Per-player fields of a trajectory, in game units (action: ids).
+TRAJECTORY_FIELDS = ("x", "y", "percent", "stocks", "action")
+
+
+@dataclass
+class Trajectory:
+    """One rollout in game units: field -> (H, 2) arrays (player axis last), predicted and true."""
+
+    start: tuple[int, int]  # (game, t0)
+    pred: dict[str, np.ndarray]
+    true: dict[str, np.ndarray]
+
+
+@dataclass
+class RolloutResult:
+    """What a batch of rollouts produced.
+
+    metrics[h][name] is the mean over rollouts of ROLLOUT_METRICS name at the h-th predicted frame
+    (frame t0+h-1); curves[name] (H,) holds that mean for every frame.
+    """
+
+    starts: np.ndarray  # (N, 2) int64: (game, t0) of each rollout
+    metrics: dict[int, dict[str, float]]
+    curves: dict[str, np.ndarray]
+    pred_floats: np.ndarray  # (N, H, F) the predicted frames t0 .. t0+H-1
+    pred_ints: np.ndarray  # (N, H, I)
+    first: Trajectory
+
+
+class FrameStepper:
+    """One rollout step's index tensors, built once from the layout on the device.
+
+    next_ctrl(last_float (N, F), replay_float (N, F)) -> (N, C), as build_batch makes it;
+    frame(last_float (N, F), last_int (N, I), pred, replay_float (N, F)) -> the predicted frame,
+    (N, F) float32 and (N, I) int64; see the module docstring for how each column is set.
+    """
+
+    def __init__(self, layout: FrameLayout, device):
+        if layout.lookahead:
+            raise ValueError(f"rollouts need data.lookahead 0 (one predicted frame per step); this model has lookahead {layout.lookahead}")
+        self.layout = layout
+        schema = layout.schema
+        index = lambda values: torch.tensor(list(values), dtype=torch.long, device=device)  # noqa: E731
+        targets = np.array(layout.float_target_columns)
+        is_delta = np.array(layout.float_target_is_delta)
+        binary, dynamics = layout.float_blocks["binary"], layout.float_blocks["dynamics"]
+        self.delta_positions, self.delta_columns = index(np.flatnonzero(is_delta)), index(targets[is_delta])
+        self.binary_positions, self.binary_columns = index(range(binary.start, binary.stop)), index(targets[binary])
+        self.dynamics_positions, self.dynamics_columns = index(range(dynamics.start, dynamics.stop)), index(targets[dynamics])
+        self.ctrl_columns, self.button_columns = index(layout.ctrl_columns), index(layout.button_columns)
+        self.int_columns = {f: index(schema.int_index(f"p{p}.{f}") for p in (0, 1)) for f in TARGET_FIELDS}  # field -> (2,)
+        self.action_columns = index(layout.action_columns)
+        self.state_age_columns = index(layout.int_columns_of("state_age"))  # empty when state_age is no int column
+        self.state_age_max = layout.vocab("state_age") - 1 if len(self.state_age_columns) else 0
+        clamped = [(i, c) for i, c in enumerate(schema.float_columns) if c.player is not None and c.field in CLAMP_RANGES]
+        bounds = np.array([[lo * c.scale + c.offset for lo in CLAMP_RANGES[c.field]] for _, c in clamped]).reshape(-1, 2)
+        self.clamp_columns = index(i for i, _ in clamped)
+        # A negative scale would swap the ends of a range once encoded.
+        self.clamp_low = torch.tensor(bounds.min(axis=1), dtype=torch.float32, device=device)
+        self.clamp_high = torch.tensor(bounds.max(axis=1), dtype=torch.float32, device=device)
+
+    def next_ctrl(self, last_float: torch.Tensor, replay_float: torch.Tensor) -> torch.Tensor:
+        controls = replay_float[:, self.ctrl_columns]  # (N, 26)
+        if not self.layout.press_events:
+            return controls
+        buttons = replay_float[:, self.button_columns] > 0.5  # (N, 16)
+        pressed = buttons & (last_float[:, self.button_columns] <= 0.5)
+        return torch.cat([controls, pressed.float()], dim=1)  # (N, 26 + 16)
+
+    def frame(self, last_float: torch.Tensor, last_int: torch.Tensor, pred: dict, replay_float: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = pred["float"].float()  # (N, T)
+        floats = last_float.clone()  # (N, F)
+        floats[:, self.delta_columns] += out[:, self.delta_positions]
+        floats[:, self.binary_columns] = (torch.sigmoid(out[:, self.binary_positions]) > 0.5).float()
+        floats[:, self.dynamics_columns] = out[:, self.dynamics_positions]
+        floats[:, self.ctrl_columns] = replay_float[:, self.ctrl_columns]
+        floats[:, self.clamp_columns] = floats[:, self.clamp_columns].clamp(self.clamp_low, self.clamp_high)
+        ints = last_int.clone()  # (N, I)
+        for field in TARGET_FIELDS:
+            ints[:, self.int_columns[field]] = pred[field].argmax(-1)  # (N, 2)
+        if len(self.state_age_columns):
+            same = ints[:, self.action_columns] == last_int[:, self.action_columns]  # (N, 2)
+            older = (last_int[:, self.state_age_columns] + 1).clamp(max=self.state_age_max)
+            ints[:, self.state_age_columns] = torch.where(same, older, torch.zeros_like(older))
+        return floats, ints
+
+
+def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int, context_len: int, seed: int = 0) -> np.ndarray:
+    """`count` start points (game row, t0) spread over the games long enough for a rollout.
+
+    Games take turns in a seeded order (so up to `count` different games are used) and each start
+    t0 is uniform in [K, length - H]. Sorted by (row, t0), so that reads group by game.
+    Returns (count, 2) int64.
+    """
+    rows, lengths = np.asarray(rows), np.asarray(lengths)
+    eligible = np.flatnonzero(lengths >= context_len + horizon)
+    if not len(eligible):
+        raise ValueError(f"no game is long enough for a rollout of {horizon} frames after {context_len} context frames")
+    rng = np.random.default_rng(seed)
+    games = rng.permutation(eligible)[np.arange(count) % len(eligible)]  # (count,)
+    t0 = rng.integers(context_len, lengths[games] - horizon + 1)  # (count,)
+    starts = np.stack([rows[games], t0], axis=1).astype(np.int64)  # (count, 2)
+    return starts[np.lexsort((starts[:, 1], starts[:, 0]))]
+
+
+def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, ints: np.ndarray, starts, horizon: int, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+    """Rollouts from frames `starts` (t0 values) of one game; floats (frames, F), ints (frames, I).
+
+    Each needs K <= t0 and t0 + horizon <= frames. The model must be on `device`. The result's
+    starts have game 0.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    K = layout.context_len
+    if len(starts) and (starts.min() < K or starts.max() + horizon > len(floats)):
+        raise ValueError(f"rollout starts must lie in [{K}, {len(floats) - horizon}] for {horizon} frames of a {len(floats)}-frame game")
+    frames = starts[:, None] + np.arange(-K, horizon)  # (N, K+H)
+    return rollout_windows(model, layout, floats[frames], ints[frames], np.stack([np.zeros_like(starts), starts], axis=1), device, horizons, batch_size)
+
+
+def rollout_store(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+    """Rollouts from (game row, t0) start points anywhere in a store (e.g. from `pick_starts`)."""
+    float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)
+    return rollout_windows(model, layout, float_windows, int_windows, starts, device, horizons, batch_size)
+
+
+def store_windows(store: Store, starts: np.ndarray, context_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames t0-K .. t0+H-1 of each start: (N, K+H, F) float32 and (N, K+H, I) int16, one read per game."""
+    floats, ints = [None] * len(starts), [None] * len(starts)
+    for game in np.unique(starts[:, 0]):
+        mine = np.flatnonzero(starts[:, 0] == game)
+        first, stop = int(starts[mine, 1].min()) - context_len, int(starts[mine, 1].max()) + horizon
+        game_floats, game_ints, _ = store.frames(int(game), first, stop)  # (stop - first, F), (stop - first, I)
+        if len(game_floats) < stop - first or first < 0:
+            raise ValueError(f"game {game} has no frames {first} .. {stop - 1} for a rollout")
+        for i in mine:
+            at = int(starts[i, 1]) - context_len - first
+            floats[i], ints[i] = game_floats[at : at + context_len + horizon], game_ints[at : at + context_len + horizon]
+    return np.stack(floats), np.stack(ints)  # (N, K+H, F), (N, K+H, I)
+
+
+def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray, starts: np.ndarray, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+    """Rollouts over windows of real frames t0-K .. t0+H-1: (N, K+H, F) floats, (N, K+H, I) ints.
+
+    The first K frames are the starting context; of the other H, only the controller columns are
+    read to predict (the rest is the truth the metrics compare with). Runs in eval mode without
+    gradients, `batch_size` rollouts at a time, and restores the model's mode afterwards.
+    """
+    K = layout.context_len
+    horizon = float_windows.shape[1] - K
+    if horizon < 1 or len(float_windows) < 1:
+        raise ValueError(f"a rollout needs at least one start and one frame past the {K} context frames")
+    device = torch.device(device)
+    stepper = FrameStepper(layout, device)
+    was_training = model.training
+    model.eval()
+    try:
+        pieces = [_roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device) for a in range(0, len(float_windows), batch_size)]
+    finally:
+        model.train(was_training)
+    pred_floats = np.concatenate([p[0] for p in pieces])  # (N, H, F)
+    pred_ints = np.concatenate([p[1] for p in pieces])  # (N, H, I)
+    true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
+    per_frame = frame_metrics(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (N, H)
+    curves = {name: values.mean(axis=0) for name, values in per_frame.items()}  # name -> (H,)
+    wanted = report_horizons(horizon, horizons)
+    metrics = {h: {name: float(curves[name][h - 1]) for name in ROLLOUT_METRICS} for h in wanted}
+    first = Trajectory(
+        start=(int(starts[0][0]), int(starts[0][1])),
+        pred=game_units(layout, pred_floats[0], pred_ints[0]),
+        true=game_units(layout, true_floats[0], true_ints[0]),
+    )
+    return RolloutResult(np.asarray(starts, dtype=np.int64), metrics, curves, pred_floats, pred_ints, first)
+
+
+@torch.no_grad()
+def _roll(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows."""
+    K = stepper.layout.context_len
+    windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
+    ctx_float = windows[:, :K].clone()  # (n, K, F)
+    ctx_int = torch.as_tensor(int_windows[:, :K], device=device).long()  # (n, K, I)
+    floats, ints = [], []
+    for h in range(windows.shape[1] - K):
+        replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
+        pred = model(ctx_float, ctx_int, stepper.next_ctrl(ctx_float[:, -1], replay))
+        frame_float, frame_int = stepper.frame(ctx_float[:, -1], ctx_int[:, -1], pred, replay)  # (n, F), (n, I)
+        floats.append(frame_float)
+        ints.append(frame_int)
+        ctx_float = torch.cat([ctx_float[:, 1:], frame_float[:, None]], dim=1)  # (n, K, F)
+        ctx_int = torch.cat([ctx_int[:, 1:], frame_int[:, None]], dim=1)  # (n, K, I)
+    return torch.stack(floats, 1).cpu().numpy(), torch.stack(ints, 1).to(torch.int16).cpu().numpy()  # (n, H, F), (n, H, I)
+
+
+def report_horizons(horizon: int, horizons=None) -> list[int]:
+    """The horizons to report for a rollout of `horizon` frames: those that fit, and `horizon` itself."""
+    return sorted({h for h in (DEFAULT_HORIZONS if horizons is None else horizons) if 1 <= h <= horizon} | {horizon})
+
+
+def frame_metrics(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
+    """Each of ROLLOUT_METRICS per rollout and frame, (N, H), from (N, H, F) floats and (N, H, I) ints."""
+    schema = layout.schema
+    position_error = np.concatenate([np.abs(player_values(schema, pred_floats, f) - player_values(schema, true_floats, f)) for f in ("x", "y")], axis=-1)  # (N, H, 4)
+    actions = list(layout.action_columns)
+    stocks_match = np.rint(player_values(schema, pred_floats, "stocks")) == np.rint(player_values(schema, true_floats, "stocks"))  # (N, H, 2)
+    return {
+        "pos_error": position_error.mean(-1),
+        "action_match": (pred_ints[..., actions] == true_ints[..., actions]).mean(-1),
+        "stocks_match": stocks_match.mean(-1),
+    }
+
+
+def game_units(layout: FrameLayout, floats: np.ndarray, ints: np.ndarray) -> dict[str, np.ndarray]:
+    """TRAJECTORY_FIELDS of (H, F) floats and (H, I) ints: field -> (H, 2), floats decoded to game units."""
+    out = {field: player_values(layout.schema, floats, field) for field in TRAJECTORY_FIELDS if field != "action"}
+    out["action"] = ints[:, list(layout.action_columns)].astype(np.int64)  # (H, 2)
+    return out
+
+
+def player_values(schema: Schema, floats: np.ndarray, field: str) -> np.ndarray:
+    """Both players' values of a float field in game units: (..., F) -> (..., 2)."""
+    names = [f"p{p}.{field}" for p in (0, 1)]
+    return np.stack([schema.decode_float(floats[..., schema.float_index(n)], n) for n in names], axis=-1)

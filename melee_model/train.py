@@ -1,0 +1,426 @@
+"""Training: the loop behind `scripts/train.py`, on a CPU, one GPU or many, through HF Accelerate.
+
+One process per device (`accelerate launch`, or `ACCELERATE_USE_CPU=1 torchrun` for CPU ranks). Each
+rank reads its own share of every epoch straight from the store (melee_model.data), so the data
+loader is not passed through `accelerator.prepare`. An optimizer step is `grad_accum` micro-batches;
+every rank runs the same number of them per epoch (a rank whose share ran out takes a zero-loss step
+so that gradients still sync).
+
+Exact resume: the checkpoint holds the model, the optimizer, the scheduler, every rank's RNG and
+unlogged metric sums, and the position in the epoch; the data order is a pure function of (seed,
+epoch), so a resumed run continues with the batches, learning rates and metrics the uninterrupted
+run would have had. Scheduled sampling (spec section 6) keeps the reference's targets: deltas stay
+relative to the clean last context frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from melee_model.config import ExperimentConfig, to_dict
+from melee_encode import open_store
+from melee_model.data import ExampleSource, check_encoding
+from melee_model.layout import FrameLayout
+from melee_model.losses import compute_losses
+from melee_model.metrics import MetricAccumulator
+from melee_model.model import build_model, describe_model
+
+
+class StopTraining(Exception):
+    """An escape hatch (or max_steps) ended the run; the message says which and why."""
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # this epoch's micro-batches already consumed (per rank)
+    best_val_loss: float = math.inf
+    best_window_loss: float = math.inf
+    batches_since_best: int = 0
+    stop_reason: str = ""
+
+
+def layout_for(config: ExperimentConfig, schema) -> FrameLayout:
+    data = config.data
+    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead)
+
+
+def store_fingerprint(source: ExampleSource) -> dict:
+    """What makes two stores interchangeable for a run: encoding, schema and the selected games."""
+    games = source.store.games["hash"]
+    selected = sorted(games[np.concatenate([source.rows["train"], source.rows["val"]])].tolist())
+    return {
+        "path": source.store_path,
+        "encoding": source.store.config.to_dict(),
+        "schema": hashlib.sha256(json.dumps(source.store.schema.to_dict(), sort_keys=True).encode()).hexdigest()[:16],
+        "games": len(selected),
+        "selection": hashlib.sha256("".join(selected).encode()).hexdigest()[:16],
+    }
+
+
+def cosine_schedule(total: int, warmup: int, floor: float):
+    """lr multiplier per optimizer step: linear warmup, then cosine from 1 to `floor`."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def batch_to_device(batch: dict, device: torch.device) -> dict:
+    """Move a loader batch to the device; int columns become int64 there (the loader ships int16)."""
+    moved = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        moved[key] = value.long() if key in ("int_ctx", "int_tgt") else value
+    return moved
+
+
+class Trainer:
+    """One training run: set-up, the epochs, evaluation, logging, checkpoints and escape hatches."""
+
+    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True):
+        self.config = config
+        train = config.train
+        mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
+        self.accelerator = Accelerator(mixed_precision=mixed, log_with="wandb" if config.wandb.enabled else None)
+        self.output_dir = Path(output_dir or Path("runs") / config.name)
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+
+        opened = open_store(store)
+        check_encoding(opened, config.encoding)  # before the layout: name the differing options first
+        self.layout = layout_for(config, opened.schema)
+        self.source = ExampleSource(store, self.layout, config.data, encoding=config.encoding)
+        torch.manual_seed(train.seed)  # the same initial weights on every rank
+        model = build_model(config.model, self.layout)
+        self.describe = describe_model(model, self.layout)
+        self.model, self.optimizer = self.accelerator.prepare(model, _adamw(model, train.lr, train.weight_decay))
+        self.steps_per_epoch = self.source.plan("train", 0, self.world).steps  # micro-batches per rank
+        self.updates_per_epoch = math.ceil(self.steps_per_epoch / train.grad_accum)
+        self.total_updates = train.epochs * self.updates_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(self.total_updates, train.warmup_steps, train.min_lr_ratio))
+        torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
+        self.train_metrics = MetricAccumulator(self.layout, self.device)
+        self.window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite batches
+        self.progress = Progress()
+        self.fingerprint = store_fingerprint(self.source)
+        self.wandb_id = None
+        if resume:
+            self._resume(resume)
+        self.show_bar = progress_bar and self.accelerator.is_main_process
+        self._start_trackers()
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(self) -> dict:
+        """Train to the end (or an escape hatch); return the last validation metrics."""
+        self._print(self.describe)
+        self._print(f"data: {self.source.examples('train'):,} train / {self.source.examples('val'):,} val examples; "
+                    f"{self.steps_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
+                    f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs")
+        val = {}
+        if self.config.train.eval_at_start and self.progress.step == 0:
+            self._emit({**self.evaluate(), "epoch": 0})
+        bar = _bar(self.show_bar, self.total_updates, self.progress.step)
+        try:
+            while self.progress.epoch < self.config.train.epochs:
+                self._train_epoch(bar)
+                val = self.evaluate()
+                self._emit({**val, "epoch": self.progress.epoch + 1})
+                self.progress.epoch += 1
+                self.progress.batch_in_epoch = 0
+                self._save_epoch_checkpoint(val)
+                self._check_change_acc(val)
+        except StopTraining as stop:
+            self.progress.stop_reason = str(stop)
+            self._save(("latest",))
+            self._print(f"stopped: {stop}; checkpoint: {self.output_dir / 'latest'}")
+        finally:
+            bar.close()
+            self.accelerator.end_training()
+        return val
+
+    def _train_epoch(self, bar) -> None:
+        train = self.config.train
+        epoch = self.progress.epoch
+        loader = self.source.loader("train", epoch, rank=self.rank, world=self.world, start_batch=self.progress.batch_in_epoch)
+        batches = iter(loader)
+        started, examples = time.perf_counter(), 0
+        self.model.train()
+        for index in range(self.progress.batch_in_epoch, self.steps_per_epoch):
+            batch = next(batches, None)  # None: this rank's share of the epoch has run out
+            sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.steps_per_epoch
+            examples += 0 if batch is None else len(batch["example_id"])
+            self._micro_step(batch, epoch, sync)
+            if not sync:
+                continue
+            self.progress.batch_in_epoch = index + 1
+            self.progress.step += 1
+            bar.update(1)
+            step = self.progress.step
+            if step % train.log_interval == 0:
+                rate = examples * self.world / max(time.perf_counter() - started, 1e-9)
+                self._log_train(rate, bar)
+                started, examples = time.perf_counter(), 0
+            if step % train.check_every == 0:
+                self._check_window()
+            if train.checkpoint_every and step % train.checkpoint_every == 0:
+                self._save(("latest",))
+            if train.max_steps is not None and step >= train.max_steps:
+                raise StopTraining(f"reached train.max_steps={train.max_steps}")
+        self._check_window()
+
+    def _micro_step(self, batch: dict | None, epoch: int, sync: bool) -> None:
+        train = self.config.train
+        with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
+            if batch is None:  # one example of the last batch, weighted 0: the gradients still sync
+                empty = {key: value[:1] for key, value in self.last_batch.items()}
+                with self.accelerator.autocast():
+                    pred = self.model(empty["float_ctx"], empty["int_ctx"], empty["next_ctrl"])
+                loss = compute_losses(pred, empty, self.layout, self.config.loss)["total"] * 0.0
+            else:
+                batch = self.last_batch = batch_to_device(batch, self.device)
+                self._scheduled_sampling(batch, epoch)
+                with self.accelerator.autocast():
+                    pred = self.model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+                losses = compute_losses(pred, batch, self.layout, self.config.loss)
+                loss = losses["total"]
+                self.train_metrics.update(pred, batch, losses)
+                finite = torch.isfinite(loss.detach())
+                self.window += torch.stack([torch.where(finite, loss.detach().double(), 0.0), torch.ones_like(self.window[0]), (~finite).double()])
+            self.accelerator.backward(loss / train.grad_accum)
+        if sync:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _scheduled_sampling(self, batch: dict, epoch: int) -> None:
+        """Noise on the continuous and velocity columns of the last context frames (spec section 6)."""
+        sampling = self.config.train.scheduled_sampling
+        strength = min(1.0, epoch / sampling.anneal_epochs) if sampling.anneal_epochs else 1.0
+        if sampling.rate <= 0 or epoch == 0 or strength == 0:
+            return
+        schema = self.layout.schema
+        columns = [i for p in (0, 1) for g in ("continuous", "velocity") for i in schema.float_indices(player=p, group=g)]
+        generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
+        ctx = batch["float_ctx"]  # (B, K, F)
+        chosen = torch.rand(ctx.shape[0], device=self.device, generator=generator) < sampling.rate * strength  # (B,)
+        frames = min(sampling.frames, ctx.shape[1])
+        noise = torch.randn(ctx.shape[0], frames, len(columns), device=self.device, generator=generator) * sampling.noise * strength
+        index = torch.tensor(columns, device=self.device)
+        ctx[:, -frames:, index] += noise * chosen[:, None, None]
+
+    # ------------------------------------------------------------------ evaluation and logging
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> dict:
+        """Metrics of `split` over all ranks, with the "val_" key prefix."""
+        model = self.accelerator.unwrap_model(self.model)  # no DDP collectives: ranks may differ by a batch
+        model.eval()
+        metrics = MetricAccumulator(self.layout, self.device)
+        limit = self.config.train.val_batches
+        for index, batch in enumerate(self.source.loader(split, 0, rank=self.rank, world=self.world)):
+            if limit is not None and index >= limit:
+                break
+            batch = batch_to_device(batch, self.device)
+            with self.accelerator.autocast():
+                pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+            metrics.update(pred, batch, compute_losses(pred, batch, self.layout, self.config.loss))
+        model.train()
+        return metrics.compute(reduce=self._sum, prefix="val_")
+
+    def _log_train(self, rate: float, bar) -> None:
+        metrics = self.train_metrics.compute(reduce=self._sum)
+        self.train_metrics.reset()
+        metrics.update({"lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate, "epoch": self.progress.step / self.updates_per_epoch})
+        bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", change_acc=f"{metrics['metric/change_acc']:.3f}", ex_s=f"{rate:,.0f}", refresh=False)
+        self._emit(metrics)
+
+    def _emit(self, metrics: dict) -> None:
+        """To the trackers (wandb) and to OUTPUT/metrics.jsonl, from the main process."""
+        self.accelerator.log(metrics, step=self.progress.step)
+        if self.accelerator.is_main_process:
+            record = {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics}
+            with open(self.output_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum")
+
+    def _print(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            print(text, flush=True)
+
+    def _start_trackers(self) -> None:
+        if not self.config.wandb.enabled:
+            return
+        wandb = self.config.wandb
+        mode = wandb.mode if wandb.mode != "auto" else ("online" if _wandb_logged_in() else "offline")
+        self.wandb_id = self.wandb_id or _new_run_id(self.config.name)
+        init = {"name": self.config.name, "id": self.wandb_id, "resume": "allow", "mode": mode, "dir": str(self.output_dir), "tags": wandb.tags}
+        if wandb.entity:
+            init["entity"] = wandb.entity
+        self.accelerator.init_trackers(wandb.project, config=to_dict(self.config), init_kwargs={"wandb": init})
+
+    # ------------------------------------------------------------------ escape hatches
+
+    def _check_window(self) -> None:
+        """The host-side checks on the loss since the last check (one sync)."""
+        loss_sum, batches, nonfinite = self._sum(self.window.clone()).tolist()
+        self.window.zero_()
+        train, progress = self.config.train, self.progress
+        if nonfinite and train.stop_on_nonfinite:
+            self._save(("nonfinite",))
+            raise StopTraining(f"the loss became NaN or inf before step {progress.step}; the last good checkpoint is {self.output_dir / 'latest'} (the failing state is in {self.output_dir / 'nonfinite'})")
+        if not batches:
+            return
+        loss = loss_sum / batches
+        if loss < progress.best_window_loss - 1e-6:
+            progress.best_window_loss, progress.batches_since_best = loss, 0
+        else:
+            progress.batches_since_best += int(batches) // self.world
+        if train.patience_batches and progress.batches_since_best >= train.patience_batches:
+            raise StopTraining(f"the training loss has not improved on {progress.best_window_loss:.4f} for {progress.batches_since_best:,} batches (train.patience_batches)")
+
+    def _check_change_acc(self, val: dict) -> None:
+        threshold = self.config.train.min_val_change_acc
+        change_acc = val.get("val_change_acc", math.nan)
+        if threshold is not None and self.progress.epoch == 1 and not change_acc >= threshold:
+            raise StopTraining(f"val_change_acc {change_acc:.3f} is under {threshold} after the first epoch (train.min_val_change_acc)")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_epoch_checkpoint(self, val: dict) -> None:
+        loss = val.get("val_loss/total", math.inf)
+        links = ("latest", "best") if loss < self.progress.best_val_loss else ("latest",)
+        self.progress.best_val_loss = min(self.progress.best_val_loss, loss)
+        self._save(links)
+
+    def _save(self, links: tuple[str, ...]) -> None:
+        mine = {
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.zeros(0, dtype=torch.uint8),
+            "metric_totals": self.train_metrics.totals.cpu(),
+            "window": self.window.cpu(),
+        }
+        ranks = _gather(mine, self.world)
+        if self.accelerator.is_main_process:
+            state = {
+                "progress": dataclasses.asdict(self.progress),
+                "scheduler": self.scheduler.state_dict(),
+                "config": to_dict(self.config),
+                "store": self.fingerprint,
+                "world_size": self.world,
+                "wandb_id": self.wandb_id,
+            }
+            model = self.accelerator.unwrap_model(self.model).state_dict()
+            save_checkpoint(self.output_dir, self.progress.step, model=model, optimizer=self.optimizer.state_dict(), ranks=ranks, state=state, links=links)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self, path: str) -> None:
+        model, optimizer, ranks, state = load_checkpoint(path)
+        if state["store"]["selection"] != self.fingerprint["selection"] or state["store"]["encoding"] != self.fingerprint["encoding"]:
+            raise CheckpointError(
+                f"{path} was trained on another store or selection ({state['store']['path']}: {state['store']['games']} games, "
+                f"fingerprint {state['store']['selection']}); this one has {self.fingerprint['games']} games, fingerprint "
+                f"{self.fingerprint['selection']}: resume on the same store with the same data filters"
+            )
+        for section in ("encoding", "data", "model"):
+            if state["config"][section] != to_dict(self.config)[section]:
+                raise CheckpointError(f"{path} was trained with another {section} config; resume with the run's own config (its {section} section must match)")
+        if state["world_size"] != self.world:
+            raise CheckpointError(f"{path} was written by {state['world_size']} process(es); resume with the same number to continue exactly (this run has {self.world})")
+        self.accelerator.unwrap_model(self.model).load_state_dict(model)
+        self.optimizer.load_state_dict(optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        mine = ranks[self.rank]
+        torch.set_rng_state(mine["rng_cpu"])
+        if self.device.type == "cuda" and mine["rng_cuda"].numel():
+            torch.cuda.set_rng_state(mine["rng_cuda"], self.device)
+        self.train_metrics.totals.copy_(mine["metric_totals"].to(self.device))
+        self.window.copy_(mine["window"].to(self.device))
+        self.progress = Progress(**{**state["progress"], "stop_reason": ""})
+        self.wandb_id = state["wandb_id"]
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
+        self._print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch})")
+
+
+def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decay on matrices and embeddings only, as nanoGPT; never on biases, norms, or the
+    SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D)."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (no_decay if parameter.dim() < 2 or getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _gather(obj: dict, world: int) -> list[dict]:
+    """Every rank's `obj`, on every rank (in-memory pickling between our own processes)."""
+    if world == 1:
+        return [obj]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint a run resumes from: they will be logged again."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _wandb_logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
+
+
+def _new_run_id(name: str) -> str:
+    return f"{name[:40]}-{int(time.time())}-{os.getpid() % 10000}"
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)

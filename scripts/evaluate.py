@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint on a store or on replay files (thin entry point over melee_model.evaluate).
+
+    python scripts/evaluate.py --checkpoint runs/tiny/best --store data/replays.zarr
+    python scripts/evaluate.py --checkpoint runs/tiny/best --store data/replays.zarr --rollout --plot rollout.png
+    python scripts/evaluate.py --checkpoint runs/tiny/best --replays games/ one.slp --json
+
+Metrics are the trainer's validation metrics ("val_" keys) over the split (val by default; "all" for
+--replays: every game the checkpoint's data filters select). --rollout adds autoregressive rollouts
+from start points spread over the split's games (the same for the same --seed).
+"""
+
+import argparse
+import json
+import sys
+
+from melee_encode import StoreError
+from melee_model.checkpoint import CheckpointError
+from melee_model.data import EncodingMismatch
+from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory or link, e.g. runs/<name>/best")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--store", help="a melee-encode store in the checkpoint's encoding")
+    data.add_argument("--replays", nargs="+", metavar="DIR_OR_FILE", help="replays (.slp files or folders) to encode and evaluate on")
+    parser.add_argument("--split", choices=EVAL_SPLITS, help="games to evaluate (default: val for --store, all for --replays)")
+    parser.add_argument("--batches", type=int, help="at most this many batches (default: the whole split)")
+    parser.add_argument("--workers", type=int, help="loader processes (default: the config's data.num_workers)")
+    parser.add_argument("--device", help="torch device (default: the first GPU, else the CPU)")
+    parser.add_argument("--rollout", action="store_true", help="also run autoregressive rollouts")
+    parser.add_argument("--rollouts", type=int, default=64, help="how many rollouts (default 64)")
+    parser.add_argument("--horizon", type=int, default=300, help="frames per rollout (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
+    parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    args = parser.parse_args()
+    try:
+        evaluation = evaluate_checkpoint(
+            args.checkpoint,
+            args.store,
+            args.replays or (),
+            split=args.split,
+            max_batches=args.batches,
+            rollouts=args.rollouts if args.rollout or args.plot else 0,
+            horizon=args.horizon,
+            seed=args.seed,
+            device=args.device,
+            num_workers=args.workers,
+            plot=args.plot,
+        )
+    except (ValueError, CheckpointError, EncodingMismatch, StoreError, FileNotFoundError) as error:
+        print(f"evaluate.py: error: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(evaluation.to_json(), indent=1))
+    else:
+        print(metrics_table(evaluation))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

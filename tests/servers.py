@@ -1,0 +1,76 @@
+"""Real servers on loopback for the remote-store tests and benchmarks: an S3-compatible server (moto).
+
+The server runs in its own process (as s3fs's own tests run it), so that its request handling does
+not share this process's interpreter. Credentials are dummy ones put in the environment, the usual
+place s3fs and botocore look, before any worker process (a Dask worker's included) starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class S3Server:
+    """`python -m moto.server` on a free loopback port, from `start` to `stop`."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.storage_options = {"endpoint_url": self.endpoint_url}
+        self.process: subprocess.Popen | None = None
+        self._saved_env: dict = {}
+
+    def start(self) -> "S3Server":
+        self._saved_env = {key: os.environ.get(key) for key in CREDENTIALS}
+        os.environ.update(CREDENTIALS)
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the moto S3 server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def filesystem(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint_url, use_listings_cache=False, skip_instance_cache=True)
+
+    def new_bucket(self) -> str:
+        """A fresh, empty bucket; returns its name."""
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        self.filesystem().mkdir(name)
+        return name
+
+    def __enter__(self) -> "S3Server":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
