@@ -55,7 +55,12 @@ def encode_trials(replays: str, repeat: int, trials: int, workdir: str) -> list[
 
     inputs = [replays] * repeat
     pool = EncodeOptions(workers=2, allow_duplicates=True, progress=False)
+    saved = dict(os.environ)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        # Dask leaves MALLOC_TRIM_THRESHOLD_ and thread caps in this process's environment: the local
+        # pool's processes must not inherit them, or the comparison is skewed.
+        os.environ.clear()
+        os.environ.update(saved)
         dask = EncodeOptions(dask=client, allow_duplicates=True, progress=False)
         encode_rate([replays], workdir, dask)  # warms the workers: imports, first store
         return [(encode_rate(inputs, workdir, dask), encode_rate(inputs, workdir, pool)) for _ in range(trials)]

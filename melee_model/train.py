@@ -99,7 +99,7 @@ def batch_to_device(batch: dict, device: torch.device) -> dict:
 class Trainer:
     """One training run: set-up, the epochs, evaluation, logging, checkpoints and escape hatches."""
 
-    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True):
+    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None):
         self.config = config
         train = config.train
         mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
@@ -110,10 +110,10 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
 
-        opened = open_store(store)
+        opened = open_store(store, storage_options)
         check_encoding(opened, config.encoding)  # before the layout: name the differing options first
         self.layout = layout_for(config, opened.schema)
-        self.source = ExampleSource(store, self.layout, config.data, encoding=config.encoding)
+        self.source = ExampleSource(store, self.layout, config.data, encoding=config.encoding, storage_options=storage_options)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)

@@ -3,12 +3,14 @@
     accelerate launch scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
     accelerate launch scripts/train.py --config ... --store ... --resume runs/tiny/latest
+    accelerate launch scripts/train.py --config ... --store s3://bucket/ranked.zarr [--storage-option endpoint_url=...]
     ... --set train.lr=1e-3 --set data.batch_size=2048      (override any config value)
 """
 
 import argparse
 import sys
 
+from melee_encode.storage import parse_storage_options
 from melee_model.checkpoint import CheckpointError
 from melee_model.config import load_config
 from melee_model.data import EncodingMismatch
@@ -22,11 +24,13 @@ def main() -> int:
     parser.add_argument("--output-dir", help="where checkpoints and metrics go (default runs/<config name>)")
     parser.add_argument("--resume", help="a checkpoint to continue from exactly, e.g. runs/<name>/latest")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for a store at a URL, e.g. endpoint_url=... (credentials come from the environment)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
     try:
         config = load_config(args.config, args.set)
-        trainer = Trainer(config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress)
+        options = parse_storage_options(args.storage_option)
+        trainer = Trainer(config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress, storage_options=options)
         trainer.fit()
     except (ValueError, CheckpointError, EncodingMismatch, FileNotFoundError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)

@@ -23,9 +23,14 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 def client(s3):
     """A LocalCluster: the scheduler in this process, two single-threaded worker processes.
     Started after the S3 server, so that the workers inherit its credentials from the environment."""
+    saved = dict(os.environ)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as client:
             yield client
+    # Dask leaves MALLOC_TRIM_THRESHOLD_=65536 and thread caps in this process's environment; the
+    # training subprocesses of later tests would inherit them (and run 2x slower in the kernel).
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def dask_options(s3, client, **overrides) -> EncodeOptions:

@@ -212,3 +212,16 @@ def test_a_training_step_on_a_batch_from_the_bucket(s3, bucket_copy):
     losses["total"].backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.isfinite(losses["total"]) and grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.slow
+def test_train_a_few_steps_of_the_tiny_config_from_the_bucket(s3, bucket_copy, tmp_path):
+    from test_train import metrics, torchrun_train
+
+    output = tmp_path / "from-bucket"
+    options = ["--set", "train.max_steps=10", "--set", "train.log_interval=5", "--set", "train.eval_at_start=false"]
+    result = torchrun_train(bucket_copy, output, *options, "--storage-option", f"endpoint_url={s3.endpoint_url}")
+    assert "stopped: reached train.max_steps=10" in result.stdout
+    assert [line["step"] for line in metrics(output)] == [5, 10]
+    state = json.loads((output / "latest" / "state.json").read_text())
+    assert state["store"]["path"] == bucket_copy and state["progress"]["step"] == 10
