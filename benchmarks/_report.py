@@ -5,12 +5,27 @@ from __future__ import annotations
 import json
 import resource
 import sys
+import time
 
 
 def peak_rss_mb(children: bool = False) -> float:
     """Peak resident memory of this process (or of its largest waited-for child), in MB."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+def time_calls(fn, repeats: int, sync=lambda: None) -> list[float]:
+    """Seconds of each of `repeats` calls of fn, after one warm-up call (allocations, autotuning);
+    `sync` waits for queued device work (torch.cuda.synchronize on a GPU)."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - started)
+    return times
 
 
 def print_table(title: str, rows: list[tuple[str, str, str]], notes: list[str] = ()) -> None:

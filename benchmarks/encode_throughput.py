@@ -6,7 +6,9 @@ Measures, each encode in a fresh process on a fresh store:
 - peppi-py's `read_slippi` over the replays (the floor: parse only);
 - the end-to-end encode (read, hash, parse, encode, compress, write, commit) with one worker, over
   the corpus once and `--repeat` times over (duplicates allowed), and its peak RSS both times;
-- the same encode with `--workers` processes, for the scaling figure;
+- the same encode with `--workers` processes, for the scaling figure, and the bare parse in as many
+  processes at once: how far this machine itself scales (cores shared with other tenants, clocks
+  that drop when every core is busy), the ceiling the encode's scaling is read against;
 - bytes per frame on disk of the float, int and state-age arrays.
 Each trial runs the three back to back; ratios are taken within a trial and the median reported.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -51,6 +54,28 @@ def peppi_parse(inputs: list[str], repeat: int) -> tuple[int, float]:
     return frames, seconds
 
 
+def _parse_worker(inputs: list[str], repeat: int, barrier, results) -> None:
+    import peppi_py  # noqa: F401 - imported before the barrier, so that every process starts parsing at once
+
+    barrier.wait()
+    started = time.time()
+    frames, _ = peppi_parse(inputs, repeat)
+    results.put((frames, started, time.time()))
+
+
+def peppi_parse_parallel(inputs: list[str], repeat: int, processes: int) -> float:
+    """Frames per second of wall time of `processes` bare parses started together, each `repeat` times over."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_parse_worker, args=(inputs, repeat, barrier, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    runs = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(r[0] for r in runs) / (max(r[2] for r in runs) - min(r[1] for r in runs))
+
+
 def run_encode(inputs: list[str], workers: int, repeat: int) -> dict:
     """Encode in a fresh process; return its figures."""
     with tempfile.TemporaryDirectory(prefix="encode-bench-") as tmp:
@@ -82,8 +107,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="*", default=["../shared/replays"])
     parser.add_argument("--workers", type=int, default=2, help="workers for the scaling run (default 2)")
-    parser.add_argument("--repeat", type=int, default=10, help="corpus repetitions for the long runs (default 10)")
-    parser.add_argument("--trials", type=int, default=3, help="trials of peppi, one worker and the pool, back to back (default 3)")
+    parser.add_argument("--repeat", type=int, default=20, help="corpus repetitions for the long runs (default 20: amortizes the ~1 s start of the helpers)")
+    parser.add_argument("--trials", type=int, default=5, help="trials of peppi, one worker and the pool, back to back (default 5)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,9 +121,11 @@ def main() -> None:
     trials = []
     for _ in range(args.trials):
         frames, seconds = peppi_parse(args.sources, args.repeat)
+        peppi_one = peppi_parse_parallel(args.sources, max(1, args.repeat // args.workers), 1)
+        peppi_many = peppi_parse_parallel(args.sources, max(1, args.repeat // args.workers), args.workers)
         single = run_encode(args.sources, 1, args.repeat)
         pool = run_encode(args.sources, args.workers, args.repeat)
-        trials.append((frames / seconds, single, pool))
+        trials.append((frames / seconds, single, pool, peppi_many / peppi_one))
     once = run_encode(args.sources, 1, 1)
 
     rate_of = lambda run: run["frames"] / run["seconds"]  # noqa: E731
@@ -120,16 +147,18 @@ def main() -> None:
         "workers": args.workers,
         "frames_per_s_workers": pool_rate,
         "speedup_workers": median(rate_of(t[2]) / rate_of(t[1]) for t in trials),
+        "peppi_speedup_workers": median(t[3] for t in trials),
         "frames": long["frames"],
         "repeat": args.repeat,
         "trials": args.trials,
-        "per_trial": [{"peppi": t[0], "one_worker": rate_of(t[1]), "workers": rate_of(t[2])} for t in trials],
+        "per_trial": [{"peppi": t[0], "one_worker": rate_of(t[1]), "workers": rate_of(t[2]), "peppi_speedup": t[3]} for t in trials],
     }
     rows = [
         ("peppi read_slippi (parse only)", f"{peppi_rate:,.0f} frames/s", f"{long['frames']:,} frames encoded, {args.repeat}x corpus, median of {args.trials} trials"),
         ("encode, 1 worker", f"{rate:,.0f} frames/s", f"{figures['ratio_to_peppi']:.2f}x peppi (target >= 0.50); reference pipeline ~{REFERENCE_FRAMES_PER_S:,}"),
         ("encode, 1 worker, corpus once", f"{figures['frames_per_s_once']:,.0f} frames/s", "includes store creation and commit"),
         (f"encode, {args.workers} workers", f"{pool_rate:,.0f} frames/s", f"{figures['speedup_workers']:.2f}x one worker (target >= 1.7 at 2)"),
+        (f"bare parse, {args.workers} processes at once", f"{figures['peppi_speedup_workers']:.2f}x", "one process: this machine's own scaling, the ceiling"),
         ("bytes/frame (float+int+state_age)", f"{figures['bytes_per_frame']:.2f}", "target <= 20; reference 688 in RAM, ~350 as .slp"),
         ("bytes/frame (whole store)", f"{figures['store_bytes_per_frame']:.2f}", "with the per-game table and metadata"),
         ("peak RSS, corpus once", f"{once['peak_rss_mb']:.0f} MB", ""),

@@ -13,12 +13,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit  # noqa: E402
+from _report import emit, time_calls  # noqa: E402
 
 from melee_model.mamba2 import Mamba2, mamba_ssm_available  # noqa: E402
 
@@ -34,15 +33,8 @@ def time_backend(layer: Mamba2, u: torch.Tensor, repeats: int) -> tuple[float, t
         out.float().sum().backward()
         return out
 
-    out = step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times), out.detach().float()
+    times = time_calls(step, repeats, sync)
+    return 1e3 * statistics.median(times), step().detach().float()
 
 
 def main() -> None:

@@ -19,13 +19,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit  # noqa: E402
+from _report import emit, time_calls  # noqa: E402
 
 from melee_encode import EncodeOptions, encode, open_store  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
@@ -42,18 +41,6 @@ REFERENCE = {
     "gpu_target_ms": 15.0,  # H100, batch 4096 bf16, data included
     "run_card_ms": 230.0,  # the run card's planned H100 step
 }
-
-
-def _time(fn, repeats: int, sync) -> list[float]:
-    fn()  # warm-up (allocations, autotuning)
-    sync()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def make_step(model, optimizer, layout, loss_config, device, autocast_dtype=None):
@@ -100,9 +87,9 @@ def cpu_figures(config, source, layout, batch_size: int, threads: int, repeats: 
     optimizer = _adamw(model, config.train.lr, config.train.weight_decay)
     batch = batch_to_device(next(iter(source.loader("train", 0, batch_size=batch_size, num_workers=0))), device)
     step = make_step(model, optimizer, layout, config.loss, device)
-    step_times = _time(lambda: step(batch), repeats, lambda: None)
+    step_times = time_calls(lambda: step(batch), repeats)
     gemm, gflop = projections_only(linear_shapes(model, batch), device)
-    gemm_times = _time(gemm, repeats, lambda: None)
+    gemm_times = time_calls(gemm, repeats)
     step_s, gemm_s = statistics.median(step_times), statistics.median(gemm_times)
     return {"cpu_step_s": step_s, "cpu_projections_s": gemm_s, "cpu_projection_gflop": gflop, "cpu_gflops": gflop / gemm_s,
             "outside_projections_share": max(0.0, 1 - gemm_s / step_s), "parameters": count_parameters(model)}
@@ -117,7 +104,7 @@ def gpu_figures(config, source, layout, batch_size: int, repeats: int) -> dict:
     batches = iter(loader)
     resident = batch_to_device(next(batches), device)
     sync = torch.cuda.synchronize
-    resident_times = _time(lambda: step(resident), repeats, sync)
+    resident_times = time_calls(lambda: step(resident), repeats, sync)
 
     def streamed():
         nonlocal batches
@@ -127,7 +114,7 @@ def gpu_figures(config, source, layout, batch_size: int, repeats: int) -> dict:
             batch = next(batches)
         step(batch_to_device(batch, device))
 
-    streamed_times = _time(streamed, repeats, sync)
+    streamed_times = time_calls(streamed, repeats, sync)
     return {"gpu": torch.cuda.get_device_name(0), "gpu_step_ms": 1e3 * statistics.median(resident_times),
             "gpu_step_with_data_ms": 1e3 * statistics.median(streamed_times), "backend": "mamba-ssm kernels" if mamba_ssm_available() else "pure PyTorch"}
 

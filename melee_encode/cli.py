@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("-o", "--output", required=True, metavar="STORE", help="the store to create or extend: a folder or a URL (s3://bucket/ranked.zarr)")
     enc.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
     enc.add_argument("--dask", metavar="SCHEDULER", help="run the encode as tasks on this Dask cluster (tcp://host:8786); needs the dask extra")
-    enc.add_argument("--dask-batch", type=int, default=EncodeOptions.dask_batch, metavar="N", help="replays per Dask task, each written as one part (default %(default)s)")
+    enc.add_argument("--dask-batch", type=int, default=EncodeOptions.dask_batch, metavar="N", help="most replays per Dask task, each written as one part; the last tasks get fewer (default %(default)s)")
     enc.add_argument("--end-method", action="append", default=[], metavar="METHOD", help="keep only games that ended so: game, time, no_contest, resolved, unresolved, none, or an id (repeatable)")
     enc.add_argument("--character", action="append", default=[], metavar="NAME", help="keep games where a player is this character, by name or internal id (repeatable)")
     enc.add_argument("--stage", action="append", default=[], metavar="NAME", help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)")

@@ -4,12 +4,15 @@ Imported only when an encode is given a Dask scheduler address or `distributed.C
 an optional extra (`pip install 'melee-encode[dask]'`).
 
 The client (the process that called `encode`) holds the store's writer lock or lease and is its
-only committer, as with local workers. It lists the sources and submits them `dask_batch` at a
-time; each batch gets the next part id from the client before it is submitted, so a task's part is
-fixed whichever worker runs it, and how often. A task runs `ReplayEncoder` over its batch and
+only committer, as with local workers. It lists the sources and submits them in batches of at most
+`dask_batch`, smaller as the end nears (guided self-scheduling: each batch is a worker thread's
+share of what is left, so the last tasks are short and the workers finish together). Each batch
+gets the next part id from the client before it is submitted, so a task's part is fixed whichever
+worker runs it, and how often. A task runs `ReplayEncoder` over its batch and
 writes the part straight to the store (frames never pass through the client or the scheduler); it
 returns only its outcomes (game records, skips) and the part's frame count, which the shared
-`Coordinator` commits exactly as it commits a local worker's part.
+`Coordinator` commits exactly as it commits a local worker's part (the first at once, then at most
+every COMMIT_SECONDS, taking all the tasks finished since the last commit).
 
 Failures: a task that raises is retried (`TASK_RETRIES`), and the scheduler reruns a task whose
 worker died. A rerun recreates its part from scratch under the same id, and the store only ever
@@ -22,8 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
+import math
 import sys
+import time
 import uuid
 from typing import Callable, Iterator
 
@@ -38,6 +42,8 @@ from .sources import ReplaySource, SourceError, sequential_archive
 
 TASK_RETRIES = 3  # retries of a task that raised (a worker's death is handled by the scheduler)
 QUEUED_PER_THREAD = 2  # tasks submitted per worker thread: one running, one ready to start
+SMALLEST_BATCH = 16  # the last batches' size: smaller ones cost more in per-part overhead than they save
+COMMIT_SECONDS = 5.0  # the shortest time between commits (an interrupted run redoes the finished, uncommitted tasks)
 
 
 @contextlib.contextmanager
@@ -63,15 +69,18 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
     task_options = dataclasses.replace(options, dask=None, workers=1, progress=False, part_frames=sys.maxsize)
     [known] = client.scatter([set() if options.allow_duplicates else set(writer.known_hashes)], broadcast=True, hash=False)
     run_id = uuid.uuid4().hex[:8]
+    listed = list(sources)  # names only, not replays: the batch sizes need the count left
+    taken = 0
     queued: dict = {}  # future -> sources in its batch
     finished = as_completed()
-    exhausted = False
+    closed: list = []  # parts of finished tasks, not committed yet
+    last_commit = -math.inf  # the first finished task is committed at once
     try:
         while True:
-            while not exhausted and len(queued) < _capacity(client):
-                size = coordinator.room(sum(queued.values()), options.dask_batch)
-                batch = list(itertools.islice(sources, size))
-                exhausted = size > 0 and not batch
+            while taken < len(listed) and len(queued) < _capacity(client):
+                size = coordinator.room(sum(queued.values()), _batch_size(len(listed) - taken, client, options.dask_batch))
+                batch = listed[taken : taken + size]
+                taken += len(batch)
                 if not batch:
                     break
                 part = writer.allocate_part()
@@ -80,17 +89,18 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
                 finished.add(future)
             if not queued:
                 break
-            closed = []
-            # Every task finished by now goes into one commit: while a commit is slow (an object
-            # store's latency), tasks finish meanwhile, and the next commit takes them all.
             for future in [next(finished), *finished.next_batch(block=False)]:
                 outcomes, part = _result(future)
                 del queued[future]
                 for outcome in outcomes:
                     coordinator.handle(outcome)
                 closed.append(part)
-            coordinator.commit_parts(closed)
-        coordinator.commit_parts([])
+            # Finished tasks are committed together, at most every COMMIT_SECONDS: a commit rewrites
+            # the tables' last chunks, and on a small cluster the client shares the workers' cores.
+            if time.monotonic() - last_commit >= COMMIT_SECONDS:
+                coordinator.commit_parts(closed)
+                closed, last_commit = [], time.monotonic()
+        coordinator.commit_parts(closed)
         # Every task has finished: a part an earlier attempt left but no finished task kept goes.
         writer.remove_uncommitted_parts()
     finally:
@@ -117,6 +127,12 @@ def _connect(dask) -> tuple[Client, bool]:
 def _capacity(client: Client) -> int:
     """Tasks to keep submitted: enough to keep every worker thread busy (workers may come and go)."""
     return max(2, QUEUED_PER_THREAD * sum(client.nthreads().values()))
+
+
+def _batch_size(remaining: int, client: Client, largest: int) -> int:
+    """A worker thread's share of the sources left, between SMALLEST_BATCH and `largest`."""
+    threads = max(1, sum(client.nthreads().values()))
+    return max(1, min(largest, max(SMALLEST_BATCH, math.ceil(remaining / threads))))
 
 
 def _result(future):
