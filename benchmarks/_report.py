@@ -8,10 +8,9 @@ import sys
 import time
 
 
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak resident memory of this process (or of its largest waited-for child), in MB."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def time_calls(fn, repeats: int, sync=lambda: None) -> list[float]:
@@ -28,7 +27,7 @@ def time_calls(fn, repeats: int, sync=lambda: None) -> list[float]:
     return times
 
 
-def print_table(title: str, rows: list[tuple[str, str, str]], notes: list[str] = ()) -> None:
+def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
     """Rows of (measure, value, reference or comment)."""
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
@@ -36,13 +35,11 @@ def print_table(title: str, rows: list[tuple[str, str, str]], notes: list[str] =
     print("-" * len(title))
     for name, value, comment in rows:
         print(f"{name:<{width}}  {value:>{value_width}}  {comment}")
-    for note in notes:
-        print(note)
 
 
-def emit(figures: dict, as_json: bool, title: str, rows: list[tuple[str, str, str]], notes: list[str] = ()) -> None:
+def emit(figures: dict, as_json: bool, title: str, rows: list[tuple[str, str, str]]) -> None:
     if as_json:
         json.dump(figures, sys.stdout, indent=1)
         print()
     else:
-        print_table(title, rows, notes)
+        print_table(title, rows)

@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 from _report import emit  # noqa: E402
-from servers import S3Server  # noqa: E402
+from servers import S3Server, local_cluster  # noqa: E402
 
 from melee_encode import EncodeOptions, encode, open_store  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
@@ -51,16 +51,9 @@ def encode_rate(inputs: list[str], workdir: str, options: EncodeOptions) -> floa
 
 def encode_trials(replays: str, repeat: int, trials: int, workdir: str) -> list[tuple[float, float]]:
     """(Dask frames/s, local pool frames/s) per trial."""
-    from distributed import Client, LocalCluster
-
     inputs = [replays] * repeat
     pool = EncodeOptions(workers=2, allow_duplicates=True, progress=False)
-    saved = dict(os.environ)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        # Dask leaves MALLOC_TRIM_THRESHOLD_ and thread caps in this process's environment: the local
-        # pool's processes must not inherit them, or the comparison is skewed.
-        os.environ.clear()
-        os.environ.update(saved)
+    with local_cluster() as client:  # restores this process's environment: the pool's helpers inherit it
         dask = EncodeOptions(dask=client, allow_duplicates=True, progress=False)
         encode_rate([replays], workdir, dask)  # warms the workers: imports, first store
         return [(encode_rate(inputs, workdir, dask), encode_rate(inputs, workdir, pool)) for _ in range(trials)]
@@ -84,12 +77,11 @@ def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workd
     config = DataConfig(batch_size=batch_size, require_fields="none", num_workers=0)
     cached = DataConfig(batch_size=batch_size, require_fields="none", num_workers=0, cache_dir=os.path.join(workdir, "cache"), cache_mb=4096)
     with S3Server() as s3:
-        url = f"s3://{s3.new_bucket()}/loader.zarr"
-        s3.filesystem().put(local, url.removeprefix("s3://"), recursive=True)
+        url = s3.put_store(local, "loader.zarr")
         sources = (
             ExampleSource(url, layout, config, storage_options=s3.storage_options),
             ExampleSource(url, layout, cached, storage_options=s3.storage_options),
-            ExampleSource(local, layout, config),
+            ExampleSource(store, layout, config),
         )
         epoch_rate(sources[1], 0)  # fills the cache
         results = [tuple(epoch_rate(source, trial + 1) for source in sources) for trial in range(trials)]

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import emit, peak_rss_mb  # noqa: E402
 
-from melee_encode import EncodeOptions, encode, open_store  # noqa: E402
+from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
 from melee_model.data import ExampleSource, build_batch  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
@@ -46,9 +46,8 @@ def pipeline_rate(source: ExampleSource, min_examples: int) -> tuple[float, int]
     return examples / seconds, examples
 
 
-def per_window_rate(store_path: str, layout: FrameLayout, windows: int = 300) -> float:
+def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> float:
     """Random (K+1)-frame windows, each read from the compressed arrays on its own."""
-    store = open_store(store_path)
     rng = np.random.default_rng(0)
     games = rng.integers(0, len(store), windows)
     started = time.perf_counter()
@@ -59,9 +58,8 @@ def per_window_rate(store_path: str, layout: FrameLayout, windows: int = 300) ->
     return windows / (time.perf_counter() - started)
 
 
-def in_memory_rate(store_path: str, layout: FrameLayout, batch_size: int, batches: int = 30) -> float:
+def in_memory_rate(store: Store, layout: FrameLayout, batch_size: int, batches: int = 30) -> float:
     """The batch gathers alone, from one game decoded up front."""
-    store = open_store(store_path)
     game = int(np.argmax(store.games["length"]))
     floats, ints, _ = store.frames(game)
     rng = np.random.default_rng(0)
@@ -91,12 +89,12 @@ def main() -> None:
         store = open_store(store_path)
         layout = FrameLayout(store.schema)
         config = DataConfig(batch_size=args.batch_size, chunks_per_group=args.chunks_per_group, require_fields="none")
-        source = ExampleSource(store_path, layout, config)
+        source = ExampleSource(store, layout, config)
         train_games = len(source.rows["train"])
-        baseline = per_window_rate(store_path, layout)
+        baseline = per_window_rate(store, layout)
         rate, examples = pipeline_rate(source, args.min_examples)
         rss = peak_rss_mb()
-        ceiling = in_memory_rate(store_path, layout, args.batch_size)
+        ceiling = in_memory_rate(store, layout, args.batch_size)
 
     figures = {
         "samples_per_s": rate,

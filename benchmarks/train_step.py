@@ -26,13 +26,13 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import emit, time_calls  # noqa: E402
 
-from melee_encode import EncodeOptions, encode, open_store  # noqa: E402
+from melee_encode import EncodeOptions, encode  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
 from melee_model.data import ExampleSource  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.mamba2 import mamba_ssm_available  # noqa: E402
 from melee_model.model import build_model, count_parameters  # noqa: E402
-from melee_model.train import _adamw, batch_to_device, layout_for  # noqa: E402
+from melee_model.train import adamw, batch_to_device  # noqa: E402
 
 REFERENCE = {
     "cpu_matmul_s": 4.0,  # 231 GFLOP at the ~60 GFLOP/s measured on this machine (issue text)
@@ -43,12 +43,14 @@ REFERENCE = {
 }
 
 
-def make_step(model, optimizer, layout, loss_config, device, autocast_dtype=None):
+def make_step(model, optimizer, layout, config, device, autocast_dtype=None):
+    """The trainer's step on one batch: forward, loss, backward, gradient clipping, AdamW."""
     def step(batch):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-        loss = compute_losses(pred, batch, layout, loss_config)["total"]
+        loss = compute_losses(pred, batch, layout, config.loss)["total"]
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -84,9 +86,9 @@ def cpu_figures(config, source, layout, batch_size: int, threads: int, repeats: 
     torch.set_num_threads(threads)
     device = torch.device("cpu")
     model = build_model(config.model, layout)
-    optimizer = _adamw(model, config.train.lr, config.train.weight_decay)
+    optimizer = adamw(model, config.train.lr, config.train.weight_decay)
     batch = batch_to_device(next(iter(source.loader("train", 0, batch_size=batch_size, num_workers=0))), device)
-    step = make_step(model, optimizer, layout, config.loss, device)
+    step = make_step(model, optimizer, layout, config, device)
     step_times = time_calls(lambda: step(batch), repeats)
     gemm, gflop = projections_only(linear_shapes(model, batch), device)
     gemm_times = time_calls(gemm, repeats)
@@ -98,8 +100,8 @@ def cpu_figures(config, source, layout, batch_size: int, threads: int, repeats: 
 def gpu_figures(config, source, layout, batch_size: int, repeats: int) -> dict:
     device = torch.device("cuda")
     model = build_model(config.model, layout).to(device)
-    optimizer = _adamw(model, config.train.lr, config.train.weight_decay)
-    step = make_step(model, optimizer, layout, config.loss, device, torch.bfloat16)
+    optimizer = adamw(model, config.train.lr, config.train.weight_decay)
+    step = make_step(model, optimizer, layout, config, device, torch.bfloat16)
     loader = source.loader("train", 0, batch_size=batch_size)
     batches = iter(loader)
     resident = batch_to_device(next(batches), device)
@@ -138,8 +140,8 @@ def main() -> None:
         store = args.store or os.path.join(tmp, "shared.zarr")
         if not args.store:
             encode([args.replays], store, EncodeOptions(config=config.encoding, progress=False))
-        layout = layout_for(config, open_store(store).schema)
-        source = ExampleSource(store, layout, config.data, encoding=config.encoding)
+        source = ExampleSource.for_experiment(store, config)
+        layout = source.layout
         figures = {"config": args.config}
         if not args.no_cpu:
             figures.update(cpu_figures(config, source, layout, args.cpu_batch, args.threads, args.repeats))

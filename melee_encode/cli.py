@@ -14,7 +14,7 @@ from collections import Counter
 from .config import EncodingConfig
 from .pipeline import EncodeOptions, EncodeSummary, encode
 from .sources import SourceError
-from .storage import parse_storage_options
+from .storage import add_storage_option_argument, parse_storage_options
 from .store import DEFAULT_CHUNK_FRAMES, DEFAULT_PART_FRAMES, Filters, StoreError, open_store
 from .tables import character_id, end_method_id, end_method_name, stage_id, stage_name, character_name
 
@@ -51,20 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per compressed chunk (default %(default)s)")
     enc.add_argument("--part-frames", type=int, default=DEFAULT_PART_FRAMES, help="frames per part before a worker commits it (default %(default)s)")
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
-    _storage_option_argument(enc)
+    add_storage_option_argument(enc)
     enc.set_defaults(run=_encode)
 
     info = commands.add_parser("info", help="games, frames, size and skipped replays of a store")
     info.add_argument("store", metavar="STORE")
-    _storage_option_argument(info)
+    add_storage_option_argument(info)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--games", action="store_true", help="list the per-game metadata")
     info.set_defaults(run=_info)
     return parser
-
-
-def _storage_option_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for URLs, e.g. endpoint_url=http://minio:9000 (repeatable; never credentials)")
 
 
 def _encode(args) -> int:

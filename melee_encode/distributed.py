@@ -72,13 +72,15 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
     listed = list(sources)  # names only, not replays: the batch sizes need the count left
     taken = 0
     queued: dict = {}  # future -> sources in its batch
+    in_flight = 0  # sources in the queued batches
     finished = as_completed()
     closed: list = []  # parts of finished tasks, not committed yet
     last_commit = -math.inf  # the first finished task is committed at once
     try:
         while True:
-            while taken < len(listed) and len(queued) < _capacity(client):
-                size = coordinator.room(sum(queued.values()), _batch_size(len(listed) - taken, client, options.dask_batch))
+            threads = max(1, sum(client.nthreads().values()))  # workers may come and go
+            while taken < len(listed) and len(queued) < max(2, QUEUED_PER_THREAD * threads):
+                size = coordinator.room(in_flight, _batch_size(len(listed) - taken, threads, options.dask_batch))
                 batch = listed[taken : taken + size]
                 taken += len(batch)
                 if not batch:
@@ -86,12 +88,13 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
                 part = writer.allocate_part()
                 future = client.submit(encode_batch, writer.path, task_options, part, batch, known, key=f"melee-encode-{run_id}-part-{part:08d}", retries=TASK_RETRIES, pure=False)
                 queued[future] = len(batch)
+                in_flight += len(batch)
                 finished.add(future)
             if not queued:
                 break
             for future in [next(finished), *finished.next_batch(block=False)]:
                 outcomes, part = _result(future)
-                del queued[future]
+                in_flight -= queued.pop(future)
                 for outcome in outcomes:
                     coordinator.handle(outcome)
                 closed.append(part)
@@ -124,14 +127,8 @@ def _connect(dask) -> tuple[Client, bool]:
         raise ValueError(f"cannot reach the Dask scheduler at {dask}: {one_line(error)}") from None
 
 
-def _capacity(client: Client) -> int:
-    """Tasks to keep submitted: enough to keep every worker thread busy (workers may come and go)."""
-    return max(2, QUEUED_PER_THREAD * sum(client.nthreads().values()))
-
-
-def _batch_size(remaining: int, client: Client, largest: int) -> int:
+def _batch_size(remaining: int, threads: int, largest: int) -> int:
     """A worker thread's share of the sources left, between SMALLEST_BATCH and `largest`."""
-    threads = max(1, sum(client.nthreads().values()))
     return max(1, min(largest, max(SMALLEST_BATCH, math.ceil(remaining / threads))))
 
 

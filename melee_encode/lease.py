@@ -12,7 +12,6 @@ Expiry times are wall-clock seconds of the writers' machines: the TTL must excee
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import socket
@@ -20,7 +19,7 @@ import threading
 import time
 
 from .storage import filesystem
-from .store import StoreError
+from .store import StoreError, utc_timestamp
 
 LEASE_PREFIX = ".writer-lease."
 DEFAULT_TTL = 60.0  # seconds a lease stays live without a heartbeat
@@ -65,7 +64,8 @@ class WriterLease:
             pass
 
     def _acquire(self) -> int:
-        newest = self._newest()
+        listed = self._generations()
+        newest = max(listed, default=None)
         if newest is not None:
             record = self._read(newest)
             if record is not None and not record["released"] and record["expires"] > time.time():
@@ -77,7 +77,8 @@ class WriterLease:
         except FileExistsError:  # another writer took this generation a moment ago
             record = self._read(generation) or {"holder": "another writer", "expires": time.time() + self.ttl}
             raise LeaseError(_refusal(self.url, record)) from None
-        self._remove_older(generation)
+        for older in (name for number, name in listed.items() if number < generation):
+            self.fs.rm_file(older)
         return generation
 
     def _beat(self) -> None:
@@ -97,10 +98,13 @@ class WriterLease:
     def _path(self, generation: int) -> str:
         return f"{self.root}/{LEASE_PREFIX}{generation:08d}"
 
-    def _newest(self) -> int | None:
+    def _generations(self) -> dict[int, str]:
+        """The lease objects in the store: generation -> object name."""
         names = self.fs.glob(f"{self.root}/{LEASE_PREFIX}*")
-        generations = [int(name.rsplit(".", 1)[-1]) for name in names if name.rsplit(".", 1)[-1].isdigit()]
-        return max(generations, default=None)
+        return {int(name.rsplit(".", 1)[-1]): name for name in names if name.rsplit(".", 1)[-1].isdigit()}
+
+    def _newest(self) -> int | None:
+        return max(self._generations(), default=None)
 
     def _read(self, generation: int) -> dict | None:
         try:
@@ -109,20 +113,10 @@ class WriterLease:
             return None
 
     def _write(self, generation: int, expires: float, released: bool = False, exclusive: bool = False) -> None:
-        record = {"holder": self.holder, "expires": expires, "released": released, "written": _now()}
+        record = {"holder": self.holder, "expires": expires, "released": released, "written": utc_timestamp()}
         self.fs.pipe_file(self._path(generation), json.dumps(record).encode(), mode="create" if exclusive else "overwrite")
-
-    def _remove_older(self, generation: int) -> None:
-        for older in self.fs.glob(f"{self.root}/{LEASE_PREFIX}*"):
-            suffix = older.rsplit(".", 1)[-1]
-            if suffix.isdigit() and int(suffix) < generation:
-                self.fs.rm_file(older)
 
 
 def _refusal(url: str, record: dict) -> str:
     left = max(0.0, record["expires"] - time.time())
     return f"{url} is being written by {record['holder']} (lease live for {left:.0f} more s); refusing a second writer"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

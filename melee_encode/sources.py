@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from .storage import filesystem, is_url, local_path
+from .storage import exists, filesystem, is_url, local_path
 
 REPLAY_SUFFIXES = (".slp", ".slp.gz")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z")
@@ -88,7 +88,7 @@ def iter_sources(inputs: list[str], storage_options: dict | None = None) -> Iter
         path = _input_path(given)
         if _isdir(path, storage_options):
             yield from _folder(path, storage_options)
-        elif not _exists(path, storage_options):
+        elif not exists(path, storage_options):
             raise SourceError(f"{given}: no such file or folder")
         elif is_replay(path):
             yield ReplaySource(name=path, path=path)
@@ -140,13 +140,6 @@ def _isdir(path: str, storage_options: dict | None) -> bool:
         return os.path.isdir(path)
     fs, inner = filesystem(path, storage_options)
     return fs.isdir(inner)
-
-
-def _exists(path: str, storage_options: dict | None) -> bool:
-    if not is_url(path):
-        return os.path.exists(path)
-    fs, inner = filesystem(path, storage_options)
-    return fs.exists(inner)
 
 
 def _folder_files(folder: str, storage_options: dict | None = None) -> Iterator[str]:

@@ -84,22 +84,30 @@ def list_names(path: str, storage_options: dict | None = None) -> set[str]:
         return set()
 
 
-def bytes_under(path: str, storage_options: dict | None = None) -> int:
-    """Total size of the files under a folder or prefix."""
+def sizes_under(path: str, storage_options: dict | None = None) -> dict[str, int]:
+    """Size of every file under a folder or prefix, by its path relative to it ("a/b"), in one listing."""
     if not is_url(path):
-        total = 0
-        for directory, _, files in os.walk(local_path(path)):
+        root, sizes = local_path(path), {}
+        for directory, _, files in os.walk(root):
             for name in files:
+                full = os.path.join(directory, name)
                 try:
-                    total += os.path.getsize(os.path.join(directory, name))
+                    sizes[os.path.relpath(full, root).replace(os.sep, "/")] = os.path.getsize(full)
                 except FileNotFoundError:
                     pass
-        return total
+        return sizes
     fs, inner = filesystem(path, storage_options)
     try:
-        return int(fs.du(inner, total=True))
+        found = fs.find(inner, detail=True)
     except FileNotFoundError:
-        return 0
+        return {}
+    prefix = inner.rstrip("/") + "/"
+    return {name.removeprefix(prefix): int(entry["size"]) for name, entry in found.items()}
+
+
+def add_storage_option_argument(parser) -> None:
+    """The repeatable `--storage-option KEY=VALUE` of every command that takes a URL (see parse_storage_options)."""
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for URLs, e.g. endpoint_url=http://minio:9000 (repeatable; never credentials)")
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

@@ -46,7 +46,7 @@ from . import __version__
 from .config import EncodingConfig, Schema
 from .encoding import EncodedGame, schema_of
 from .replay import OPTIONAL_SOURCES, GameInfo
-from .storage import bytes_under, exists, gather, is_url, list_names, local_path, open_zarr
+from .storage import exists, gather, is_url, list_names, local_path, open_zarr, sizes_under
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "melee_encode"
@@ -218,7 +218,8 @@ class Store:
 
     def info(self) -> dict:
         """Summary figures: games, frames, bytes on disk and per frame, skipped replays, encoding."""
-        disk = bytes_under(self.path, self.storage_options)
+        sizes = sizes_under(self.path, self.storage_options)
+        disk = sum(sizes.values())
         frames = self.n_frames
         return {
             "path": self.path,
@@ -226,7 +227,7 @@ class Store:
             "frames": frames,
             "bytes_on_disk": disk,
             "bytes_per_frame": (disk / frames) if frames else None,
-            "data_bytes_per_frame": (self.data_bytes() / frames) if frames else None,
+            "data_bytes_per_frame": (self.data_bytes(sizes) / frames) if frames else None,
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "encoding": self.attrs["encoding"],
             "float_columns": self.schema.n_float,
@@ -236,9 +237,12 @@ class Store:
             "filters": self.attrs["filters"],
         }
 
-    def data_bytes(self) -> int:
-        """Compressed bytes of the float, int and state-age arrays of committed parts."""
-        return sum(bytes_under(f"{self.path.rstrip('/')}/parts/{part_name(p)}", self.storage_options) for p in self.parts)
+    def data_bytes(self, sizes: dict[str, int] | None = None) -> int:
+        """Compressed bytes of the float, int and state-age arrays of committed parts (from `sizes`,
+        the store's `sizes_under` listing, when the caller has it)."""
+        sizes = sizes_under(self.path, self.storage_options) if sizes is None else sizes
+        committed = {f"parts/{part_name(p)}" for p in self.parts}
+        return sum(size for name, size in sizes.items() if "/".join(name.split("/", 2)[:2]) in committed)
 
 
 def open_store(path: str | os.PathLike, storage_options: dict | None = None) -> Store:
@@ -454,7 +458,7 @@ class StoreWriter:
         attrs["games"] += len(games)
         attrs["skipped"] += len(skipped)
         attrs["parts"] = {**attrs["parts"], **{str(p): int(f) for p, f in parts.items()}}
-        attrs["updated"] = _now()
+        attrs["updated"] = utc_timestamp()
         self.root.attrs[ATTRS_KEY] = attrs  # the commit point
         self.attrs = attrs
         self.known_hashes.update(g.hash for g in games)
@@ -488,8 +492,8 @@ class StoreWriter:
         root.attrs[ATTRS_KEY] = {
             "format": FORMAT_VERSION,
             "version": __version__,
-            "created": _now(),
-            "updated": _now(),
+            "created": utc_timestamp(),
+            "updated": utc_timestamp(),
             "encoding": config.to_dict(),
             "schema": schema.to_dict(),
             "chunk_frames": chunk_frames,
@@ -561,7 +565,8 @@ def _truncate_table(arrays: dict[str, zarr.Array], rows: int) -> list:
     return [array.async_array.resize((rows, *array.shape[1:])) for array in arrays.values() if array.shape[0] != rows]
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """Now, in UTC, as ISO 8601 to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -599,7 +604,7 @@ class WriterLock:
             raise StoreError(f"{path} is being written by {holder}; refusing a second writer") from None
         self.file.seek(0)
         self.file.truncate()
-        self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
+        self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_timestamp()}))
         self.file.flush()
 
     def check(self) -> None:

@@ -46,18 +46,20 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: dict, optimizer
     os.rename(staging, final)
     for link in links:
         _point(Path(output_dir) / link, final)
-    _prune(root, keep={Path(output_dir, link).resolve() for link in ("latest", "best") if Path(output_dir, link).exists()})
+    _prune(root, keep={link.resolve() for link in Path(output_dir).iterdir() if link.is_symlink() and link.exists()})
     return final
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict, list[dict], dict]:
     """(model state, optimizer state, per-rank states, state dict) of a checkpoint directory or link."""
-    directory = Path(path).resolve()
-    if not (directory / STATE_FILE).is_file():
-        raise CheckpointError(f"{path} is not a checkpoint (no {STATE_FILE})")
-    state = json.loads((directory / STATE_FILE).read_text())
-    load = lambda name: torch.load(directory / name, map_location="cpu", weights_only=True)  # noqa: E731
-    return load("model.pt"), load("optimizer.pt"), load("ranks.pt"), state
+    state = read_state(path)
+    return load_weights(path), _load(path, "optimizer.pt"), _load(path, "ranks.pt"), state
+
+
+def load_weights(path: str | Path) -> dict:
+    """Only the model's state dict (what evaluation needs; the optimizer's state is twice its size)."""
+    read_state(path)  # a clear error when `path` is no checkpoint
+    return _load(path, "model.pt")
 
 
 def read_state(path: str | Path) -> dict:
@@ -66,6 +68,10 @@ def read_state(path: str | Path) -> dict:
     if not (directory / STATE_FILE).is_file():
         raise CheckpointError(f"{path} is not a checkpoint (no {STATE_FILE})")
     return json.loads((directory / STATE_FILE).read_text())
+
+
+def _load(path: str | Path, name: str):
+    return torch.load(Path(path).resolve() / name, map_location="cpu", weights_only=True)
 
 
 def _point(link: Path, target: Path) -> None:

@@ -37,10 +37,11 @@ from melee_encode.storage import is_url
 from melee_encode.store import fields_missing_mask
 from melee_encode.tables import character_id, end_method_id, stage_id
 from melee_model.chunks import ChunkFetcher, ChunkKey, decode_chunk, fetch_stored, plain_zstd
-from melee_model.config import DataConfig
-from melee_model.layout import N_BUTTONS, FrameLayout
+from melee_model.config import DataConfig, ExperimentConfig
+from melee_model.layout import FrameLayout, layout_for
 
 PART_SHIFT = 40  # example_id = part << PART_SHIFT | frame position in the part
+PREFETCH_FACTOR = 4  # batches each loader worker keeps in flight
 SPLITS = ("train", "val")
 
 
@@ -301,8 +302,7 @@ def build_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, layou
         controls_frame = frame
     target = controls_frame  # (B, F): frame t+d
     float_tgt = target[:, layout.float_target_columns]  # (B, T)
-    delta = np.array(layout.float_target_is_delta)
-    float_tgt[:, delta] -= float_ctx[:, -1][:, np.array(layout.float_target_columns)[delta]]  # from frame t-1
+    float_tgt[:, layout.delta_target_positions] -= float_ctx[:, -1][:, layout.delta_target_columns]  # from frame t-1
     return {
         "float_ctx": float_ctx,
         "int_ctx": int_ctx,
@@ -318,10 +318,11 @@ class ExampleSource:
     Built once per run; `loader(split, epoch, ...)` then gives each epoch's DataLoader cheaply.
     """
 
-    def __init__(self, store_path: str, layout: FrameLayout, config: DataConfig, encoding: EncodingConfig | None = None, storage_options: dict | None = None):
-        self.store_path = str(store_path)
+    def __init__(self, store: str | Store, layout: FrameLayout, config: DataConfig, encoding: EncodingConfig | None = None, storage_options: dict | None = None):
+        """`store`: a path or URL, or a store already opened (with these storage options)."""
         self.storage_options = dict(storage_options or {})
-        self.store = open_store(self.store_path, self.storage_options)
+        self.store = store if isinstance(store, Store) else open_store(str(store), self.storage_options)
+        self.store_path = self.store.path
         if encoding is not None:
             check_encoding(self.store, encoding)
         self.layout = layout
@@ -329,8 +330,20 @@ class ExampleSource:
         self.rows = {split: select_games(self.store, config, split, layout) for split in SPLITS}
         self.units = {split: plan_units(self.store, self.rows[split], layout) for split in SPLITS}
 
+    @classmethod
+    def for_experiment(cls, store: str, config: ExperimentConfig, storage_options: dict | None = None) -> "ExampleSource":
+        """The store opened once, checked against the experiment's encoding (before the layout is
+        built, so the error names the differing options), with the experiment's layout and data."""
+        opened = open_store(str(store), storage_options)
+        check_encoding(opened, config.encoding)
+        return cls(opened, layout_for(config, opened.schema), config.data, storage_options=storage_options)
+
     def examples(self, split: str) -> int:
         return sum(u.count for u in self.units[split])
+
+    def rows_of(self, split: str) -> np.ndarray:
+        """Game rows of "train", "val", or "all" (both), in table order."""
+        return np.sort(np.concatenate([self.rows[s] for s in (SPLITS if split == "all" else (split,))]))
 
     def plan(self, split: str, epoch: int, world: int = 1, batch_size: int | None = None) -> EpochPlan:
         return EpochPlan(
@@ -348,7 +361,7 @@ class ExampleSource:
         plan = self.plan(split, epoch, world, batch_size)
         dataset = StoreExamples(self.store_path, self.layout, plan, rank=rank, start_batch=start_batch, storage_options=self.storage_options, cache=(self.config.cache_dir, self.config.cache_mb))
         workers = self.config.num_workers if num_workers is None else num_workers
-        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), prefetch_factor=4 if workers else None)
+        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), prefetch_factor=PREFETCH_FACTOR if workers else None)
 
 
 class StoreExamples(IterableDataset):

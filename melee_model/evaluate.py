@@ -22,19 +22,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from melee_encode import EncodeOptions, encode, open_store
-from melee_model.checkpoint import load_checkpoint, read_state
+from melee_encode import EncodeOptions, encode
+from melee_model.checkpoint import load_weights, read_state
 from melee_model.config import ExperimentConfig, from_dict
-from melee_model.data import SPLITS, ExampleSource, check_encoding
+from melee_model.data import SPLITS, ExampleSource
 from melee_model.layout import FrameLayout
-from melee_model.losses import compute_losses
-from melee_model.metrics import MetricAccumulator
 from melee_model.model import build_model
 from melee_model.rollout import ROLLOUT_METRICS, RolloutResult, Trajectory, pick_starts, rollout_store
-from melee_model.train import batch_to_device, layout_for
+from melee_model.train import VAL_PREFIX, score
 
 EVAL_SPLITS = (*SPLITS, "all")
-METRIC_PREFIX = "val_"
 
 
 @dataclass
@@ -70,35 +67,21 @@ def load_model(checkpoint: str | Path, config: ExperimentConfig, layout: FrameLa
     # The scan backend does not change the weights; "auto" runs a model trained with mamba-ssm's
     # kernels on a CPU too.
     model = build_model(dataclasses.replace(config.model, backend="auto"), layout)
-    weights, _, _, _ = load_checkpoint(checkpoint)
-    model.load_state_dict(weights)
+    model.load_state_dict(load_weights(checkpoint))
     return model.to(device).eval()
 
 
-def split_rows(source: ExampleSource, split: str) -> np.ndarray:
-    """Game rows of a split; "all" is both."""
-    return np.sort(np.concatenate([source.rows[s] for s in _splits(split)]))
-
-
-@torch.no_grad()
 def split_metrics(model: torch.nn.Module, source: ExampleSource, config: ExperimentConfig, split: str, device, max_batches: int | None = None, num_workers: int | None = None) -> tuple[dict[str, float], int]:
     """(the trainer's metrics of `split`, "val_" keys; examples seen), over at most `max_batches` batches."""
-    layout = source.layout
-    metrics = MetricAccumulator(layout, device)
     batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in _splits(split))
-    examples = 0
-    for batch in islice(batches, max_batches):
-        batch = batch_to_device(batch, device)
-        with _autocast(device, config.train.mixed_precision):
-            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-        metrics.update(pred, batch, compute_losses(pred, batch, layout, config.loss))
-        examples += len(batch["example_id"])
-    return metrics.compute(prefix=METRIC_PREFIX), examples
+    autocast = lambda: _autocast(device, config.train.mixed_precision)  # noqa: E731
+    metrics, examples = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast)
+    return metrics.compute(prefix=VAL_PREFIX), examples
 
 
 def split_rollouts(model: torch.nn.Module, source: ExampleSource, split: str, count: int, horizon: int, device, seed: int = 0) -> RolloutResult:
     """`count` rollouts of `horizon` frames from start points spread over the split's games."""
-    rows = split_rows(source, split)
+    rows = source.rows_of(split)
     starts = pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
     return rollout_store(model, source.layout, source.store, starts, horizon, device)
 
@@ -131,11 +114,9 @@ def evaluate_checkpoint(
     config = checkpoint_config(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     with _store_for(store, replays, config) as path:
-        opened = open_store(path)
-        check_encoding(opened, config.encoding)  # before the layout: name the differing options first
-        layout = layout_for(config, opened.schema)
-        source = ExampleSource(path, layout, config.data, encoding=config.encoding)
-        games = len(split_rows(source, split))
+        source = ExampleSource.for_experiment(path, config)
+        layout = source.layout
+        games = len(source.rows_of(split))
         if not games:
             raise ValueError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)

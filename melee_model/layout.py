@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from melee_encode.config import Schema
+from melee_model.config import ExperimentConfig
 
 # Categorical targets per player, in int_tgt order; each gets a head of its vocabulary's size.
 TARGET_FIELDS = ("action", "jumps_left", "l_cancel", "hurtbox_state", "ground", "last_attack_landed")
@@ -43,6 +44,8 @@ class FrameLayout:
     button_columns: tuple[int, ...] = field(init=False)  # the 16 button columns: p0's 8 then p1's 8
     float_target_columns: tuple[int, ...] = field(init=False)  # float columns in float_tgt order
     float_target_is_delta: tuple[bool, ...] = field(init=False)
+    delta_target_positions: tuple[int, ...] = field(init=False)  # positions in float_tgt of the delta targets
+    delta_target_columns: tuple[int, ...] = field(init=False)  # and their float columns
     float_blocks: dict[str, slice] = field(init=False)  # block name -> slice of float_tgt
     int_target_columns: tuple[int, ...] = field(init=False)  # int columns in int_tgt order
     action_columns: tuple[int, int] = field(init=False)  # int columns of p0.action, p1.action
@@ -65,6 +68,8 @@ class FrameLayout:
             blocks[group] = slice(start, len(columns))
         set_("float_target_columns", tuple(columns))
         set_("float_target_is_delta", tuple(is_delta))
+        set_("delta_target_positions", tuple(j for j, delta in enumerate(is_delta) if delta))
+        set_("delta_target_columns", tuple(columns[j] for j in self.delta_target_positions))
         set_("float_blocks", blocks)
         set_("int_target_columns", tuple(schema.int_indices(player=0, fields=TARGET_FIELDS) + schema.int_indices(player=1, fields=TARGET_FIELDS)))
         set_("action_columns", (schema.int_index("p0.action"), schema.int_index("p1.action")))
@@ -115,13 +120,8 @@ class FrameLayout:
         """Position in float_tgt of a float column, e.g. "p1.x"."""
         return self.float_target_columns.index(self.schema.float_index(name))
 
-    def describe(self) -> dict:
-        """The per-frame and per-example sizes, for start-up logs and run plans."""
-        return {
-            "float_dims": self.n_float,
-            "int_dims": self.n_int,
-            "context_len": self.context_len,
-            "ctrl_dim": self.ctrl_dim,
-            "float_target_dim": self.float_target_dim,
-            "int_target_dim": self.int_target_dim,
-        }
+
+def layout_for(config: ExperimentConfig, schema: Schema) -> FrameLayout:
+    """The layout of an experiment's examples over a store's columns."""
+    data = config.data
+    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead)

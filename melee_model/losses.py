@@ -19,17 +19,16 @@ FLOAT_TERMS = tuple(name for name, _ in FLOAT_BLOCKS)
 LOSS_TERMS = FLOAT_TERMS + TARGET_FIELDS
 
 
-def int_target_positions(layout: FrameLayout, field: str) -> list[int]:
-    """Positions in int_tgt of p0's and p1's column of a target field."""
-    schema = layout.schema
-    return [layout.int_target_columns.index(schema.int_index(f"p{p}.{field}")) for p in (0, 1)]
+def player_targets(batch: dict, field: str) -> torch.Tensor:
+    """The target class of a field for both players: int_tgt (B, int_target_dim) -> (B, 2) int64.
+
+    int_tgt holds p0's TARGET_FIELDS, then p1's, in that order (FrameLayout.int_target_columns)."""
+    return by_player(batch["int_tgt"])[:, :, TARGET_FIELDS.index(field)].long()  # (B, 2)
 
 
-def player_targets(batch: dict, layout: FrameLayout, field: str) -> torch.Tensor:
-    """The target class of a field for both players: int_tgt (B, int_target_dim) -> (B, 2) int64."""
-    # Plain integer indexing, not a list index: a list would be copied to the device on every call.
-    int_tgt = batch["int_tgt"]
-    return torch.stack([int_tgt[:, i] for i in int_target_positions(layout, field)], dim=1).long()  # (B, 2)
+def by_player(int_tgt: torch.Tensor) -> torch.Tensor:
+    """int_tgt (B, 2 * len(TARGET_FIELDS)) -> (B, 2, len(TARGET_FIELDS)), a view."""
+    return int_tgt.unflatten(1, (2, len(TARGET_FIELDS)))
 
 
 def compute_losses(pred: dict, batch: dict, layout: FrameLayout, weights: LossConfig) -> dict[str, torch.Tensor]:
@@ -44,9 +43,10 @@ def compute_losses(pred: dict, batch: dict, layout: FrameLayout, weights: LossCo
     for name, block in layout.float_blocks.items():
         p, t = pred_float[:, block], target_float[:, block]
         losses[name] = F.binary_cross_entropy_with_logits(p, t) if name == "binary" else F.mse_loss(p, t)
-    for field in TARGET_FIELDS:
+    targets = by_player(batch["int_tgt"]).long()  # (B, 2, fields)
+    for k, field in enumerate(TARGET_FIELDS):
         logits = pred[field].float()  # (B, 2, V)
         # Flattening players into rows makes the mean run over B*2 rows: the mean of both players' CEs.
-        losses[field] = F.cross_entropy(logits.flatten(0, 1), player_targets(batch, layout, field).flatten())
+        losses[field] = F.cross_entropy(logits.flatten(0, 1), targets[:, :, k].flatten())
     losses["total"] = sum(getattr(weights, name) * losses[name] for name in LOSS_TERMS)
     return losses

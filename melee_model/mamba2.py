@@ -130,7 +130,6 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
         B = rearrange(B, "b (c q) n -> b c q n", q=q)
         C = rearrange(C, "b (c q) n -> b c q n", q=q)
         dA = rearrange(dA, "b (c q) h -> b h c q", q=q)
-        dA_cum = torch.cumsum(dA, dim=-1)  # (b, h, c, q)
 
         # 1. Intra-chunk output: decay-masked C B^T applied to the chunk's own inputs.
         decay = torch.exp(segsum(dA))  # (b, h, c, q, s)
@@ -141,6 +140,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size):
             y = rearrange(y_diag, "b c q h p -> b (c q) h p")[:, :seqlen]
             return y.to(out_dtype)
 
+        dA_cum = torch.cumsum(dA, dim=-1)  # (b, h, c, q)
         # 2. State each chunk leaves behind, from its own inputs only.
         decay_to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, h, c, q)
         states = torch.einsum("bcqn,bhcq,bcqhp->bchpn", B, decay_to_end, x)  # (b, c, h, p, n)

@@ -106,14 +106,11 @@ class MetricAccumulator:
     def _loss_terms(self, batch: dict, losses: dict) -> dict:
         # Weighting each batch's mean by its size makes the result the mean over examples.
         size = batch["float_tgt"].shape[0]
-        terms = {}
-        for term in (*LOSS_TERMS, "total"):
-            loss = losses[term].detach().double()
-            terms[f"loss/{term}"] = (loss * size, loss.new_full((), size))
-        return terms
+        count = torch.tensor(float(size), dtype=torch.float64, device=self.device)
+        return {f"loss/{term}": (losses[term].detach().double() * size, count) for term in (*LOSS_TERMS, "total")}
 
     def _action_terms(self, pred: dict, batch: dict) -> dict:
-        target = player_targets(batch, self.layout, "action")  # (B, 2)
+        target = player_targets(batch, "action")  # (B, 2)
         last_ctx = batch["int_ctx"][:, -1]  # (B, n_int)
         last = torch.stack([last_ctx[:, c] for c in self.layout.action_columns], dim=1).long()  # (B, 2)
         correct = pred["action"].argmax(-1) == target  # (B, 2)

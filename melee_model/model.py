@@ -23,9 +23,6 @@ from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.mamba2 import Mamba2
 
-ARCHS = ("mamba2", "mlp")
-
-
 class FrameEmbedding(nn.Module):
     """A frame as one vector: its floats, then the embeddings of its int columns in int-column order.
 
@@ -78,7 +75,6 @@ class FrameStackMamba2(nn.Module):
     No state is kept between calls: the output depends on the given K frames only.
     """
 
-    arch = "mamba2"
 
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
@@ -131,7 +127,6 @@ class FrameStackMLP(nn.Module):
     layout.context_len, since the first layer's width depends on it.
     """
 
-    arch = "mlp"
 
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
@@ -161,13 +156,14 @@ class FrameStackMLP(nn.Module):
         return f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}"
 
 
+ARCHS = {"mamba2": FrameStackMamba2, "mlp": FrameStackMLP}  # model.arch -> model
+
+
 def build_model(config: ModelConfig, layout: FrameLayout) -> nn.Module:
     """The model named by config.arch."""
-    if config.arch == "mamba2":
-        return FrameStackMamba2(layout, config)
-    if config.arch == "mlp":
-        return FrameStackMLP(layout, config)
-    raise ValueError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
+    if config.arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
+    return ARCHS[config.arch](layout, config)
 
 
 def count_parameters(model: nn.Module) -> int:

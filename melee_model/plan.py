@@ -19,16 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from melee_encode import open_store
 from melee_model.config import DataConfig, ExperimentConfig
-from melee_model.data import ExampleSource, check_encoding
+from melee_model.data import PREFETCH_FACTOR, ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model, count_parameters
-from melee_model.train import layout_for
 
 MS_PER_HOUR = 3_600_000
-# melee_model.data.ExampleSource.loader: batches each loader worker keeps in flight.
-PREFETCH_FACTOR = 4
 # Bytes per frame in the reference's RAM: float32 floats and int64 ints.
 REFERENCE_FLOAT_BYTES, REFERENCE_INT_BYTES = 4, 8
 
@@ -37,10 +33,8 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
     """The plan's figures, as one flat dict (see plan_markdown for what each means)."""
     if gpus < 1:
         raise ValueError(f"gpus must be at least 1, got {gpus}")
-    store = open_store(store_path)
-    check_encoding(store, config.encoding)
-    layout = layout_for(config, store.schema)
-    source = ExampleSource(store_path, layout, config.data, encoding=config.encoding)
+    source = ExampleSource.for_experiment(store_path, config)
+    store, layout = source.store, source.layout
     model = build_model(config.model, layout)
     data, train = config.data, config.train
     plan = {
@@ -50,7 +44,7 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "frames": store.n_frames,
         "train_games": len(source.rows["train"]),
         "val_games": len(source.rows["val"]),
-        "selected_frames": int(np.sum(store.games["length"][np.concatenate([source.rows["train"], source.rows["val"]])])),
+        "selected_frames": int(np.sum(store.games["length"][source.rows_of("all")])),
         "train_examples": source.examples("train"),
         "val_examples": source.examples("val"),
         "float_dims": layout.n_float,

@@ -81,9 +81,8 @@ class FrameStepper:
         schema = layout.schema
         index = lambda values: torch.tensor(list(values), dtype=torch.long, device=device)  # noqa: E731
         targets = np.array(layout.float_target_columns)
-        is_delta = np.array(layout.float_target_is_delta)
         binary, dynamics = layout.float_blocks["binary"], layout.float_blocks["dynamics"]
-        self.delta_positions, self.delta_columns = index(np.flatnonzero(is_delta)), index(targets[is_delta])
+        self.delta_positions, self.delta_columns = index(layout.delta_target_positions), index(layout.delta_target_columns)
         self.binary_positions, self.binary_columns = index(range(binary.start, binary.stop)), index(targets[binary])
         self.dynamics_positions, self.dynamics_columns = index(range(dynamics.start, dynamics.stop)), index(targets[dynamics])
         self.ctrl_columns, self.button_columns = index(layout.ctrl_columns), index(layout.button_columns)

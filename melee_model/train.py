@@ -24,24 +24,30 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 
 from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melee_model.config import ExperimentConfig, to_dict
-from melee_encode import open_store
-from melee_model.data import ExampleSource, check_encoding
-from melee_model.layout import FrameLayout
+from melee_model.data import ExampleSource
 from melee_model.losses import compute_losses
 from melee_model.metrics import MetricAccumulator
 from melee_model.model import build_model, describe_model
 
 
+VAL_PREFIX = "val_"  # the key prefix of validation metrics
+
+
 class StopTraining(Exception):
-    """An escape hatch (or max_steps) ended the run; the message says which and why."""
+    """An escape hatch (or max_steps) ended the run; the message says which and why. `saved`: the
+    hatch wrote its own checkpoint, so the run's end must not move `latest`."""
+
+    def __init__(self, message: str, saved: bool = False):
+        super().__init__(message)
+        self.saved = saved
 
 
 @dataclass
@@ -57,15 +63,10 @@ class Progress:
     stop_reason: str = ""
 
 
-def layout_for(config: ExperimentConfig, schema) -> FrameLayout:
-    data = config.data
-    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead)
-
-
 def store_fingerprint(source: ExampleSource) -> dict:
     """What makes two stores interchangeable for a run: encoding, schema and the selected games."""
     games = source.store.games["hash"]
-    selected = sorted(games[np.concatenate([source.rows["train"], source.rows["val"]])].tolist())
+    selected = sorted(games[source.rows_of("all")].tolist())
     return {
         "path": source.store_path,
         "encoding": source.store.config.to_dict(),
@@ -85,6 +86,20 @@ def cosine_schedule(total: int, warmup: int, floor: float):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast) -> tuple[MetricAccumulator, int]:
+    """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
+    and how many examples they held."""
+    metrics, examples = MetricAccumulator(layout, device), 0
+    for batch in batches:
+        batch = batch_to_device(batch, device)
+        with autocast():
+            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+        metrics.update(pred, batch, compute_losses(pred, batch, layout, loss_config))
+        examples += len(batch["example_id"])
+    return metrics, examples
 
 
 def batch_to_device(batch: dict, device: torch.device) -> dict:
@@ -110,14 +125,15 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
 
-        opened = open_store(store, storage_options)
-        check_encoding(opened, config.encoding)  # before the layout: name the differing options first
-        self.layout = layout_for(config, opened.schema)
-        self.source = ExampleSource(store, self.layout, config.data, encoding=config.encoding, storage_options=storage_options)
+        self.source = ExampleSource.for_experiment(store, config, storage_options)
+        self.layout = self.source.layout
+        schema = self.layout.schema
+        noisy = [i for p in (0, 1) for g in ("continuous", "velocity") for i in schema.float_indices(player=p, group=g)]
+        self.noisy_columns = torch.tensor(noisy, device=self.accelerator.device)  # what scheduled sampling perturbs
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
-        self.model, self.optimizer = self.accelerator.prepare(model, _adamw(model, train.lr, train.weight_decay))
+        self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay))
         self.steps_per_epoch = self.source.plan("train", 0, self.world).steps  # micro-batches per rank
         self.updates_per_epoch = math.ceil(self.steps_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
@@ -156,7 +172,8 @@ class Trainer:
                 self._check_change_acc(val)
         except StopTraining as stop:
             self.progress.stop_reason = str(stop)
-            self._save(("latest",))
+            if not stop.saved:
+                self._save(("latest",))
             self._print(f"stopped: {stop}; checkpoint: {self.output_dir / 'latest'}")
         finally:
             bar.close()
@@ -224,34 +241,23 @@ class Trainer:
         strength = min(1.0, epoch / sampling.anneal_epochs) if sampling.anneal_epochs else 1.0
         if sampling.rate <= 0 or epoch == 0 or strength == 0:
             return
-        schema = self.layout.schema
-        columns = [i for p in (0, 1) for g in ("continuous", "velocity") for i in schema.float_indices(player=p, group=g)]
         generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
         ctx = batch["float_ctx"]  # (B, K, F)
         chosen = torch.rand(ctx.shape[0], device=self.device, generator=generator) < sampling.rate * strength  # (B,)
         frames = min(sampling.frames, ctx.shape[1])
-        noise = torch.randn(ctx.shape[0], frames, len(columns), device=self.device, generator=generator) * sampling.noise * strength
-        index = torch.tensor(columns, device=self.device)
-        ctx[:, -frames:, index] += noise * chosen[:, None, None]
+        noise = torch.randn(ctx.shape[0], frames, len(self.noisy_columns), device=self.device, generator=generator) * sampling.noise * strength
+        ctx[:, -frames:, self.noisy_columns] += noise * chosen[:, None, None]
 
     # ------------------------------------------------------------------ evaluation and logging
 
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
         """Metrics of `split` over all ranks, with the "val_" key prefix."""
         model = self.accelerator.unwrap_model(self.model)  # no DDP collectives: ranks may differ by a batch
         model.eval()
-        metrics = MetricAccumulator(self.layout, self.device)
-        limit = self.config.train.val_batches
-        for index, batch in enumerate(self.source.loader(split, 0, rank=self.rank, world=self.world)):
-            if limit is not None and index >= limit:
-                break
-            batch = batch_to_device(batch, self.device)
-            with self.accelerator.autocast():
-                pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-            metrics.update(pred, batch, compute_losses(pred, batch, self.layout, self.config.loss))
+        batches = islice(self.source.loader(split, 0, rank=self.rank, world=self.world), self.config.train.val_batches)
+        metrics, _ = score(model, batches, self.layout, self.config.loss, self.device, self.accelerator.autocast)
         model.train()
-        return metrics.compute(reduce=self._sum, prefix="val_")
+        return metrics.compute(reduce=self._sum, prefix=VAL_PREFIX)
 
     def _log_train(self, rate: float, bar) -> None:
         metrics = self.train_metrics.compute(reduce=self._sum)
@@ -294,8 +300,11 @@ class Trainer:
         self.window.zero_()
         train, progress = self.config.train, self.progress
         if nonfinite and train.stop_on_nonfinite:
-            self._save(("nonfinite",))
-            raise StopTraining(f"the loss became NaN or inf before step {progress.step}; the last good checkpoint is {self.output_dir / 'latest'} (the failing state is in {self.output_dir / 'nonfinite'})")
+            # `latest` stays at the last good checkpoint; before the first one, it is this one.
+            earlier = (self.output_dir / "latest").exists()
+            self._save(("nonfinite",) if earlier else ("nonfinite", "latest"))
+            where = f"the last good checkpoint is {self.output_dir / 'latest'}" if earlier else "there was no earlier checkpoint"
+            raise StopTraining(f"the loss became NaN or inf before step {progress.step}; {where} (the failing state is in {self.output_dir / 'nonfinite'})", saved=True)
         if not batches:
             return
         loss = loss_sum / batches
@@ -370,7 +379,7 @@ class Trainer:
         self._print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch})")
 
 
-def _adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW with decay on matrices and embeddings only, as nanoGPT; never on biases, norms, or the
     SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D)."""
     decay, no_decay = [], []
@@ -407,20 +416,7 @@ def _new_run_id(name: str) -> str:
     return f"{name[:40]}-{int(time.time())}-{os.getpid() % 10000}"
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _bar(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled)

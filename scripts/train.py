@@ -10,7 +10,7 @@
 import argparse
 import sys
 
-from melee_encode.storage import parse_storage_options
+from melee_encode.storage import add_storage_option_argument, parse_storage_options
 from melee_model.checkpoint import CheckpointError
 from melee_model.config import load_config
 from melee_model.data import EncodingMismatch
@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--output-dir", help="where checkpoints and metrics go (default runs/<config name>)")
     parser.add_argument("--resume", help="a checkpoint to continue from exactly, e.g. runs/<name>/latest")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for a store at a URL, e.g. endpoint_url=... (credentials come from the environment)")
+    add_storage_option_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
     try:

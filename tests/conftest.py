@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import tempfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,31 @@ def replay(name: str) -> str:
 
 def all_replays() -> list[str]:
     return sorted(str(p) for p in REPLAYS.rglob("*.slp"))
+
+
+# A few replays of every kind: old and new, a pummel, a corrupt one and a 4-player game.
+SOME = ["peppi/ics2.slp", "peppi/v2.0.slp", "slippi-js/pummel.slp", "peppi/corrupt.slp", "peppi/crazy_name_tags.slp"]
+
+
+def zip_of_gzipped(path, names) -> None:
+    """A zip archive of `.slp.gz` members, as the public ranked dumps are."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(name + ".gz", gzip.compress(open(replay(name), "rb").read(), compresslevel=1))
+
+
+def games_by_hash(path, storage_options=None) -> dict:
+    """A store's games (EncodedGame) by content hash."""
+    from melee_encode import open_store
+
+    store = open_store(path, storage_options)
+    return {h: store.game(i) for i, h in enumerate(store.games["hash"])}
+
+
+def temp_replays() -> set[str]:
+    """The temporary replay copies made for peppi that exist now."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return {f for f in os.listdir(folder) if f.endswith(".slp")}
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ place s3fs and botocore look, before any worker process (a Dask worker's include
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -21,6 +22,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_cluster():
+    """A Dask LocalCluster (the scheduler in this process, two single-threaded worker processes) and
+    its Client. Dask leaves MALLOC_TRIM_THRESHOLD_=65536 and thread caps in this process's
+    environment; they are undone once the cluster is up, so later subprocesses (training ranks, the
+    local pool's helpers) do not inherit them and run slower."""
+    from distributed import Client, LocalCluster
+
+    saved = dict(os.environ)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        os.environ.clear()
+        os.environ.update(saved)
+        yield client
 
 
 class S3Server:
@@ -62,6 +78,12 @@ class S3Server:
         import s3fs
 
         return s3fs.S3FileSystem(endpoint_url=self.endpoint_url, use_listings_cache=False, skip_instance_cache=True)
+
+    def put_store(self, path: str, name: str) -> str:
+        """A copy of the store at `path`, object by object, in a fresh bucket; returns its URL."""
+        url = f"s3://{self.new_bucket()}/{name}"
+        self.filesystem().put(path, url.removeprefix("s3://"), recursive=True)
+        return url
 
     def new_bucket(self) -> str:
         """A fresh, empty bucket; returns its name."""

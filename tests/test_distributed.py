@@ -14,6 +14,7 @@ import pytest
 from conftest import replay
 from melee_encode import EncodeOptions, encode, open_store
 from melee_encode.cli import main as cli_main
+from servers import local_cluster
 from test_remote import assert_same_games, parts_in_bucket, skip_reasons
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -21,16 +22,9 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 
 @pytest.fixture(scope="module")
 def client(s3):
-    """A LocalCluster: the scheduler in this process, two single-threaded worker processes.
-    Started after the S3 server, so that the workers inherit its credentials from the environment."""
-    saved = dict(os.environ)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
-    # Dask leaves MALLOC_TRIM_THRESHOLD_=65536 and thread caps in this process's environment; the
-    # training subprocesses of later tests would inherit them (and run 2x slower in the kernel).
-    os.environ.clear()
-    os.environ.update(saved)
+    """A local Dask cluster, started after the S3 server so that the workers inherit its credentials."""
+    with local_cluster() as client:
+        yield client
 
 
 def dask_options(s3, client, **overrides) -> EncodeOptions:

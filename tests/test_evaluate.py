@@ -19,7 +19,7 @@ from melee_model.evaluate import evaluate_checkpoint
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.model import build_model
 from melee_model.rollout import CLAMP_RANGES, ROLLOUT_METRICS, FrameStepper, pick_starts, report_horizons, rollout, rollout_store
-from melee_model.train import layout_for
+from melee_model.layout import layout_for
 
 K = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

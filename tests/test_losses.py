@@ -104,7 +104,7 @@ def test_player_targets_reads_p0_then_p1():
     batch = zero_batch(1)
     batch["int_tgt"][0] = torch.arange(V3.int_target_dim)
     for j, field in enumerate(TARGET_FIELDS):
-        assert player_targets(batch, V3, field).tolist() == [[j, len(TARGET_FIELDS) + j]]
+        assert player_targets(batch, field).tolist() == [[j, len(TARGET_FIELDS) + j]]
 
 
 def test_bf16_predictions_give_float32_losses():

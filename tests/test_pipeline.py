@@ -7,52 +7,37 @@ import signal
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-import zipfile
 
 import numpy as np
 import pytest
 import zarr
 
-from conftest import REPLAYS, replay
+from conftest import SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 from melee_encode import EncodeOptions, encode, open_store
 from melee_encode.cli import main as cli_main
 from melee_encode.store import StoreWriter
 
-SOME = ["peppi/ics2.slp", "peppi/v2.0.slp", "slippi-js/pummel.slp", "peppi/corrupt.slp", "peppi/crazy_name_tags.slp"]
 ENCODE = [sys.executable, "-m", "melee_encode.cli", "encode"]
 
 
-def _games_by_hash(path):
-    store = open_store(path)
-    return {h: store.game(i) for i, h in enumerate(store.games["hash"])}
-
-
-def _temp_replays():
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    return {f for f in os.listdir(folder) if f.endswith(".slp")}
-
-
 def test_archives_and_gzip_give_the_same_games(tmp_path):
-    with zipfile.ZipFile(tmp_path / "dump.zip", "w") as archive:  # the public dumps: zips of .slp.gz
-        for name in SOME:
-            archive.writestr(name + ".gz", gzip.compress(open(replay(name), "rb").read(), compresslevel=1))
+    zip_of_gzipped(tmp_path / "dump.zip", SOME)
     with tarfile.open(tmp_path / "dump.tar.gz", "w:gz", compresslevel=1) as archive:
         for name in SOME:
             archive.add(replay(name), arcname=name)
     single = tmp_path / "one.slp.gz"
     single.write_bytes(gzip.compress(open(replay(SOME[0]), "rb").read()))
-    before = _temp_replays()
+    before = temp_replays()
 
     plain = str(tmp_path / "plain.zarr")
     encode([replay(n) for n in SOME], plain, EncodeOptions(progress=False))
-    expected = _games_by_hash(plain)
+    expected = games_by_hash(plain)
     assert len(expected) == 3
     for source in ("dump.zip", "dump.tar.gz"):
         path = str(tmp_path / f"{source}.zarr")
         encode([str(tmp_path / source)], path, EncodeOptions(progress=False))
-        games = _games_by_hash(path)
+        games = games_by_hash(path)
         assert games.keys() == expected.keys(), source
         for digest, game in games.items():
             assert np.array_equal(game.floats, expected[digest].floats)
@@ -61,8 +46,8 @@ def test_archives_and_gzip_give_the_same_games(tmp_path):
         assert all("::" in s.source for s in skipped)
     path = str(tmp_path / "single.zarr")
     encode([str(single)], path, EncodeOptions(progress=False))
-    assert list(_games_by_hash(path)) == [open_store(plain).games["hash"][0]]
-    assert _temp_replays() == before  # temporary copies for peppi are always removed
+    assert list(games_by_hash(path)) == [open_store(plain).games["hash"][0]]
+    assert temp_replays() == before  # temporary copies for peppi are always removed
 
 
 def test_seven_zip_archives(tmp_path):
@@ -80,7 +65,7 @@ def test_two_workers_encode_the_same_games_as_one(replays_dir, shared_store, tmp
     encode([replays_dir], path, EncodeOptions(progress=False, workers=2, part_frames=20_000, chunk_frames=4096))
     store = open_store(path)
     assert len(store.parts) > 3  # several parts committed while the encode ran
-    pooled, single = _games_by_hash(path), _games_by_hash(shared_store)
+    pooled, single = games_by_hash(path), games_by_hash(shared_store)
     assert pooled.keys() == single.keys()
     for digest, game in single.items():
         assert np.array_equal(pooled[digest].floats, game.floats) and np.array_equal(pooled[digest].ints, game.ints)

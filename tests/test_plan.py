@@ -13,7 +13,7 @@ from melee_encode import open_store
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.data import ExampleSource
 from melee_model.plan import plan_markdown, plan_run, read_step_ms
-from melee_model.train import layout_for
+from melee_model.layout import layout_for
 
 # The run card's model section (d_model 384, n_layers 4, d_state 64, headdim 64, K 10) on the v3 encoding.
 RUN_CARD = {

@@ -1,7 +1,6 @@
 """Stores and inputs in a bucket of a real S3-compatible server (moto, on loopback): encoding into it,
 remote inputs, the writer lease, and the training data read back from it."""
 
-import gzip
 import itertools
 import json
 import os
@@ -9,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import replay
+from conftest import SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 from melee_encode import EncodeOptions, StoreError, encode, open_store
 from melee_encode.cli import main as cli_main
 from melee_encode.store import SkipRecord, StoreWriter
@@ -24,14 +22,9 @@ from melee_model.data import ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.losses import compute_losses
 from melee_model.model import build_model
+from melee_model.train import batch_to_device
 
-SOME = ["peppi/ics2.slp", "peppi/v2.0.slp", "slippi-js/pummel.slp", "peppi/corrupt.slp", "peppi/crazy_name_tags.slp"]
 SMALL = dict(batch_size=512, chunks_per_group=3, require_fields="none", num_workers=0)
-
-
-def games_by_hash(path, storage_options=None) -> dict:
-    store = open_store(path, storage_options)
-    return {h: store.game(i) for i, h in enumerate(store.games["hash"])}
 
 
 def assert_same_games(path, storage_options, reference) -> None:
@@ -50,10 +43,6 @@ def skip_reasons(path, storage_options=None) -> list[str]:
 def parts_in_bucket(s3, url) -> set[int]:
     names = s3.filesystem().ls(url.removeprefix("s3://") + "/parts", detail=False)
     return {int(name.rsplit("/", 1)[-1]) for name in names if name.rsplit("/", 1)[-1].isdigit()}
-
-
-def temp_replays() -> set[str]:
-    return {f for f in os.listdir("/dev/shm") if f.endswith(".slp")} if os.path.isdir("/dev/shm") else set()
 
 
 @pytest.mark.slow
@@ -80,9 +69,7 @@ def test_inputs_in_a_bucket_folder_and_zip(s3, tmp_path):
     for name in SOME:
         fs.put_file(replay(name), f"{bucket}/replays/{name}")
     archive = tmp_path / "dump.zip"
-    with zipfile.ZipFile(archive, "w") as handle:  # the public dumps: zips of .slp.gz
-        for name in SOME:
-            handle.writestr(name + ".gz", gzip.compress(open(replay(name), "rb").read(), compresslevel=1))
+    zip_of_gzipped(archive, SOME)
     fs.put_file(str(archive), f"{bucket}/dump.zip")
     before = temp_replays()
 
@@ -156,9 +143,7 @@ except StoreError as error:
 @pytest.fixture(scope="module")
 def bucket_copy(s3, shared_store) -> str:
     """The shared store, copied object by object into a bucket."""
-    url = f"s3://{s3.new_bucket()}/shared.zarr"
-    s3.filesystem().put(shared_store, url.removeprefix("s3://"), recursive=True)
-    return url
+    return s3.put_store(shared_store, "shared.zarr")
 
 
 def test_the_endpoint_and_credentials_come_from_the_environment(s3, bucket_copy):
@@ -172,7 +157,7 @@ def example_source(path, storage_options=None, **overrides) -> ExampleSource:
     config = DataConfig(**{**SMALL, **overrides})
     store = open_store(path, storage_options)
     layout = FrameLayout(store.schema, context_len=config.context_len)
-    return ExampleSource(path, layout, config, storage_options=storage_options)
+    return ExampleSource(store, layout, config, storage_options=storage_options)
 
 
 def assert_same_batches(expected: ExampleSource, got: ExampleSource, epoch: int = 1, world: int = 1, workers: int = 0) -> None:
@@ -205,7 +190,7 @@ def test_the_chunk_cache_stays_within_its_bound_and_changes_nothing(s3, shared_s
 def test_a_training_step_on_a_batch_from_the_bucket(s3, bucket_copy):
     source = example_source(bucket_copy, s3.storage_options)
     batch = next(iter(source.loader("train", 0)))
-    batch = {key: value.long() if key in ("int_ctx", "int_tgt") else value for key, value in batch.items()}
+    batch = batch_to_device(batch, torch.device("cpu"))
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=64, n_layers=2, d_state=16, headdim=16, dropout=0.0, backend="torch"), source.layout)
     losses = compute_losses(model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"]), batch, source.layout, LossConfig())

@@ -2,7 +2,7 @@
 
 import json
 import os
-import socket
+from servers import free_port
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +18,9 @@ from melee_model.train import StopTraining, Trainer, cosine_schedule
 TINY = str(ROOT / "experiments" / "tiny.yaml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun_train(store: str, output: Path, *options: str) -> subprocess.CompletedProcess:
     """scripts/train.py on 2 CPU ranks, the way the README documents it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(ROOT / "scripts" / "train.py"), "--config", TINY, "--store", store, "--output-dir", str(output),
                "--no-progress", "--set", "wandb.mode=offline", *options]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_SILENT": "true"}
