@@ -30,13 +30,13 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from _report import emit  # noqa: E402
-from servers import S3Server, local_cluster  # noqa: E402
-
 from melee_encode import EncodeOptions, encode, open_store  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
-from melee_model.data import ExampleSource  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
+
+from _report import emit  # noqa: E402
+from servers import S3Server, local_cluster  # noqa: E402
 
 ENCODE_TARGET = 0.85  # Dask throughput / local pool throughput
 LOADER_TARGET = 0.5  # S3 examples/s / local disk examples/s
@@ -85,7 +85,7 @@ def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workd
         )
         epoch_rate(sources[1], 0)  # fills the cache
         results = [tuple(epoch_rate(source, trial + 1) for source in sources) for trial in range(trials)]
-    figures = {"frames": store.n_frames, "chunks": sum(-(-f // store.chunk_frames) for f in store.parts.values()), "train_examples": sources[2].examples("train")}
+    figures = {"frames": store.n_frames, "chunks": sum(-(-f // store.chunk_frames) for f in store.parts.values()), "train_examples": sources[2].example_count("train")}
     return results, figures
 
 

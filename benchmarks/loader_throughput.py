@@ -4,7 +4,7 @@
 
 Without --store, the shared replays (../shared/replays) are encoded into a temporary store first.
 Rows:
-- the data pipeline (melee_model.data) in this process (num_workers=0), train split, over as many
+- the data pipeline (melee_model.examples) in this process (num_workers=0), train split, over as many
   epochs as it takes to pass --min-examples, with the peak RSS of the process;
 - baseline: random 11-frame windows read one by one from the compressed Zarr arrays (what a
   per-sample `__getitem__` over the store does);
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, peak_rss_mb  # noqa: E402
-
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
-from melee_model.data import ExampleSource, build_batch  # noqa: E402
+from melee_model.examples import ExampleSource, build_batch  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
+
+from _report import emit, peak_rss_mb  # noqa: E402
 
 TARGET = 250_000
 REFERENCE_PER_PROCESS = 4_300  # the reference's per-sample loader, samples/s per process
@@ -54,14 +54,14 @@ def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> fl
     for game in games:
         length = int(store.games["length"][game])
         t = int(rng.integers(layout.context_len, length))
-        store.frames(int(game), t - layout.context_len, t + 1)
+        store.read_frames(int(game), t - layout.context_len, t + 1)
     return windows / (time.perf_counter() - started)
 
 
 def in_memory_rate(store: Store, layout: FrameLayout, batch_size: int, batches: int = 30) -> float:
     """The batch gathers alone, from one game decoded up front."""
     game = int(np.argmax(store.games["length"]))
-    floats, ints, _ = store.frames(game)
+    floats, ints, _ = store.read_frames(game)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     for _ in range(batches):

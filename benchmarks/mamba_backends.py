@@ -17,9 +17,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, time_calls  # noqa: E402
-
 from melee_model.mamba2 import Mamba2, mamba_ssm_available  # noqa: E402
+
+from _report import emit, time_calls  # noqa: E402
 
 
 def time_backend(layer: Mamba2, u: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:

@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit, time_calls  # noqa: E402
-
 from melee_encode import EncodeOptions, encode  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
-from melee_model.data import ExampleSource  # noqa: E402
+from melee_model.examples import ExampleSource, batch_to_device  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.mamba2 import mamba_ssm_available  # noqa: E402
 from melee_model.model import build_model, count_parameters  # noqa: E402
-from melee_model.train import adamw, batch_to_device  # noqa: E402
+from melee_model.optim import adamw  # noqa: E402
+
+from _report import emit, time_calls  # noqa: E402
 
 REFERENCE = {
     "cpu_matmul_s": 4.0,  # 231 GFLOP at the ~60 GFLOP/s measured on this machine (issue text)

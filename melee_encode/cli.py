@@ -12,18 +12,21 @@ import sys
 from collections import Counter
 
 from .config import EncodingConfig
-from .pipeline import EncodeOptions, EncodeSummary, encode
-from .sources import SourceError
+from .encoder import EncodeOptions, EncodeSummary
+from .errors import ConfigError, MeleeError
+from .filters import GameFilter
+from .format import DEFAULT_CHUNK_FRAMES, DEFAULT_PART_FRAMES
+from .ids import character_id, character_name, end_method_id, end_method_name, stage_id, stage_name
+from .pipeline import encode
 from .storage import add_storage_option_argument, parse_storage_options
-from .store import DEFAULT_CHUNK_FRAMES, DEFAULT_PART_FRAMES, Filters, StoreError, open_store
-from .tables import character_id, end_method_id, end_method_name, stage_id, stage_name, character_name
+from .store import open_store
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (StoreError, SourceError, ValueError, ImportError) as error:
+    except (MeleeError, ImportError) as error:
         print(f"melee-encode: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--end-method", action="append", default=[], metavar="METHOD", help="keep only games that ended so: game, time, no_contest, resolved, unresolved, none, or an id (repeatable)")
     enc.add_argument("--character", action="append", default=[], metavar="NAME", help="keep games where a player is this character, by name or internal id (repeatable)")
     enc.add_argument("--stage", action="append", default=[], metavar="NAME", help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)")
-    enc.add_argument("--min-frames", type=int, default=Filters.min_frames, help="skip games shorter than this (default %(default)s)")
+    enc.add_argument("--min-frames", type=int, default=GameFilter.min_frames, help="skip games shorter than this (default %(default)s)")
     enc.add_argument("--max-games", type=int, default=None, help="stop when the store holds this many games")
     for option in dataclasses.fields(EncodingConfig):
         enc.add_argument(f"--{option.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=option.default, help=f"encoding option (default {option.default})")
@@ -65,9 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _encode(args) -> int:
     if args.dask and args.workers is not None:
-        raise ValueError("--workers and --dask exclude each other: the Dask cluster's workers do the work")
+        raise ConfigError("--workers and --dask exclude each other: the Dask cluster's workers do the work")
     config = EncodingConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EncodingConfig)})
-    filters = Filters(
+    filters = GameFilter(
         end_methods=tuple(end_method_id(m) for m in args.end_method),
         characters=tuple(character_id(c) for c in args.character),
         stages=tuple(stage_id(s) for s in args.stage),

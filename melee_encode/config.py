@@ -2,8 +2,11 @@
 
 `EncodingConfig` holds the flags that change which columns exist (the defaults are the run card's v3
 encoding); `EncodingConfig.schema()` turns them into the ordered list of float and int columns, each
-with its name, group, source field and transform. The schema is written into every store, so readers
-find columns by name and group and decode values back to game units, never by a hard-coded offset.
+with its name, group, transform and where it comes from: the replay field (`source`, named as in the
+replay, e.g. "velocities" or "misc_as") and whether that field can hold NaN or inf. The encoder's
+NaN replacement and the per-game missing-field flags are driven by these attributes alone. The schema
+is written into every store, so readers find columns by name and group and decode values back to
+game units, never by a hard-coded offset.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
+
 PLAYERS = ("p0", "p1")
 # Processed-button bits of pre.buttons, in column order: A 0x100, B 0x200, X 0x400, Y 0x800, Z 0x10, L 0x40,
 # R 0x20, D_UP 0x08.
 BUTTON_BITS = (("A", 8), ("B", 9), ("X", 10), ("Y", 11), ("Z", 4), ("L", 6), ("R", 5), ("D_UP", 3))
+N_BUTTONS = len(BUTTON_BITS)
 VELOCITIES = ("speed_air_x", "speed_y", "speed_ground_x", "speed_attack_x", "speed_attack_y")
-STATE_FLAG_BITS = 40  # 5 bytes of post.state_flags
+STATE_FLAG_BYTES = 5  # post.state_flags
+STATE_FLAG_BITS = 8 * STATE_FLAG_BYTES
 
 # Int columns: field -> vocabulary size (values are clipped to [0, vocab - 1]).
 INT_VOCABS = {
@@ -45,14 +52,14 @@ class EncodingConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EncodingConfig":
+    def from_dict(cls, values: dict) -> EncodingConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown encoding option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown encoding option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return cls(**values)
 
-    def schema(self) -> "Schema":
+    def schema(self) -> Schema:
         return Schema(float_columns=_float_columns(self), int_columns=_int_columns(self))
 
 
@@ -62,11 +69,13 @@ class FloatColumn:
 
     name: str  # e.g. "p0.x"
     player: int | None
-    field: str  # the replay field it comes from, e.g. "x"
+    field: str  # the quantity it holds, e.g. "x", or a derived one ("facing", "hitstun")
     group: str  # continuous | velocity | dynamics | projectile | binary | controller
     scale: float = 1.0
     offset: float = 0.0
     bit: int | None = None  # for bit fields (state_flags, buttons): value = (field >> bit) & 1
+    source: str = ""  # the replay field it is read or derived from, as the replay names it
+    may_be_nonfinite: bool = False  # the source is a float field that can hold NaN or inf
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class IntColumn:
     player: int | None
     field: str
     vocab: int
+    source: str = ""  # the replay field it is read from, as the replay names it
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,10 @@ class Schema:
         by_field = {c.field: i for i, c in columns}
         return [by_field[f] for f in fields]
 
+    def sources(self) -> frozenset[str]:
+        """Every replay field some column reads."""
+        return frozenset(c.source for c in (*self.float_columns, *self.int_columns))
+
     def decode_float(self, values, name: str):
         """Stored values of column `name` back in game units."""
         column = self.float_columns[self.float_index(name)]
@@ -130,7 +144,7 @@ class Schema:
         }
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Schema":
+    def from_dict(cls, values: dict) -> Schema:
         return cls(
             float_columns=tuple(FloatColumn(**c) for c in values["float_columns"]),
             int_columns=tuple(IntColumn(**c) for c in values["int_columns"]),
@@ -145,11 +159,54 @@ def _index_of(columns, name: str) -> int:
     raise KeyError(f"no column named {name!r}")
 
 
+# Where each per-player float field comes from: (the replay field, whether it can be NaN or inf).
+# Replay fields are named as in the replay (peppi's post/pre frame names), so that a field an old
+# replay lacks (replay.OPTIONAL_SOURCES) flags exactly the columns that read it.
+FLOAT_SOURCES: dict[str, tuple[str, bool]] = {
+    "percent": ("percent", True),
+    "x": ("position", True),
+    "y": ("position", True),
+    "shield": ("shield", True),
+    **{v: ("velocities", True) for v in VELOCITIES},
+    "state_age": ("state_age", True),
+    "hitlag": ("hitlag", True),
+    "stocks": ("stocks", False),
+    "combo_count": ("combo_count", False),
+    "hitstun": ("misc_as", True),
+    "item_dx": ("items", True),
+    "item_dy": ("items", True),
+    "item_count": ("items", False),
+    "facing": ("direction", False),
+    "invulnerable": ("hurtbox_state", False),
+    "on_ground": ("airborne", False),
+    "state_flags": ("state_flags", False),
+    "main_x": ("joystick", True),
+    "main_y": ("joystick", True),
+    "c_x": ("cstick", True),
+    "c_y": ("cstick", True),
+    "shoulder": ("triggers", True),
+    "buttons": ("buttons", False),
+}
+# The same for the int fields (stage is a game-level field of the start block).
+INT_SOURCES: dict[str, str] = {
+    "action": "state",
+    "jumps_left": "jumps",
+    "character": "character",
+    "l_cancel": "l_cancel",
+    "hurtbox_state": "hurtbox_state",
+    "ground": "ground",
+    "last_attack_landed": "last_attack_landed",
+    "state_age": "state_age",
+    "stage": "stage",
+}
+
+
 def _player_floats(config: EncodingConfig, player: int) -> list[FloatColumn]:
     p = PLAYERS[player]
 
     def col(field_name: str, group: str, scale: float = 1.0, offset: float = 0.0, name: str | None = None, bit=None):
-        return FloatColumn(f"{p}.{name or field_name}", player, field_name, group, scale, offset, bit)
+        source, nonfinite = FLOAT_SOURCES[field_name]
+        return FloatColumn(f"{p}.{name or field_name}", player, field_name, group, scale, offset, bit, source, nonfinite)
 
     columns = [
         col("percent", "continuous", 0.01),
@@ -192,9 +249,9 @@ def _int_columns(config: EncodingConfig) -> tuple[IntColumn, ...]:
     if config.state_age_as_embed:
         per_player.append("state_age")
     columns = [
-        IntColumn(f"{PLAYERS[player]}.{name}", player, name, INT_VOCABS[name])
+        IntColumn(f"{PLAYERS[player]}.{name}", player, name, INT_VOCABS[name], INT_SOURCES[name])
         for player in (0, 1)
         for name in per_player
     ]
-    columns.append(IntColumn("stage", None, "stage", INT_VOCABS["stage"]))
+    columns.append(IntColumn("stage", None, "stage", INT_VOCABS["stage"], INT_SOURCES["stage"]))
     return tuple(columns)

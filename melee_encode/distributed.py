@@ -29,16 +29,17 @@ import math
 import sys
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 try:
     from distributed import Client, as_completed
 except ImportError:  # pragma: no cover - depends on the installed extras
     raise ImportError("encoding on a Dask cluster needs the dask extra: pip install 'melee-encode[dask]'") from None
 
-from .pipeline import Coordinator, EncodeOptions, Outcome, ReplayEncoder
+from .encoder import Coordinator, EncodeOptions, Outcome, ReplayEncoder
+from .errors import ConfigError, SourceError
 from .replay import one_line
-from .sources import ReplaySource, SourceError, sequential_archive
+from .sources import ReplaySource, sequential_archive
 
 TASK_RETRIES = 3  # retries of a task that raised (a worker's death is handled by the scheduler)
 QUEUED_PER_THREAD = 2  # tasks submitted per worker thread: one running, one ready to start
@@ -53,7 +54,7 @@ def dask_runner(inputs: list[str], options: EncodeOptions) -> Iterator[Callable[
         if sequential_archive(given):
             raise SourceError(f"{given}: tar and 7z archives can only be read in order, not spread over Dask tasks; give a zip archive or a folder, or encode without Dask")
     if options.dask_batch < 1:
-        raise ValueError(f"dask_batch must be at least 1, got {options.dask_batch}")
+        raise ConfigError(f"dask_batch must be at least 1, got {options.dask_batch}")
     client, owned = _connect(options.dask)
     try:
         yield lambda coordinator, sources: run(client, coordinator, sources)
@@ -124,7 +125,7 @@ def _connect(dask) -> tuple[Client, bool]:
     try:
         return Client(str(dask), set_as_default=False), True
     except OSError as error:
-        raise ValueError(f"cannot reach the Dask scheduler at {dask}: {one_line(error)}") from None
+        raise ConfigError(f"cannot reach the Dask scheduler at {dask}: {one_line(error)}") from None
 
 
 def _batch_size(remaining: int, threads: int, largest: int) -> int:

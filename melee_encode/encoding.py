@@ -4,7 +4,8 @@ Each column's source (a raw field, or a derived one such as a state-flag bit) is
 player, all sources are stacked in one call into a column-major buffer (one contiguous row per
 column, the layout the store compresses best), and scales and offsets are applied to the whole
 buffer at once: a few vectorized passes per game, no Python loop over frames. Non-finite inputs
-(peppi's NaN hitstun) are replaced by 0 here, once for every consumer, and counted.
+(peppi's NaN hitstun) are replaced by 0 here, once for every consumer, and counted: in exactly the
+rows whose column says its source may be non-finite (`FloatColumn.may_be_nonfinite`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import VELOCITIES, EncodingConfig, Schema
-from .replay import GameInfo, ItemFrames, RawGame, read_replay
+from .config import STATE_FLAG_BITS, EncodingConfig, Schema
+from .replay import OPTIONAL_SOURCES, GameInfo, ItemFrames, RawGame, read_replay
 
 HITSTUN_MAX = 200.0
 ITEM_SLOTS = 15  # the item count saturates at this many active items
@@ -41,36 +42,15 @@ class EncodedGame:
         return schema_of(self.config)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schema_of(config: EncodingConfig) -> Schema:
     """The (cached) schema of a config."""
     return config.schema()
 
 
-# The optional replay fields (replay.OPTIONAL_SOURCES) each column field reads.
-_FIELD_SOURCES = {
-    "state_age": "state_age",
-    "state_flags": "state_flags",
-    "hitstun": "misc_as",
-    "on_ground": "airborne",
-    "ground": "ground",
-    "jumps_left": "jumps",
-    "l_cancel": "l_cancel",
-    "hurtbox_state": "hurtbox_state",
-    "invulnerable": "hurtbox_state",
-    **{v: "velocities" for v in VELOCITIES},
-    "hitlag": "hitlag",
-    "item_dx": "items",
-    "item_dy": "items",
-    "item_count": "items",
-}
-
-
 def sources_used(config: EncodingConfig) -> tuple[str, ...]:
     """The optional replay fields an encoding reads: a game missing one of them has zero columns."""
-    schema = schema_of(config)
-    fields = {c.field for c in schema.float_columns} | {c.field for c in schema.int_columns}
-    return tuple(sorted({_FIELD_SOURCES[f] for f in fields if f in _FIELD_SOURCES}))
+    return tuple(sorted(schema_of(config).sources() & set(OPTIONAL_SOURCES)))
 
 
 def encode_replay(path: str, config: EncodingConfig | None = None) -> EncodedGame:
@@ -84,7 +64,7 @@ def encode_game(raw: RawGame, config: EncodingConfig | None = None) -> EncodedGa
     config = config or EncodingConfig()
     plan = _plan(config)
     n = raw.info.frames
-    sources = [_player_sources(raw.players[p], raw.items, plan.derived) for p in (0, 1)]
+    sources = [_player_sources(raw.players[p], raw.items, plan) for p in (0, 1)]
     zeros = np.zeros(n, np.float32)
 
     floats = np.empty((plan.n_float, n), np.float32)  # (n_float, frames)
@@ -95,7 +75,7 @@ def encode_game(raw: RawGame, config: EncodingConfig | None = None) -> EncodedGa
         floats[rows] *= scales  # (rows, 1) broadcast over frames
     floats[plan.offset_rows] += plan.offsets
     state_age = np.stack([s.get("state_age", zeros) for s in sources]).astype(np.float32)  # (2, frames)
-    replaced = sum(_replace_nonfinite(floats[rows]) for rows in plan.float_field_rows) + _replace_nonfinite(state_age)
+    replaced = sum(_replace_nonfinite(floats[rows]) for rows in plan.nonfinite_rows) + _replace_nonfinite(state_age)
 
     stage = np.full(n, raw.info.stage, np.int32)
     wide = np.empty((len(plan.int_sources), n), np.int32)  # (n_int, frames)
@@ -111,16 +91,17 @@ class _Plan:
 
     n_float: int
     float_blocks: tuple[tuple, ...]  # (rows, player, source, index into a 2-D source or None)
-    derived: frozenset[str]  # derived sources the columns need (facing, state_flags, ...)
+    derived: frozenset[str]  # derived fields the columns need (facing, state_flags, ...)
+    items: bool  # some column is computed from the frame's item list
     scaled_rows: tuple[tuple[slice, np.ndarray], ...]  # runs of rows with scale != 1, and (rows, 1) scales
-    float_field_rows: tuple[slice, ...]  # runs of rows fed by float fields: the only ones that can be NaN
+    nonfinite_rows: tuple[slice, ...]  # runs of rows whose source may hold NaN or inf
     offset_rows: np.ndarray  # rows with a nonzero offset
     offsets: np.ndarray  # (len(offset_rows), 1) float32
     int_sources: tuple[tuple[int | None, str], ...]  # (player or None for stage, field) per int column
     int_max: np.ndarray  # (n_int, 1) int32: vocab - 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plan(config: EncodingConfig) -> _Plan:
     schema = schema_of(config)
     columns = schema.float_columns
@@ -130,9 +111,10 @@ def _plan(config: EncodingConfig) -> _Plan:
     return _Plan(
         n_float=len(columns),
         float_blocks=_float_blocks(columns),
-        derived=frozenset(c.field for c in columns if c.field in _DERIVED),
+        derived=frozenset(c.field for c in columns if c.field in DERIVATIONS),
+        items=any(c.source == "items" for c in columns),
         scaled_rows=tuple((rows, scales[rows, None]) for rows in _runs(scales != 1)),
-        float_field_rows=tuple(_runs(np.array([c.field in _FLOAT_FIELDS for c in columns]))),
+        nonfinite_rows=tuple(_runs(np.array([c.may_be_nonfinite for c in columns]))),
         offset_rows=offset_rows,
         offsets=offsets[offset_rows, None],
         int_sources=tuple((c.player, c.field) for c in schema.int_columns),
@@ -169,40 +151,43 @@ def _runs(mask: np.ndarray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
-def _player_sources(fields: dict[str, np.ndarray], items: ItemFrames | None, derived: frozenset[str]) -> dict[str, np.ndarray]:
-    """One player's raw fields plus the derived sources in `derived`; absent fields stay absent.
+def _player_sources(fields: dict[str, np.ndarray], items: ItemFrames | None, plan: _Plan) -> dict[str, np.ndarray]:
+    """One player's raw fields plus the derived fields the plan needs; absent inputs leave them absent.
 
     Bit fields become (bits, frames) arrays: state_flags (40, frames), buttons (16, frames).
     """
     sources = dict(fields)
-    if "facing" in derived:
-        sources["facing"] = fields["direction"] > 0
-    if "invulnerable" in derived and "hurtbox_state" in fields:
-        sources["invulnerable"] = fields["hurtbox_state"] != 0
-    if "on_ground" in derived and "airborne" in fields:
-        sources["on_ground"] = fields["airborne"] == 0
-    if "hitstun" in derived and "misc_as" in fields:
-        sources["hitstun"] = recover_hitstun(fields["misc_as"])
-    if "state_flags" in derived and "state_flags" in fields:
-        flags = fields["state_flags"]  # (5, frames) uint8
-        sources["state_flags"] = ((flags[:, None, :] >> _BYTE_BITS) & 1).reshape(40, -1)  # (40, frames): row 8*byte + bit
-    if "buttons" in derived:
-        low = fields["buttons"].astype(np.uint16)  # every button column is one of the 16 low bits
-        sources["buttons"] = ((low[None, :] >> _BUTTON_BITS) & 1).astype(np.uint8)  # (16, frames)
-    if derived & {"item_dx", "item_dy", "item_count"}:
+    for name in plan.derived:
+        needs, derive = DERIVATIONS[name]
+        if needs in fields:
+            sources[name] = derive(fields)
+    if plan.items:
         sources.update(_nearest_item(items, fields["x"], fields["y"]))
     return sources
 
 
+def _flag_bits(fields: dict[str, np.ndarray]) -> np.ndarray:
+    flags = fields["state_flags"]  # (5, frames) uint8
+    return ((flags[:, None, :] >> _BYTE_BITS) & 1).reshape(STATE_FLAG_BITS, -1)  # (40, frames): row 8*byte + bit
+
+
+def _button_bits(fields: dict[str, np.ndarray]) -> np.ndarray:
+    low = fields["buttons"].astype(np.uint16)  # every button column is one of the 16 low bits
+    return ((low[None, :] >> _BUTTON_BITS) & 1).astype(np.uint8)  # (16, frames)
+
+
 _BYTE_BITS = np.arange(8, dtype=np.uint8)[None, :, None]  # (1, 8, 1)
 _BUTTON_BITS = np.arange(16, dtype=np.uint16)[:, None]  # (16, 1)
-# Replay fields peppi delivers as floats (the ones that can hold NaN or inf).
-_FLOAT_FIELDS = {
-    "percent", "x", "y", "shield", "speed_air_x", "speed_y", "speed_ground_x", "speed_attack_x",
-    "speed_attack_y", "state_age", "hitlag", "hitstun", "item_dx", "item_dy", "main_x", "main_y", "c_x",
-    "c_y", "shoulder",
+# Fields computed from a player's raw fields: name -> (the raw field needed, how). The item fields
+# are computed from the frame's item list instead (`_nearest_item`).
+DERIVATIONS = {
+    "facing": ("direction", lambda f: f["direction"] > 0),
+    "invulnerable": ("hurtbox_state", lambda f: f["hurtbox_state"] != 0),
+    "on_ground": ("airborne", lambda f: f["airborne"] == 0),
+    "hitstun": ("misc_as", lambda f: recover_hitstun(f["misc_as"])),
+    "state_flags": ("state_flags", _flag_bits),
+    "buttons": ("buttons", _button_bits),
 }
-_DERIVED = {"facing", "invulnerable", "on_ground", "hitstun", "state_flags", "buttons", "item_dx", "item_dy", "item_count"}
 
 
 def _int_source(sources: dict[str, np.ndarray], name: str, state_age: np.ndarray, zeros: np.ndarray) -> np.ndarray:
@@ -248,8 +233,9 @@ def _nearest_item(items: ItemFrames | None, px: np.ndarray, py: np.ndarray) -> d
 
 def _replace_nonfinite(array: np.ndarray) -> int:
     """Set NaN/inf entries of a view to 0 in place; return how many there were."""
-    if np.isfinite(np.add.reduce(array, axis=None)):
-        return 0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or a sum past float32's range
+        if np.isfinite(np.add.reduce(array, axis=None)):
+            return 0
     bad = ~np.isfinite(array)
     array[bad] = 0
     return int(bad.sum())

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import peppi_py._peppi as _peppi
+import pyarrow as pa
 
-from .tables import end_method_from_peppi
+from .errors import ReplayError
+from .ids import end_method_from_peppi
 
 # Where each raw field lives under a port's `leader` struct: nested struct names down to the raw
 # field name. Optional fields are absent from old replays (versions as documented by peppi).
@@ -72,10 +73,6 @@ OPTIONAL_SOURCES = (
 )
 
 
-class ReplayError(Exception):
-    """A replay that cannot become a 1v1 training game; the message is the one-line reason."""
-
-
 @dataclass
 class GameInfo:
     """Game-level metadata of one replay."""
@@ -83,7 +80,7 @@ class GameInfo:
     slippi_version: str
     stage: int
     is_pal: bool
-    end_method: int  # tables.END_METHODS id, -1 when the replay has no end event
+    end_method: int  # ids.END_METHODS id, -1 when the replay has no end event
     ports: tuple[int, int]  # 1-based ports of p0 (lower) and p1 (higher)
     characters: tuple[int, int]  # internal character ids at the first frame
     player_types: tuple[str, str]  # "Human", "Cpu", ...

@@ -21,18 +21,15 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
+from .errors import SourceError
 from .storage import exists, filesystem, is_url, local_path
 
 REPLAY_SUFFIXES = (".slp", ".slp.gz")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z")
 _TMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-class SourceError(Exception):
-    """An input that is not a replay, folder or archive we can read."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ import os
 import zarr
 from zarr.core.sync import sync
 
+from .errors import ConfigError
+
 _DEFAULT_OPTIONS = {"use_listings_cache": False}
 _PROTOCOL_OPTIONS = {"s3": {"max_concurrency": 1}, "s3a": {"max_concurrency": 1}}
 
@@ -116,7 +118,7 @@ def parse_storage_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"storage option {pair!r} is not key=value")
+            raise ConfigError(f"storage option {pair!r} is not key=value")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:

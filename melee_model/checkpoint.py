@@ -15,18 +15,36 @@ tensors with `torch.load(weights_only=True)` and the rest from JSON: nothing is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from melee_encode import Store
+from melee_encode.errors import MeleeError
 
 STATE_FILE = "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(MeleeError, ValueError):
     """A checkpoint that cannot be used as asked; the message says why."""
+
+
+def store_fingerprint(store: Store, rows: np.ndarray) -> dict:
+    """What makes two stores interchangeable for a run: encoding, schema and the selected games
+    (`rows` of the per-game table)."""
+    selected = sorted(store.games["hash"][rows].tolist())
+    return {
+        "path": store.path,
+        "encoding": store.config.to_dict(),
+        "schema": hashlib.sha256(json.dumps(store.schema.to_dict(), sort_keys=True).encode()).hexdigest()[:16],
+        "games": len(selected),
+        "selection": hashlib.sha256("".join(selected).encode()).hexdigest()[:16],
+    }
 
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model: dict, optimizer: dict, ranks: list[dict], state: dict, links: tuple[str, ...] = ("latest",)) -> Path:

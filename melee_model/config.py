@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from melee_encode.config import EncodingConfig
+from melee_encode.errors import ConfigError
 
 
 @dataclass
@@ -104,7 +105,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     mixed_precision: str = "auto"  # "auto": bf16 on GPUs, fp32 on CPU; or "no", "bf16", "fp16"
-    log_interval: int = 1000  # batches between logs
+    log_interval: int = 1000  # optimizer steps between logs
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only each epoch)
     val_batches: int | None = None  # cap on validation batches per evaluation (None: all)
     eval_at_start: bool = False  # validate the untrained model first (logged at step 0)
@@ -144,27 +145,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ex
     """Read a YAML config (or the defaults) and apply `section.key=value` overrides."""
     values = {}
     if path is not None:
-        with open(path) as handle:
-            values = yaml.safe_load(handle) or {}
+        try:
+            with open(path) as handle:
+                values = yaml.safe_load(handle) or {}
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise ConfigError(f"{path}: expected a mapping at the top level")
         values.setdefault("name", Path(path).stem)
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep:
-            raise ValueError(f"override {override!r} is not section.key=value")
+            raise ConfigError(f"override {override!r} is not section.key=value")
         _set_path(values, key.strip().split("."), yaml.safe_load(raw))
     return from_dict(ExperimentConfig, values)
 
 
 def from_dict(cls, values: dict, where: str = ""):
-    """Build dataclass `cls` from a mapping, recursively; unknown keys raise ValueError."""
+    """Build dataclass `cls` from a mapping, recursively; unknown keys raise ConfigError."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known in {where or 'top level'}: {', '.join(fields)}")
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known in {where or 'top level'}: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
@@ -197,7 +203,7 @@ def _coerce(value, kind, where: str):
             return value
         if base in (str, bool, list, dict) and isinstance(value, base):
             return value
-    raise ValueError(f"{where}: {value!r} is not a {kind}")
+    raise ConfigError(f"{where}: {value!r} is not a {kind}")
 
 
 def _set_path(values: dict, keys: list[str], value) -> None:

@@ -14,22 +14,24 @@ import contextlib
 import dataclasses
 import math
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from melee_encode import EncodeOptions, encode
+from melee_encode.errors import ConfigError
 from melee_model.checkpoint import load_weights, read_state
 from melee_model.config import ExperimentConfig, from_dict
-from melee_model.data import SPLITS, ExampleSource
+from melee_model.examples import ExampleSource
 from melee_model.layout import FrameLayout
+from melee_model.metrics import VAL_PREFIX, score
 from melee_model.model import build_model
 from melee_model.rollout import ROLLOUT_METRICS, RolloutResult, Trajectory, pick_starts, rollout_store
-from melee_model.train import VAL_PREFIX, score
+from melee_model.sampler import SPLITS
 
 EVAL_SPLITS = (*SPLITS, "all")
 
@@ -99,26 +101,27 @@ def evaluate_checkpoint(
     device=None,
     num_workers: int | None = None,
     plot: str | Path | None = None,
+    storage_options: dict | None = None,
 ) -> Evaluation:
     """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
 
     rollouts > 0 also runs that many rollouts of `horizon` frames; `plot` then writes the first one's PNG.
     """
     if (store is None) == (not replays):
-        raise ValueError("give a store or replays to evaluate on (one of them)")
+        raise ConfigError("give a store or replays to evaluate on (one of them)")
     split = split or ("all" if replays else "val")
     if split not in EVAL_SPLITS:
-        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+        raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if plot is not None and rollouts <= 0:
-        raise ValueError("a plot needs rollouts (rollouts > 0)")
+        raise ConfigError("a plot needs rollouts (rollouts > 0)")
     config = checkpoint_config(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     with _store_for(store, replays, config) as path:
-        source = ExampleSource.for_experiment(path, config)
+        source = ExampleSource.for_experiment(path, config, storage_options if store is not None else None)
         layout = source.layout
         games = len(source.rows_of(split))
         if not games:
-            raise ValueError(f"no game of {path} is in split {split!r} after the config's data filters")
+            raise ConfigError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)
         metrics, examples = split_metrics(model, source, config, split, device, max_batches, num_workers)
         result = split_rollouts(model, source, split, rollouts, horizon, device, seed) if rollouts > 0 else None
@@ -178,7 +181,7 @@ def _store_for(store: str | None, replays: Sequence[str], config: ExperimentConf
         summary = encode(replays, path, EncodeOptions(config=config.encoding, progress=False))
         if not summary.store_games:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in summary.skipped[:3])
-            raise ValueError(f"none of the replays could be encoded ({reasons or 'no .slp files found'})")
+            raise ConfigError(f"none of the replays could be encoded ({reasons or 'no .slp files found'})")
         yield path
 
 

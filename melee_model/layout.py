@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from melee_encode.config import Schema
+from melee_encode.config import N_BUTTONS, Schema
+from melee_encode.errors import ConfigError
 from melee_model.config import ExperimentConfig
 
 # Categorical targets per player, in int_tgt order; each gets a head of its vocabulary's size.
 TARGET_FIELDS = ("action", "jumps_left", "l_cancel", "hurtbox_state", "ground", "last_attack_landed")
 # Float target blocks in float_tgt order; "delta" blocks are differences, the others absolute.
 FLOAT_BLOCKS = (("continuous", True), ("velocity", True), ("binary", False), ("dynamics", False))
-N_BUTTONS = 8
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class FrameLayout:
         set_("action_columns", (schema.int_index("p0.action"), schema.int_index("p1.action")))
         set_("embedded_fields", tuple(dict.fromkeys(c.field for c in schema.int_columns)))
         if len(self.button_columns) != 2 * N_BUTTONS:
-            raise ValueError("the encoding must have 8 button columns per player")
+            raise ConfigError(f"the encoding must have {N_BUTTONS} button columns per player")
 
     @property
     def n_float(self) -> int:

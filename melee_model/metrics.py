@@ -21,12 +21,15 @@ Metrics, all over the examples seen since the last reset():
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from melee_model.examples import batch_to_device
 from melee_model.layout import FrameLayout
-from melee_model.losses import LOSS_TERMS, player_targets
+from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
+
+VAL_PREFIX = "val_"  # the key prefix of validation metrics
 
 # Action-state ids per category, for per-category action accuracy; "other" holds every id not listed.
 ACTION_CATEGORIES = {
@@ -167,3 +170,17 @@ def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[t
         return values.sum(), values.new_full((), values.numel())
     weights = weights.double()
     return (values * weights).sum(), weights.sum()
+
+
+@torch.no_grad()
+def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast) -> tuple[MetricAccumulator, int]:
+    """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
+    and how many examples they held."""
+    metrics, examples = MetricAccumulator(layout, device), 0
+    for batch in batches:
+        batch = batch_to_device(batch, device)
+        with autocast():
+            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+        metrics.update(pred, batch, compute_losses(pred, batch, layout, loss_config))
+        examples += len(batch["example_id"])
+    return metrics, examples

@@ -19,9 +19,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.mamba2 import Mamba2
+
 
 class FrameEmbedding(nn.Module):
     """A frame as one vector: its floats, then the embeddings of its int columns in int-column order.
@@ -34,7 +36,7 @@ class FrameEmbedding(nn.Module):
         super().__init__()
         missing = [f for f in layout.embedded_fields if f not in embed_dims]
         if missing:
-            raise ValueError(f"model.embed_dims has no size for int field(s) {', '.join(missing)}")
+            raise ConfigError(f"model.embed_dims has no size for int field(s) {', '.join(missing)}")
         self.tables = nn.ModuleDict({f: nn.Embedding(layout.vocab(f), embed_dims[f]) for f in layout.embedded_fields})
         self.column_fields = tuple(c.field for c in layout.schema.int_columns)
         self.out_dim = layout.n_float + sum(embed_dims[f] for f in self.column_fields)
@@ -131,7 +133,7 @@ class FrameStackMLP(nn.Module):
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
         if len(config.mlp_hidden) != 2:
-            raise ValueError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
+            raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
         self.config = config
         self.context_len = layout.context_len
         self.embed = FrameEmbedding(layout, config.embed_dims)
@@ -162,7 +164,7 @@ ARCHS = {"mamba2": FrameStackMamba2, "mlp": FrameStackMLP}  # model.arch -> mode
 def build_model(config: ModelConfig, layout: FrameLayout) -> nn.Module:
     """The model named by config.arch."""
     if config.arch not in ARCHS:
-        raise ValueError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
     return ARCHS[config.arch](layout, config)
 
 

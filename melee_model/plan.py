@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from melee_encode.errors import ConfigError
 from melee_model.config import DataConfig, ExperimentConfig
-from melee_model.data import PREFETCH_FACTOR, ExampleSource
+from melee_model.examples import PREFETCH_FACTOR, ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model, count_parameters
 
@@ -29,11 +30,11 @@ MS_PER_HOUR = 3_600_000
 REFERENCE_FLOAT_BYTES, REFERENCE_INT_BYTES = 4, 8
 
 
-def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0) -> dict:
+def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None) -> dict:
     """The plan's figures, as one flat dict (see plan_markdown for what each means)."""
     if gpus < 1:
-        raise ValueError(f"gpus must be at least 1, got {gpus}")
-    source = ExampleSource.for_experiment(store_path, config)
+        raise ConfigError(f"gpus must be at least 1, got {gpus}")
+    source = ExampleSource.for_experiment(store_path, config, storage_options)
     store, layout = source.store, source.layout
     model = build_model(config.model, layout)
     data, train = config.data, config.train
@@ -45,8 +46,8 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "train_games": len(source.rows["train"]),
         "val_games": len(source.rows["val"]),
         "selected_frames": int(np.sum(store.games["length"][source.rows_of("all")])),
-        "train_examples": source.examples("train"),
-        "val_examples": source.examples("val"),
+        "train_examples": source.example_count("train"),
+        "val_examples": source.example_count("val"),
         "float_dims": layout.n_float,
         "int_dims": layout.n_int,
         "embedded_dims": model.embed.out_dim,
@@ -57,28 +58,28 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "epochs": train.epochs,
         "batch_size": data.batch_size,
         "grad_accum": train.grad_accum,
-        **steps(source, gpus, train.epochs, train.grad_accum, train.max_steps),
+        **batch_counts(source, gpus, train.epochs, train.grad_accum, train.max_steps),
         "log_interval": train.log_interval,
         "checkpoint_every": train.checkpoint_every,
         **memory(store.chunk_frames, layout, data, gpus, store.n_frames),
     }
-    plan["logs_per_epoch"] = plan["steps_per_epoch"] // train.log_interval if train.log_interval else 0
+    plan["logs_per_epoch"] = plan["updates_per_epoch"] // train.log_interval if train.log_interval else 0
     if step_ms is not None:
         plan.update(timing(plan, step_ms, gpu_hour_usd))
     return plan
 
 
-def steps(source: ExampleSource, gpus: int, epochs: int, grad_accum: int, max_steps: int | None) -> dict:
-    """Batches per epoch (per GPU, and summed over GPUs) and optimizer steps, as the trainer counts them."""
-    per_gpu = source.plan("train", 0, world=gpus).steps
+def batch_counts(source: ExampleSource, gpus: int, epochs: int, grad_accum: int, max_steps: int | None) -> dict:
+    """Batches per epoch (per GPU, and summed over GPUs) and optimizer updates, as the trainer counts them."""
+    per_gpu = source.plan("train", 0, world=gpus).batches_per_rank
     per_epoch = math.ceil(per_gpu / grad_accum)
     total = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
     return {
         "batches_per_epoch": per_gpu,
-        "batches_per_epoch_total": math.ceil(source.examples("train") / source.config.batch_size),
-        "val_batches_per_epoch": source.plan("val", 0, world=gpus).steps,
-        "steps_per_epoch": per_epoch,
-        "total_steps": total,
+        "batches_per_epoch_total": math.ceil(source.example_count("train") / source.config.batch_size),
+        "val_batches_per_epoch": source.plan("val", 0, world=gpus).batches_per_rank,
+        "updates_per_epoch": per_epoch,
+        "total_updates": total,
         # Micro-batches each GPU runs in the whole run; what the step time multiplies.
         "total_batches": min(epochs * per_gpu, total * grad_accum),
     }
@@ -113,7 +114,7 @@ def memory(chunk_frames: int, layout: FrameLayout, data: DataConfig, gpus: int, 
 def timing(plan: dict, step_ms: float, gpu_hour_usd: float) -> dict:
     """Time per epoch, total time and cost from the ms one GPU takes per batch."""
     if not step_ms > 0:  # NaN too: a benchmark without a GPU may report one
-        raise ValueError(f"the step time must be positive, got {step_ms} ms")
+        raise ConfigError(f"the step time must be positive, got {step_ms} ms")
     total_hours = plan["total_batches"] * step_ms / MS_PER_HOUR
     return {
         "step_ms": step_ms,
@@ -131,9 +132,9 @@ def read_step_ms(path: str | Path) -> float:
     try:
         values = json.loads(Path(path).read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not JSON: {error}") from error
+        raise ConfigError(f"{path} is not JSON: {error}") from error
     if not isinstance(values, dict) or not isinstance(values.get("step_ms"), (int, float)):
-        raise ValueError(f"{path} has no numeric \"step_ms\"")
+        raise ConfigError(f"{path} has no numeric \"step_ms\"")
     return float(values["step_ms"])
 
 
@@ -168,8 +169,8 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
             ("Learning rate", f"{train.lr:g}"),
             ("Weight decay", f"{train.weight_decay:g}"),
             ("Scheduled sampling", f"{sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames)"),
-            ("Optimizer steps per epoch", _n(plan["steps_per_epoch"])),
-            ("Total optimizer steps", _n(plan["total_steps"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
+            ("Optimizer updates per epoch", _n(plan["updates_per_epoch"])),
+            ("Total optimizer updates", _n(plan["total_updates"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
         ],
         "Logging & Monitoring": [
             ("Batches per epoch (total)", _n(plan["batches_per_epoch_total"])),

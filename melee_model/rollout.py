@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from melee_encode import Schema, Store
+from melee_encode.errors import ConfigError
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 
 DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
@@ -76,7 +77,7 @@ class FrameStepper:
 
     def __init__(self, layout: FrameLayout, device):
         if layout.lookahead:
-            raise ValueError(f"rollouts need data.lookahead 0 (one predicted frame per step); this model has lookahead {layout.lookahead}")
+            raise ConfigError(f"rollouts need data.lookahead 0 (one predicted frame per step); this model has lookahead {layout.lookahead}")
         self.layout = layout
         schema = layout.schema
         index = lambda values: torch.tensor(list(values), dtype=torch.long, device=device)  # noqa: E731
@@ -133,7 +134,7 @@ def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int,
     rows, lengths = np.asarray(rows), np.asarray(lengths)
     eligible = np.flatnonzero(lengths >= context_len + horizon)
     if not len(eligible):
-        raise ValueError(f"no game is long enough for a rollout of {horizon} frames after {context_len} context frames")
+        raise ConfigError(f"no game is long enough for a rollout of {horizon} frames after {context_len} context frames")
     rng = np.random.default_rng(seed)
     games = rng.permutation(eligible)[np.arange(count) % len(eligible)]  # (count,)
     t0 = rng.integers(context_len, lengths[games] - horizon + 1)  # (count,)
@@ -150,7 +151,7 @@ def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, int
     starts = np.asarray(starts, dtype=np.int64)
     K = layout.context_len
     if len(starts) and (starts.min() < K or starts.max() + horizon > len(floats)):
-        raise ValueError(f"rollout starts must lie in [{K}, {len(floats) - horizon}] for {horizon} frames of a {len(floats)}-frame game")
+        raise ConfigError(f"rollout starts must lie in [{K}, {len(floats) - horizon}] for {horizon} frames of a {len(floats)}-frame game")
     frames = starts[:, None] + np.arange(-K, horizon)  # (N, K+H)
     return rollout_windows(model, layout, floats[frames], ints[frames], np.stack([np.zeros_like(starts), starts], axis=1), device, horizons, batch_size)
 
@@ -167,9 +168,9 @@ def store_windows(store: Store, starts: np.ndarray, context_len: int, horizon: i
     for game in np.unique(starts[:, 0]):
         mine = np.flatnonzero(starts[:, 0] == game)
         first, stop = int(starts[mine, 1].min()) - context_len, int(starts[mine, 1].max()) + horizon
-        game_floats, game_ints, _ = store.frames(int(game), first, stop)  # (stop - first, F), (stop - first, I)
+        game_floats, game_ints, _ = store.read_frames(int(game), first, stop)  # (stop - first, F), (stop - first, I)
         if len(game_floats) < stop - first or first < 0:
-            raise ValueError(f"game {game} has no frames {first} .. {stop - 1} for a rollout")
+            raise ConfigError(f"game {game} has no frames {first} .. {stop - 1} for a rollout")
         for i in mine:
             at = int(starts[i, 1]) - context_len - first
             floats[i], ints[i] = game_floats[at : at + context_len + horizon], game_ints[at : at + context_len + horizon]
@@ -186,7 +187,7 @@ def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: 
     K = layout.context_len
     horizon = float_windows.shape[1] - K
     if horizon < 1 or len(float_windows) < 1:
-        raise ValueError(f"a rollout needs at least one start and one frame past the {K} context frames")
+        raise ConfigError(f"a rollout needs at least one start and one frame past the {K} context frames")
     device = torch.device(device)
     stepper = FrameStepper(layout, device)
     was_training = model.training

@@ -1,7 +1,7 @@
 """Training: the loop behind `scripts/train.py`, on a CPU, one GPU or many, through HF Accelerate.
 
 One process per device (`accelerate launch`, or `ACCELERATE_USE_CPU=1 torchrun` for CPU ranks). Each
-rank reads its own share of every epoch straight from the store (melee_model.data), so the data
+rank reads its own share of every epoch straight from the store (melee_model.examples), so the data
 loader is not passed through `accelerator.prepare`. An optimizer step is `grad_accum` micro-batches;
 every rank runs the same number of them per epoch (a rank whose share ran out takes a zero-loss step
 so that gradients still sync).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -30,24 +29,15 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_fingerprint
 from melee_model.config import ExperimentConfig, to_dict
-from melee_model.data import ExampleSource
+from melee_model.examples import ExampleSource, batch_to_device
+from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdict, track_patience
 from melee_model.losses import compute_losses
-from melee_model.metrics import MetricAccumulator
+from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score
 from melee_model.model import build_model, describe_model
-
-
-VAL_PREFIX = "val_"  # the key prefix of validation metrics
-
-
-class StopTraining(Exception):
-    """An escape hatch (or max_steps) ended the run; the message says which and why. `saved`: the
-    hatch wrote its own checkpoint, so the run's end must not move `latest`."""
-
-    def __init__(self, message: str, saved: bool = False):
-        super().__init__(message)
-        self.saved = saved
+from melee_model.optim import adamw, cosine_schedule
+from melee_model.scheduled_sampling import add_context_noise, noisy_columns
 
 
 @dataclass
@@ -61,54 +51,6 @@ class Progress:
     best_window_loss: float = math.inf
     batches_since_best: int = 0
     stop_reason: str = ""
-
-
-def store_fingerprint(source: ExampleSource) -> dict:
-    """What makes two stores interchangeable for a run: encoding, schema and the selected games."""
-    games = source.store.games["hash"]
-    selected = sorted(games[source.rows_of("all")].tolist())
-    return {
-        "path": source.store_path,
-        "encoding": source.store.config.to_dict(),
-        "schema": hashlib.sha256(json.dumps(source.store.schema.to_dict(), sort_keys=True).encode()).hexdigest()[:16],
-        "games": len(selected),
-        "selection": hashlib.sha256("".join(selected).encode()).hexdigest()[:16],
-    }
-
-
-def cosine_schedule(total: int, warmup: int, floor: float):
-    """lr multiplier per optimizer step: linear warmup, then cosine from 1 to `floor`."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return multiplier
-
-
-@torch.no_grad()
-def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast) -> tuple[MetricAccumulator, int]:
-    """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
-    and how many examples they held."""
-    metrics, examples = MetricAccumulator(layout, device), 0
-    for batch in batches:
-        batch = batch_to_device(batch, device)
-        with autocast():
-            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-        metrics.update(pred, batch, compute_losses(pred, batch, layout, loss_config))
-        examples += len(batch["example_id"])
-    return metrics, examples
-
-
-def batch_to_device(batch: dict, device: torch.device) -> dict:
-    """Move a loader batch to the device; int columns become int64 there (the loader ships int16)."""
-    moved = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        moved[key] = value.long() if key in ("int_ctx", "int_tgt") else value
-    return moved
 
 
 class Trainer:
@@ -127,22 +69,20 @@ class Trainer:
 
         self.source = ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
-        schema = self.layout.schema
-        noisy = [i for p in (0, 1) for g in ("continuous", "velocity") for i in schema.float_indices(player=p, group=g)]
-        self.noisy_columns = torch.tensor(noisy, device=self.accelerator.device)  # what scheduled sampling perturbs
+        self.noisy_columns = noisy_columns(self.layout, self.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
         self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay))
-        self.steps_per_epoch = self.source.plan("train", 0, self.world).steps  # micro-batches per rank
-        self.updates_per_epoch = math.ceil(self.steps_per_epoch / train.grad_accum)
+        self.batches_per_epoch = self.source.plan("train", 0, self.world).batches_per_rank  # micro-batches per rank
+        self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(self.total_updates, train.warmup_steps, train.min_lr_ratio))
         torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
         self.train_metrics = MetricAccumulator(self.layout, self.device)
         self.window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite batches
         self.progress = Progress()
-        self.fingerprint = store_fingerprint(self.source)
+        self.fingerprint = store_fingerprint(self.source.store, self.source.rows_of("all"))
         self.wandb_id = None
         if resume:
             self._resume(resume)
@@ -154,8 +94,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or an escape hatch); return the last validation metrics."""
         self._print(self.describe)
-        self._print(f"data: {self.source.examples('train'):,} train / {self.source.examples('val'):,} val examples; "
-                    f"{self.steps_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
+        self._print(f"data: {self.source.example_count('train'):,} train / {self.source.example_count('val'):,} val examples; "
+                    f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
                     f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs")
         val = {}
         if self.config.train.eval_at_start and self.progress.step == 0:
@@ -187,9 +127,9 @@ class Trainer:
         batches = iter(loader)
         started, examples = time.perf_counter(), 0
         self.model.train()
-        for index in range(self.progress.batch_in_epoch, self.steps_per_epoch):
+        for index in range(self.progress.batch_in_epoch, self.batches_per_epoch):
             batch = next(batches, None)  # None: this rank's share of the epoch has run out
-            sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.steps_per_epoch
+            sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.batches_per_epoch
             examples += 0 if batch is None else len(batch["example_id"])
             self._micro_step(batch, epoch, sync)
             if not sync:
@@ -236,17 +176,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
 
     def _scheduled_sampling(self, batch: dict, epoch: int) -> None:
-        """Noise on the continuous and velocity columns of the last context frames (spec section 6)."""
-        sampling = self.config.train.scheduled_sampling
-        strength = min(1.0, epoch / sampling.anneal_epochs) if sampling.anneal_epochs else 1.0
-        if sampling.rate <= 0 or epoch == 0 or strength == 0:
-            return
         generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
-        ctx = batch["float_ctx"]  # (B, K, F)
-        chosen = torch.rand(ctx.shape[0], device=self.device, generator=generator) < sampling.rate * strength  # (B,)
-        frames = min(sampling.frames, ctx.shape[1])
-        noise = torch.randn(ctx.shape[0], frames, len(self.noisy_columns), device=self.device, generator=generator) * sampling.noise * strength
-        ctx[:, -frames:, self.noisy_columns] += noise * chosen[:, None, None]
+        add_context_noise(batch["float_ctx"], self.noisy_columns, epoch, self.config.train.scheduled_sampling, generator)
 
     # ------------------------------------------------------------------ evaluation and logging
 
@@ -307,19 +238,15 @@ class Trainer:
             raise StopTraining(f"the loss became NaN or inf before step {progress.step}; {where} (the failing state is in {self.output_dir / 'nonfinite'})", saved=True)
         if not batches:
             return
-        loss = loss_sum / batches
-        if loss < progress.best_window_loss - 1e-6:
-            progress.best_window_loss, progress.batches_since_best = loss, 0
-        else:
-            progress.batches_since_best += int(batches) // self.world
-        if train.patience_batches and progress.batches_since_best >= train.patience_batches:
-            raise StopTraining(f"the training loss has not improved on {progress.best_window_loss:.4f} for {progress.batches_since_best:,} batches (train.patience_batches)")
+        progress.best_window_loss, progress.batches_since_best = track_patience(progress.best_window_loss, progress.batches_since_best, loss_sum / batches, int(batches) // self.world)
+        reason = patience_verdict(progress.best_window_loss, progress.batches_since_best, train.patience_batches)
+        if reason:
+            raise StopTraining(reason)
 
     def _check_change_acc(self, val: dict) -> None:
-        threshold = self.config.train.min_val_change_acc
-        change_acc = val.get("val_change_acc", math.nan)
-        if threshold is not None and self.progress.epoch == 1 and not change_acc >= threshold:
-            raise StopTraining(f"val_change_acc {change_acc:.3f} is under {threshold} after the first epoch (train.min_val_change_acc)")
+        reason = change_acc_verdict(val, self.progress.epoch, self.config.train.min_val_change_acc)
+        if reason:
+            raise StopTraining(reason)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -377,16 +304,6 @@ class Trainer:
         if self.accelerator.is_main_process:
             _truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
         self._print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch})")
-
-
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on matrices and embeddings only, as nanoGPT; never on biases, norms, or the
-    SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D)."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        (no_decay if parameter.dim() < 2 or getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
 
 
 def _gather(obj: dict, world: int) -> list[dict]:

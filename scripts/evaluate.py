@@ -13,9 +13,8 @@ import argparse
 import json
 import sys
 
-from melee_encode import StoreError
-from melee_model.checkpoint import CheckpointError
-from melee_model.data import EncodingMismatch
+from melee_encode.errors import run_command
+from melee_encode.storage import add_storage_option_argument, parse_storage_options
 from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table
 
 
@@ -35,9 +34,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
     parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    add_storage_option_argument(parser)
     args = parser.parse_args()
-    try:
-        evaluation = evaluate_checkpoint(
+    evaluation = evaluate_checkpoint(
             args.checkpoint,
             args.store,
             args.replays or (),
@@ -49,10 +48,8 @@ def main() -> int:
             device=args.device,
             num_workers=args.workers,
             plot=args.plot,
+            storage_options=parse_storage_options(args.storage_option),
         )
-    except (ValueError, CheckpointError, EncodingMismatch, StoreError, FileNotFoundError) as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        return 2
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=1))
     else:
@@ -63,4 +60,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("evaluate.py", main))

@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from melee_encode import StoreError
+from melee_encode.errors import run_command
+from melee_encode.storage import add_storage_option_argument, parse_storage_options
 from melee_model.config import load_config
-from melee_model.data import EncodingMismatch
 from melee_model.plan import plan_markdown, plan_run, read_step_ms
 
 
@@ -29,17 +29,15 @@ def main() -> int:
     parser.add_argument("--gpu-hour-usd", type=float, default=3.0, help="price of one GPU-hour (default 3.0)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown")
+    add_storage_option_argument(parser)
     args = parser.parse_args()
-    try:
-        config = load_config(args.config, args.set)
-        step_ms = read_step_ms(args.step_json) if args.step_json else args.step_ms
-        plan = plan_run(config, args.store, gpus=args.gpus, step_ms=step_ms, gpu_hour_usd=args.gpu_hour_usd)
-    except (ValueError, EncodingMismatch, StoreError, FileNotFoundError) as error:
-        print(f"plan_run.py: error: {error}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.set)
+    step_ms = read_step_ms(args.step_json) if args.step_json else args.step_ms
+    options = parse_storage_options(args.storage_option)
+    plan = plan_run(config, args.store, gpus=args.gpus, step_ms=step_ms, gpu_hour_usd=args.gpu_hour_usd, storage_options=options)
     print(json.dumps(plan, indent=1) if args.json else plan_markdown(plan, config))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("plan_run.py", main))

@@ -10,10 +10,9 @@
 import argparse
 import sys
 
+from melee_encode.errors import run_command
 from melee_encode.storage import add_storage_option_argument, parse_storage_options
-from melee_model.checkpoint import CheckpointError
 from melee_model.config import load_config
-from melee_model.data import EncodingMismatch
 from melee_model.train import Trainer
 
 
@@ -27,16 +26,12 @@ def main() -> int:
     add_storage_option_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args()
-    try:
-        config = load_config(args.config, args.set)
-        options = parse_storage_options(args.storage_option)
-        trainer = Trainer(config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress, storage_options=options)
-        trainer.fit()
-    except (ValueError, CheckpointError, EncodingMismatch, FileNotFoundError) as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, args.set)
+    options = parse_storage_options(args.storage_option)
+    trainer = Trainer(config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress, storage_options=options)
+    trainer.fit()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("train.py", main))

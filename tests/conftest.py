@@ -13,14 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REPLAYS = Path(os.environ.get("MELEE_REPLAYS", ROOT.parent / "shared" / "replays")).resolve()
 
-# Replays peppi cannot parse, and games with more than two players (see ../shared/replays/MANIFEST.md).
-UNREADABLE = ("peppi/corrupt.slp", "slippi-js/FodPlatforms.slp", "slippi-js/incomplete.slp")
-NOT_1V1 = {
-    "peppi/crazy_name_tags.slp": 4,
-    "slippi-js/controllerFixes.slp": 3,
-    "slippi-js/placementsTest__ffa_1p2p3p_winner_3p.slp": 3,
-    "slippi-js/placementsTest__ffa_1p2p4p_winner_4p.slp": 3,
-}
+
+
+def _manifest() -> list[dict]:
+    """The rows of the shared replays' MANIFEST.md table: what peppi made of each file."""
+    lines = [line for line in (REPLAYS / "MANIFEST.md").read_text().splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[1:]]
+    return [row for row in rows if not set(row["file"]) <= {"-"}]
+
+
+MANIFEST = _manifest()
+# Replays peppi cannot parse, and games with more than two players: skipped with a reason.
+UNREADABLE = tuple(row["file"] for row in MANIFEST if row["parses"] != "ok")
+NOT_1V1 = {row["file"]: int(row["ports"]) for row in MANIFEST if row["parses"] == "ok" and row["ports"] != "2"}
+SHARED_GAMES = len(MANIFEST) - len(UNREADABLE) - len(NOT_1V1)  # the 1v1 games of ../shared/replays
+SHARED_SKIPPED = len(UNREADABLE) + len(NOT_1V1)
 
 
 def replay(name: str) -> str:
@@ -84,3 +92,23 @@ def s3():
 
     with S3Server() as server:
         yield server
+
+
+def recompressed_copy(path, target) -> str:
+    """A copy of a store whose part arrays are rewritten by plain zarr with another codec (Blosc-lz4),
+    which the store's fast chunk path does not decode."""
+    import shutil
+
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    shutil.copytree(path, target)
+    for part in zarr.open_group(str(target), mode="r+")["parts"].group_keys():
+        group = zarr.open_group(str(target), mode="r+", path=f"parts/{part}")
+        for name in ("float", "int", "state_age"):
+            old = group[name]
+            values, chunks, fill = old[:], old.chunks, old.metadata.fill_value
+            del group[name]
+            new = group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=fill, compressors=BloscCodec(cname="lz4"))
+            new[:] = values
+    return str(target)

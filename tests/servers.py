@@ -57,7 +57,7 @@ class S3Server:
         self.process: subprocess.Popen | None = None
         self._saved_env: dict = {}
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         self._saved_env = {key: os.environ.get(key) for key in CREDENTIALS}
         os.environ.update(CREDENTIALS)
         command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
@@ -99,7 +99,7 @@ class S3Server:
         self.filesystem().mkdir(name)
         return name
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> S3Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:

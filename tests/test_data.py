@@ -6,19 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import replay
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
 from melee_model.config import DataConfig
-from melee_model.data import (
-    PART_SHIFT,
-    EncodingMismatch,
-    ExampleSource,
-    is_validation,
-    read_chunk,
-    read_chunk_zarr,
-    round_robin_resume,
-)
+from melee_model.examples import PART_SHIFT, EncodingMismatch, ExampleSource
 from melee_model.layout import FrameLayout
+from melee_model.sampler import is_validation
+
+from conftest import SHARED_GAMES, recompressed_copy, replay
 
 SMALL = dict(batch_size=512, chunks_per_group=3, require_fields="none", num_workers=0)
 
@@ -59,7 +53,7 @@ def locate(src: ExampleSource, example_id: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=8)
 def game_frames(path: str, row: int):
-    return open_store(path).frames(row)
+    return open_store(path).read_frames(row)
 
 
 def check_example(src: ExampleSource, batch: dict, i: int) -> None:
@@ -134,7 +128,7 @@ def test_every_example_once_across_2_ranks_and_2_workers(shared_store):
     assert len(seen) == len(np.unique(seen))  # nothing twice
     assert np.array_equal(np.sort(seen), expected_targets(src, "train"))  # nothing missing
     steps = [len(rank) for rank in ranks]
-    assert abs(steps[0] - steps[1]) <= 1 and max(steps) == src.plan("train", 0, world=2).steps
+    assert abs(steps[0] - steps[1]) <= 1 and max(steps) == src.plan("train", 0, world=2).batches_per_rank
     val = np.concatenate([ids for rank in epoch_ids(src, "val", world=2, workers=2) for ids in rank])
     assert np.array_equal(np.sort(val), expected_targets(src, "val"))
 
@@ -161,14 +155,6 @@ def test_resume_mid_epoch_gives_the_same_batches(shared_store, workers):
         assert [r.tolist() for r in resumed] == [f.tolist() for f in full[start:]], start
 
 
-def test_round_robin_resume():
-    assert round_robin_resume([3, 3], 0) == ([0, 0], 0)
-    assert round_robin_resume([3, 3], 3) == ([2, 1], 1)
-    assert round_robin_resume([1, 3], 3) == ([1, 2], 1)  # worker 0 runs out; worker 1 keeps going
-    assert round_robin_resume([2, 3, 3], 7) == ([2, 3, 2], 2)
-    assert round_robin_resume([2, 2], 9)[0] == [2, 2]
-
-
 def test_split_is_by_game_and_stable_when_the_store_grows(replays_dir, tmp_path):
     small, big = str(tmp_path / "small.zarr"), str(tmp_path / "big.zarr")
     encode([replay("peppi/ics2.slp"), replay("peppi/v2.0.slp"), replay("peppi/items.slp")], small, EncodeOptions(progress=False))
@@ -185,7 +171,7 @@ def test_split_is_by_game_and_stable_when_the_store_grows(replays_dir, tmp_path)
 
 def test_game_filters(shared_store):
     every = source(shared_store)
-    assert len(every.rows["train"]) + len(every.rows["val"]) == 52
+    assert len(every.rows["train"]) + len(every.rows["val"]) == SHARED_GAMES
     games = every.store.games
     game_only = source(shared_store, end_methods=["game"])
     assert set(games["end_method"][np.concatenate(list(game_only.rows.values()))]) == {2}
@@ -194,7 +180,7 @@ def test_game_filters(shared_store):
     assert len(rows) == 4 and set(games["stage"][rows]) == {32}
     modern = source(shared_store, require_fields="used")  # the default: games with every field the encoding reads
     rows = np.concatenate(list(modern.rows.values()))
-    assert 0 < len(rows) < 52 and not games["fields_missing"][rows].any()
+    assert 0 < len(rows) < SHARED_GAMES and not games["fields_missing"][rows].any()
 
 
 def test_encoding_mismatch_names_the_fields(shared_store):
@@ -203,13 +189,10 @@ def test_encoding_mismatch_names_the_fields(shared_store):
         ExampleSource(shared_store, FrameLayout(store.schema), DataConfig(**SMALL), encoding=EncodingConfig(projectiles=True))
 
 
-def test_fast_chunk_reads_equal_zarr_reads(shared_store):
-    store = open_store(shared_store)
-    part = next(iter(store.parts))
-    for array in store.part_arrays(part)[:2]:
-        chunk = array.chunks[1]
-        last = (array.shape[1] - 1) // chunk  # a partial chunk
-        for c in (0, 3, last):
-            fast = read_chunk(array, c, np.empty((array.shape[0], chunk), array.dtype))
-            reference = read_chunk_zarr(array, c, np.empty((array.shape[0], chunk), array.dtype))
-            assert np.array_equal(fast, reference)
+def test_a_store_of_other_codecs_gives_the_same_batches(shared_store, tmp_path):
+    """Chunks melee-encode did not write (another codec) are read through zarr, with equal results."""
+    copy = recompressed_copy(shared_store, tmp_path / "blosc.zarr")
+    ours, theirs = source(shared_store), source(copy)
+    for mine, other in zip(ours.loader("train", 0), theirs.loader("train", 0)):
+        for key in mine:
+            assert np.array_equal(mine[key].numpy(), other[key].numpy()), key

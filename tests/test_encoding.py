@@ -10,9 +10,10 @@ import numpy as np
 import peppi_py
 import pytest
 
-from conftest import replay
 from melee_encode import EncodingConfig, encode_game, encode_replay, read_replay
 from melee_encode.encoding import recover_hitstun
+
+from conftest import replay
 
 BUTTON_MASKS = (0x100, 0x200, 0x400, 0x800, 0x10, 0x40, 0x20, 0x08)
 
@@ -108,6 +109,25 @@ def test_nan_hitstun_is_replaced_and_counted():
     assert encoded.nonfinite_replaced == 3
     assert encoded.floats[[10, 20, 30], column].tolist() == [0.0, 0.0, 0.0]
     assert np.isfinite(encoded.floats).all()
+
+
+@pytest.mark.parametrize("config", [EncodingConfig(), EncodingConfig(state_age_as_embed=False, projectiles=True)], ids=["v3", "state_age_float_projectiles"])
+def test_nan_and_inf_in_every_float_field_never_reach_the_arrays(config):
+    raw = read_replay(replay("peppi/items.slp"), items=True)  # 3.7: every field but hitlag, and items
+    injected = 0
+    for fields in raw.players:
+        for name, values in fields.items():
+            if values.dtype.kind == "f":
+                values = fields[name] = values.copy()
+                values[::7] = np.nan
+                values[3::11] = np.inf
+                values[5::13] = -np.inf
+                injected += 1
+    raw.items.x[::3] = np.nan
+    encoded = encode_game(raw, config)
+    assert injected >= 15  # percent, position, shield, velocities, state_age, misc_as, sticks, triggers, ...
+    assert np.isfinite(encoded.floats).all() and np.isfinite(encoded.state_age).all()
+    assert encoded.nonfinite_replaced > 0
 
 
 def test_real_hitstun_values_are_in_range_and_nan_free():

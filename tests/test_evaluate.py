@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, replay
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
 from melee_model.checkpoint import save_checkpoint
 from melee_model.config import ExperimentConfig, from_dict
-from melee_model.data import EncodingMismatch, build_batch
 from melee_model.evaluate import evaluate_checkpoint
-from melee_model.layout import TARGET_FIELDS, FrameLayout
+from melee_model.examples import EncodingMismatch, build_batch
+from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
 from melee_model.model import build_model
 from melee_model.rollout import CLAMP_RANGES, ROLLOUT_METRICS, FrameStepper, pick_starts, report_horizons, rollout, rollout_store
-from melee_model.layout import layout_for
+
+from conftest import ROOT, replay
 
 K = 10
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,7 +59,7 @@ def game(store_path: str, name: str) -> tuple[int, np.ndarray, np.ndarray]:
     """(row, floats, ints) of the game encoded from replay `name`."""
     store = open_store(store_path)
     row = int(np.flatnonzero([s.endswith(name) for s in store.games["source"]])[0])
-    floats, ints, _ = store.frames(row)
+    floats, ints, _ = store.read_frames(row)
     return row, floats, ints
 
 
@@ -231,7 +231,7 @@ def test_horizon_metrics_and_deterministic_starts(shared_store, layout):
     assert report_horizons(60, (1, 30, 100)) == [1, 30, 60] and report_horizons(300) == [10, 50, 100, 200, 300]
     first = result.first
     assert first.start == tuple(starts[0]) and first.pred["x"].shape == first.true["x"].shape == (60, 2)
-    floats, _, _ = store.frames(int(starts[0, 0]))
+    floats, _, _ = store.read_frames(int(starts[0, 0]))
     true_x = store.schema.decode_float(floats[starts[0, 1] : starts[0, 1] + 60, store.schema.float_index("p1.x")], "p1.x")
     np.testing.assert_allclose(first.true["x"][:, 1], true_x)
 

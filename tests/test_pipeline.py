@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 from melee_encode import EncodeOptions, encode, open_store
 from melee_encode.cli import main as cli_main
-from melee_encode.store import StoreWriter
+from melee_encode.writer import StoreWriter
+
+from conftest import SHARED_GAMES, SHARED_SKIPPED, SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 
 ENCODE = [sys.executable, "-m", "melee_encode.cli", "encode"]
 
@@ -69,7 +70,7 @@ def test_two_workers_encode_the_same_games_as_one(replays_dir, shared_store, tmp
     assert pooled.keys() == single.keys()
     for digest, game in single.items():
         assert np.array_equal(pooled[digest].floats, game.floats) and np.array_equal(pooled[digest].ints, game.ints)
-    assert len(store.skipped) == 7
+    assert len(store.skipped) == SHARED_SKIPPED
 
 
 def test_same_content_twice_is_one_game(tmp_path):
@@ -102,15 +103,15 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(replays_dir, shared_sto
     assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
     interrupted = open_store(path)  # readable right after the kill
     committed = interrupted.games["hash"].tolist()
-    assert kill_after_games <= len(committed) < 52 and len(committed) == len(set(committed))
+    assert kill_after_games <= len(committed) < SHARED_GAMES and len(committed) == len(set(committed))
     for i in range(len(interrupted)):
         interrupted.game(i)  # every committed game reads back whole
 
     subprocess.run(command, check=True)
     resumed = open_store(path)
-    assert len(resumed) == 52
+    assert len(resumed) == SHARED_GAMES
     assert sorted(resumed.games["hash"].tolist()) == sorted(open_store(shared_store).games["hash"].tolist())
-    assert len(resumed.skipped) == 7
+    assert len(resumed.skipped) == SHARED_SKIPPED
     assert set(committed) <= set(resumed.games["hash"].tolist())
     parts_on_disk = {int(name) for name in os.listdir(os.path.join(path, "parts")) if name.isdigit()}
     assert parts_on_disk == set(resumed.parts)  # no orphan part left behind

@@ -8,12 +8,13 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT
 from melee_encode import open_store
 from melee_model.config import ExperimentConfig, from_dict
-from melee_model.data import ExampleSource
-from melee_model.plan import plan_markdown, plan_run, read_step_ms
+from melee_model.examples import ExampleSource
 from melee_model.layout import layout_for
+from melee_model.plan import plan_markdown, plan_run, read_step_ms
+
+from conftest import ROOT
 
 # The run card's model section (d_model 384, n_layers 4, d_state 64, headdim 64, K 10) on the v3 encoding.
 RUN_CARD = {
@@ -27,7 +28,7 @@ RUN_CARD = {
 SMALL = {"name": "small", "data": {"require_fields": "none", "batch_size": 512, "chunks_per_group": 3, "num_workers": 0}, "train": {"epochs": 3}}
 REQUIRED_KEYS = {
     "parameters", "float_dims", "int_dims", "games", "frames", "train_examples", "val_examples", "batches_per_epoch",
-    "train_games", "val_games", "epochs", "gpus", "batch_size", "total_steps",
+    "train_games", "val_games", "epochs", "gpus", "batch_size", "total_updates",
 }  # fmt: skip
 TIMING_KEYS = {"step_ms", "epoch_hours", "total_hours", "cost_usd"}
 
@@ -62,10 +63,10 @@ def test_counts_match_the_data_pipeline(shared_store):
     source = ExampleSource(shared_store, layout_for(small, store.schema), small.data)
     assert (plan["train_games"], plan["val_games"]) == (len(source.rows["train"]), len(source.rows["val"]))
     assert plan["train_games"] + plan["val_games"] == store.n_games  # no filter: every game
-    assert (plan["train_examples"], plan["val_examples"]) == (source.examples("train"), source.examples("val"))
+    assert (plan["train_examples"], plan["val_examples"]) == (source.example_count("train"), source.example_count("val"))
     sizes = [len(batch["example_id"]) for batch in source.loader("train", 0)]
     assert sum(sizes) == plan["train_examples"] and len(sizes) == plan["batches_per_epoch"]
-    assert plan["total_steps"] == 3 * plan["batches_per_epoch"]
+    assert plan["total_updates"] == 3 * plan["batches_per_epoch"]
     assert plan["frames"] == plan["selected_frames"] == store.n_frames
 
 
@@ -80,7 +81,7 @@ def test_time_and_cost_arithmetic(shared_store):
     values = {**SMALL, "train": {"epochs": 2, "grad_accum": 2, "log_interval": 10}}
     plan = plan_run(config(values), shared_store, gpus=2, step_ms=230, gpu_hour_usd=3.0)
     batches = plan["batches_per_epoch"]
-    assert plan["steps_per_epoch"] == math.ceil(batches / 2) and plan["total_steps"] == 2 * plan["steps_per_epoch"]
+    assert plan["updates_per_epoch"] == math.ceil(batches / 2) and plan["total_updates"] == 2 * plan["updates_per_epoch"]
     assert plan["epoch_hours"] == pytest.approx(batches * 0.230 / 3600)
     assert plan["total_hours"] == pytest.approx(2 * plan["epoch_hours"])
     assert plan["cost_usd"] == pytest.approx(plan["total_hours"] * 2 * 3.0)

@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 from melee_encode import EncodeOptions, StoreError, encode, open_store
 from melee_encode.cli import main as cli_main
-from melee_encode.store import SkipRecord, StoreWriter
+from melee_encode.format import SkipRecord
+from melee_encode.writer import StoreWriter
 from melee_model.config import DataConfig, LossConfig, ModelConfig
-from melee_model.data import ExampleSource
+from melee_model.examples import ExampleSource, batch_to_device
 from melee_model.layout import FrameLayout
 from melee_model.losses import compute_losses
 from melee_model.model import build_model
-from melee_model.train import batch_to_device
+
+from conftest import SHARED_GAMES, SHARED_SKIPPED, SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 
 SMALL = dict(batch_size=512, chunks_per_group=3, require_fields="none", num_workers=0)
 
@@ -49,7 +50,7 @@ def parts_in_bucket(s3, url) -> set[int]:
 def test_encode_into_a_bucket_equals_a_local_encode(s3, replays_dir, shared_store, capsys):
     url = f"s3://{s3.new_bucket()}/ranked.zarr"
     summary = encode([replays_dir], url, EncodeOptions(progress=False, workers=2, storage_options=s3.storage_options))
-    assert (summary.games, len(summary.skipped)) == (52, 7)
+    assert (summary.games, len(summary.skipped)) == (SHARED_GAMES, SHARED_SKIPPED)
     assert_same_games(url, s3.storage_options, shared_store)
     assert skip_reasons(url, s3.storage_options) == skip_reasons(shared_store)
     store = open_store(url, s3.storage_options)
@@ -57,10 +58,10 @@ def test_encode_into_a_bucket_equals_a_local_encode(s3, replays_dir, shared_stor
 
     assert cli_main(["info", url, "--json", "--storage-option", f"endpoint_url={s3.endpoint_url}"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["games"] == 52 and info["frames"] == store.n_frames and info["bytes_on_disk"] > info["frames"]
+    assert info["games"] == SHARED_GAMES and info["frames"] == store.n_frames and info["bytes_on_disk"] > info["frames"]
 
     again = encode([replays_dir], url, EncodeOptions(progress=False, storage_options=s3.storage_options))
-    assert (again.games, again.already_present) == (0, 59)  # resumed: nothing encoded twice
+    assert (again.games, again.already_present) == (0, SHARED_GAMES + SHARED_SKIPPED)  # resumed: nothing encoded twice
 
 
 def test_inputs_in_a_bucket_folder_and_zip(s3, tmp_path):
@@ -123,9 +124,11 @@ def _writer_process(url, s3, ttl: float) -> subprocess.Popen:
     """A process holding the store's writer lease (with a short TTL) until told to commit on stdin."""
     script = f"""
 import sys
-from melee_encode import lease
-from melee_encode.store import SkipRecord, StoreError, StoreWriter
-lease.DEFAULT_TTL = {ttl}
+from melee_encode import lock
+from melee_encode.errors import StoreError
+from melee_encode.format import SkipRecord
+from melee_encode.writer import StoreWriter
+lock.DEFAULT_TTL = {ttl}
 writer = StoreWriter({url!r}, storage_options={s3.storage_options!r})
 print("ready", flush=True)
 sys.stdin.readline()
@@ -150,7 +153,7 @@ def test_the_endpoint_and_credentials_come_from_the_environment(s3, bucket_copy)
     env = {**os.environ, "AWS_ENDPOINT_URL": s3.endpoint_url}
     result = subprocess.run([sys.executable, "-m", "melee_encode.cli", "info", bucket_copy, "--json"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["games"] == 52
+    assert json.loads(result.stdout)["games"] == SHARED_GAMES
 
 
 def example_source(path, storage_options=None, **overrides) -> ExampleSource:

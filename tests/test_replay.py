@@ -4,9 +4,10 @@ import numpy as np
 import peppi_py
 import pytest
 
-from conftest import NOT_1V1, UNREADABLE, replay
+from melee_encode.ids import END_METHOD_NONE
 from melee_encode.replay import ReplayError, last_versions, read_replay
-from melee_encode.tables import END_METHOD_NONE
+
+from conftest import NOT_1V1, UNREADABLE, replay
 
 
 def test_rollback_keeps_each_frame_id_once_from_its_last_version():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import NOT_1V1, UNREADABLE, replay
-from melee_encode import EncodeOptions, EncodingConfig, Filters, StoreError, encode, encode_replay, open_store
-from melee_encode.store import StoreWriter
+from melee_encode import EncodeOptions, EncodingConfig, GameFilter, StoreError, encode, encode_replay, open_store
+from melee_encode.writer import StoreWriter
+
+from conftest import NOT_1V1, SHARED_GAMES, UNREADABLE, replay
 
 
 def _by_source(store):
@@ -24,7 +25,7 @@ def store_root_dir():
 
 def test_round_trip_equals_the_in_memory_encoding(shared_store):
     store = open_store(shared_store)
-    assert len(store) == 52
+    assert len(store) == SHARED_GAMES
     for name, index in _by_source(store).items():
         expected = encode_replay(replay(name))
         game = store.game(index)
@@ -38,12 +39,12 @@ def test_frame_ranges(shared_store):
     store = open_store(shared_store)
     index = _by_source(store)["peppi/old_ver_thegang.slp"]
     whole = store.game(index)
-    floats, ints, state_age = store.frames(index, 4000, 9100)  # crosses chunks of 4096 frames
+    floats, ints, state_age = store.read_frames(index, 4000, 9100)  # crosses chunks of 4096 frames
     assert np.array_equal(floats, whole.floats[4000:9100])
     assert np.array_equal(ints, whole.ints[4000:9100])
     assert np.array_equal(state_age, whole.state_age[4000:9100])
     with pytest.raises(IndexError):
-        store.frames(index, 10, 5)
+        store.read_frames(index, 10, 5)
 
 
 def test_reading_a_game_touches_only_its_chunks(replays_dir, tmp_path):
@@ -70,7 +71,7 @@ def test_readable_with_plain_zarr(shared_store):
     attrs = root.attrs["melee_encode"]
     n = attrs["games"]
     names = [c["name"] for c in attrs["schema"]["float_columns"]]
-    assert n == 52 and len(names) == 138 and attrs["encoding"]["state_flags"] is True
+    assert n == SHARED_GAMES and len(names) == 138 and attrs["encoding"]["state_flags"] is True
     sources = root["games/source"][:n]
     i = int(np.flatnonzero([s.endswith("peppi/ics2.slp") for s in sources])[0])
     part, offset, length = (int(root[f"games/{c}"][i]) for c in ("part", "offset", "length"))
@@ -100,12 +101,12 @@ def test_metadata_table(shared_store):
     assert rows["peppi/nintendont.slp"]["ports"] == [2, 4]
     assert rows["peppi/v2.0.slp"]["fields_missing"] == ["hurtbox_state", "velocities", "hitlag", "items"]
     assert rows["slippi-js/pal.slp"]["is_pal"] is True
-    assert len({r["hash"] for r in rows.values()}) == 52
+    assert len({r["hash"] for r in rows.values()}) == SHARED_GAMES
 
 
 def test_filters(replays_dir, tmp_path):
     path = str(tmp_path / "game_only.zarr")
-    encode([replays_dir], path, EncodeOptions(progress=False, filters=Filters(end_methods=(2,), min_frames=200)))
+    encode([replays_dir], path, EncodeOptions(progress=False, filters=GameFilter(end_methods=(2,), min_frames=200)))
     store = open_store(path)
     assert len(store) == 4 and set(store.games["end_method"].tolist()) == {2}
     assert min(store.games["length"]) >= 200
@@ -114,7 +115,7 @@ def test_filters(replays_dir, tmp_path):
     assert any(r.startswith("filtered: end method 7 not in [2]") for r in reasons)
 
     path = str(tmp_path / "fd_fox.zarr")
-    encode([replays_dir], path, EncodeOptions(progress=False, filters=Filters(stages=(32,), characters=(1,))))
+    encode([replays_dir], path, EncodeOptions(progress=False, filters=GameFilter(stages=(32,), characters=(1,))))
     store = open_store(path)
     assert len(store) == 4 and set(store.games["stage"].tolist()) == {32}
     assert all(1 in c for c in store.games["characters"].tolist())
@@ -150,3 +151,39 @@ def test_not_a_store(tmp_path):
         StoreWriter(str(tmp_path))
     with pytest.raises(StoreError, match="no store at"):
         open_store(str(tmp_path / "missing.zarr"))
+
+
+def _all_chunk_keys(store):
+    keys = []
+    for part, frames in store.parts.items():
+        last = (frames - 1) // store.chunk_frames  # a partial chunk
+        keys += [(part, name, c) for name in ("float", "int", "state_age") for c in sorted({0, 3, last} & set(range(last + 1)))]
+    return keys
+
+
+def _buffers(store, keys):
+    width = {"float": store.schema.n_float, "int": store.schema.n_int, "state_age": 2}
+    dtype = {"float": np.float32, "int": np.int16, "state_age": np.float32}
+    return [np.full((width[name], store.chunk_frames), 7, dtype[name]) for _, name, _ in keys]
+
+
+def test_read_chunks_equals_zarrs_own_reads(shared_store):
+    store = open_store(shared_store)
+    keys = _all_chunk_keys(store)
+    assert set(store.stored_chunks(keys)) == set(keys)  # melee-encode's chunks take the fast path
+    fast, reference = store.read_chunks(keys, _buffers(store, keys)), store.read_chunks_zarr(keys, _buffers(store, keys))
+    for key, a, b in zip(keys, fast, reference):
+        assert np.array_equal(a, b), key
+    stored = store.stored_chunks(keys[:2])  # bytes fetched ahead (or from a cache) are used as they are
+    again = store.read_chunks(keys, _buffers(store, keys), stored)
+    assert all(np.array_equal(a, b) for a, b in zip(again, reference))
+
+
+def test_chunks_of_other_codecs_are_read_through_zarr(shared_store, tmp_path):
+    from conftest import recompressed_copy
+
+    store, other = open_store(shared_store), open_store(recompressed_copy(shared_store, tmp_path / "blosc.zarr"))
+    keys = _all_chunk_keys(store)
+    assert other.stored_chunks(keys) == {}  # not zstd over plain bytes: no fast path
+    for key, a, b in zip(keys, other.read_chunks(keys, _buffers(other, keys)), store.read_chunks_zarr(keys, _buffers(store, keys))):
+        assert np.array_equal(a, b), key

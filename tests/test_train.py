@@ -1,8 +1,8 @@
 """Training end to end: 2 CPU ranks through torchrun, exact resume, checkpoints, escape hatches, configs."""
 
 import json
+import math
 import os
-from servers import free_port
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
 from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melee_model.config import ExperimentConfig, load_config
-from melee_model.train import StopTraining, Trainer, cosine_schedule
+from melee_model.hatches import StopTraining, patience_verdict, track_patience
+from melee_model.optim import cosine_schedule
+from melee_model.train import Trainer
+
+from conftest import ROOT
+from servers import free_port
 
 TINY = str(ROOT / "experiments" / "tiny.yaml")
 
@@ -41,6 +45,7 @@ def tiny_run(shared_store, tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.slow
 def test_two_ranks_learn(tiny_run):
     lines = metrics(tiny_run)
     val = [line for line in lines if "val_loss/total" in line]
@@ -55,6 +60,7 @@ def test_two_ranks_learn(tiny_run):
     assert (tiny_run / "best").is_symlink() and list((tiny_run / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(shared_store, tiny_run, tmp_path):
     output = tmp_path / "interrupted"
     stopped = torchrun_train(shared_store, output, "--set", "train.max_steps=180")  # mid-epoch 2
@@ -66,6 +72,7 @@ def test_resume_continues_exactly(shared_store, tiny_run, tmp_path):
     assert [drop(line) for line in continued] == [drop(line) for line in uninterrupted]
 
 
+@pytest.mark.slow
 def test_resume_on_another_store_is_refused(shared_store, tiny_run, tmp_path):
     config = load_config(TINY, ["wandb.enabled=false", "data.end_methods=[game]"])
     with pytest.raises(CheckpointError, match="another store or selection"):
@@ -84,15 +91,25 @@ def test_nonfinite_loss_stops_with_a_checkpoint(shared_store, tmp_path):
     assert (tmp_path / "nonfinite").is_symlink() and (tmp_path / "latest").is_symlink()
 
 
-def test_patience_stops_when_the_loss_stalls(shared_store, tmp_path):
+def test_patience_counts_batches_since_the_best_window():
+    best, since, verdicts = math.inf, 0, []
+    for loss in (2.0, 1.5, 1.6, 1.5, 1.4999999, 1.2):  # windows of 50 batches
+        best, since = track_patience(best, since, loss, 50)
+        verdicts.append((best, since, patience_verdict(best, since, patience=100)))
+    assert [(b, s) for b, s, _ in verdicts] == [(2.0, 0), (1.5, 0), (1.5, 50), (1.5, 100), (1.5, 150), (1.2, 0)]
+    assert [v is not None for _, _, v in verdicts] == [False, False, False, True, True, False]
+    assert verdicts[3][2] == "the training loss has not improved on 1.5000 for 100 batches (train.patience_batches)"
+    assert patience_verdict(1.5, 10**9, patience=0) is None  # 0: never
+
+
+def test_the_trainer_stops_when_the_loss_stalls(shared_store, tmp_path):
     trainer = _quick_trainer(shared_store, tmp_path, "train.patience_batches=100")
-    for loss in (2.0, 1.5, 1.6, 1.5):  # windows of 50 batches: improves, then stalls for 100
+    for loss in (2.0, 1.5, 1.6):  # windows of 50 batches: improves, then stalls for 50
         trainer.window.copy_(torch.tensor([loss * 50, 50, 0], dtype=torch.float64))
-        if loss == 1.5 and trainer.progress.best_window_loss == 1.5:
-            with pytest.raises(StopTraining, match="has not improved on 1.5000 for 100 batches"):
-                trainer._check_window()
-        else:
-            trainer._check_window()
+        trainer._check_window()
+    trainer.window.copy_(torch.tensor([1.5 * 50, 50, 0], dtype=torch.float64))
+    with pytest.raises(StopTraining, match="has not improved on 1.5000 for 100 batches"):
+        trainer._check_window()
 
 
 def test_low_change_acc_after_the_first_epoch_stops(shared_store, tmp_path):

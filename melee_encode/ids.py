@@ -7,6 +7,8 @@ reports: stage ids from the game-start block, characters as Melee's *internal* i
 
 from __future__ import annotations
 
+from .errors import ConfigError, ReplayError
+
 STAGES: dict[int, str] = {
     2: "fountain_of_dreams",
     3: "pokemon_stadium",
@@ -123,7 +125,7 @@ def end_method_from_peppi(name: str | None) -> int:
     try:
         return _PEPPI_END_METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown game-end method {name!r}") from None
+        raise ReplayError(f"unknown game-end method {name!r}") from None
 
 
 def _normalize(name: str) -> str:
@@ -134,7 +136,7 @@ def _lookup(value: str | int, table: dict[int, str], aliases: dict[str, int], wh
     if isinstance(value, int) or str(value).lstrip("-").isdigit():
         ident = int(value)
         if ident not in table and ident not in aliases.values():
-            raise ValueError(f"unknown {what} id {ident}")
+            raise ConfigError(f"unknown {what} id {ident}")
         return ident
     key = _normalize(str(value))
     by_name = {name: ident for ident, name in table.items()}
@@ -143,7 +145,7 @@ def _lookup(value: str | int, table: dict[int, str], aliases: dict[str, int], wh
     if key in aliases:
         return aliases[key]
     known = ", ".join(sorted(by_name))
-    raise ValueError(f"unknown {what} {value!r}; known names: {known}")
+    raise ConfigError(f"unknown {what} {value!r}; known names: {known}")
 
 
 def stage_id(value: str | int) -> int:

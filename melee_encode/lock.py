@@ -1,4 +1,11 @@
-"""The writer lease of a remote store: one live writer at a time, without a lock server.
+"""The single-writer rule of a store: an flock on local disk, a lease object on an object store.
+
+One committer at a time (see `writer`): `writer_lock(path)` gives the right kind for the path, and
+both kinds offer `check()` (raise if this writer may no longer commit) and `release()`.
+
+Local disk: an flock on STORE/.writer.lock. The kernel drops it when its process dies (kill -9
+included), so a resumed encode never finds a stale lock, while a second live writer is refused with
+the holder's pid and host.
 
 Object stores have no flock. The lease is a sequence of small objects in the store,
 `STORE/.writer-lease.NNNNNNNN`, one per generation, each holding its holder, an expiry time and
@@ -6,27 +13,68 @@ whether it was released. A writer takes generation g+1 when generation g is abse
 expired, by creating g+1's object exclusively (a conditional PUT: of two writers racing for it, one
 wins). While it lives, a heartbeat thread pushes its expiry forward. A writer that stalls past its
 expiry can be taken over; it notices the newer generation and must stop committing (`check`).
-
 Expiry times are wall-clock seconds of the writers' machines: the TTL must exceed their clock skew.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 
-from .storage import filesystem
-from .store import StoreError, utc_timestamp
+from .errors import LeaseError, StoreError
+from .format import LOCK_NAME, utc_timestamp
+from .storage import filesystem, is_url, local_path
 
 LEASE_PREFIX = ".writer-lease."
 DEFAULT_TTL = 60.0  # seconds a lease stays live without a heartbeat
 
 
-class LeaseError(StoreError):
-    """The store is leased to another live writer, or this writer lost its lease."""
+def writer_lock(path: str, storage_options: dict):
+    """The exclusive writer lock of a store: an flock on local disk, a lease on an object store."""
+    if not is_url(path):
+        return WriterLock(local_path(path))
+    return WriterLease(path, storage_options)
+
+
+def is_lock_name(name: str) -> bool:
+    """True for the name of a lock or lease object in a store's top folder."""
+    return name == LOCK_NAME or name.startswith(LEASE_PREFIX)
+
+
+class WriterLock:
+    """An exclusive, crash-safe writer lock on a local store: an flock on STORE/.writer.lock.
+
+    The kernel drops the lock when its process dies (kill -9 included), so a resumed encode never
+    finds a stale lock, while a second live writer is refused with the holder's pid and host.
+    """
+
+    def __init__(self, path: str):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.file = open(os.path.join(path, LOCK_NAME), "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise StoreError(f"{path} is being written by {holder}; refusing a second writer") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": utc_timestamp()}))
+        self.file.flush()
+
+    def check(self) -> None:
+        """Nothing to check: the kernel holds an flock for as long as this process lives."""
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
 
 
 class WriterLease:

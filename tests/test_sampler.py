@@ -1,0 +1,114 @@
+"""The sampler without a store: game selection, chunk targets, epoch plans and resume, on hand-made tables."""
+
+import numpy as np
+import pytest
+
+from melee_encode import EncodingConfig, GameFilter
+from melee_encode.format import fields_missing_mask
+from melee_model.config import DataConfig
+from melee_model.sampler import EpochPlan, data_filter, is_validation, plan_chunk_targets, round_robin_resume, select_games
+
+CHUNK = 100
+
+
+def table(lengths, parts=None, **columns) -> dict:
+    """A per-game table of games stored back to back in their parts, with the columns the filters read."""
+    lengths = np.array(lengths, dtype=np.int32)
+    parts = np.zeros(len(lengths), np.int32) if parts is None else np.array(parts, np.int32)
+    offsets = np.zeros(len(lengths), np.int64)
+    for part in np.unique(parts):
+        mine = np.flatnonzero(parts == part)
+        offsets[mine] = np.concatenate([[0], np.cumsum(lengths[mine])[:-1]])
+    games = {
+        "hash": np.array([f"{i * 2654435761 % 16**8:08x}" + "0" * 24 for i in range(len(lengths))]),
+        "part": parts,
+        "offset": offsets,
+        "length": lengths,
+        "end_method": np.full(len(lengths), 2, np.int8),
+        "stage": np.full(len(lengths), 31, np.int16),
+        "characters": np.tile(np.array([[1, 2]], np.uint8), (len(lengths), 1)),
+        "fields_missing": np.zeros(len(lengths), np.uint16),
+    }
+    games.update({name: np.asarray(values) for name, values in columns.items()})
+    return games
+
+
+def every_target(games, rows, context_len=10, lookahead=0) -> set:
+    return {(int(games["part"][r]), int(t)) for r in rows for t in range(games["offset"][r] + context_len, games["offset"][r] + games["length"][r] - lookahead)}
+
+
+def test_chunk_targets_hold_every_target_once_and_inside_their_chunk():
+    games = table([250, 40, 333, 11, 120], parts=[0, 0, 1, 1, 1])
+    rows = np.arange(5)
+    chunks = plan_chunk_targets(games, rows, CHUNK, context_len=10, lookahead=2)
+    seen = []
+    for chunk in chunks:
+        for a, b in zip(chunk.starts, chunk.stops):
+            assert chunk.chunk * CHUNK <= a < b <= (chunk.chunk + 1) * CHUNK
+            seen += [(chunk.part, t) for t in range(a, b)]
+    assert len(seen) == len(set(seen)) and set(seen) == every_target(games, rows, 10, 2)
+    assert [(c.part, c.chunk) for c in chunks] == sorted((c.part, c.chunk) for c in chunks)
+    assert sum(c.count for c in chunks) == len(seen)
+
+
+@pytest.mark.parametrize("world, workers, batch", [(1, 1, 64), (2, 2, 50), (3, 2, 7)])
+def test_an_epoch_covers_every_example_once_across_ranks_and_workers(world, workers, batch):
+    games = table([250, 40, 333, 11, 120, 900])
+    chunks = plan_chunk_targets(games, np.arange(6), CHUNK, 10, 0)
+    plan = EpochPlan(chunks, seed=3, epoch=1, shuffle=True, chunks_per_group=2, batch_size=batch, world=world)
+    stream = np.concatenate([np.stack(plan.group_examples(g), axis=1) for g in range(len(plan.groups))])  # (total, 2)
+    covered = []
+    for rank in range(world):
+        for first, stop in plan.worker_batches(rank, workers):
+            start, end = plan.stream_range(rank, first, stop)
+            covered.append(np.arange(start, end))
+    covered = np.concatenate(covered)
+    assert np.array_equal(np.sort(covered), np.arange(plan.total))
+    targets = {(chunks[plan.groups[g][k]].part, int(t)) for g in range(len(plan.groups)) for k, t in zip(*plan.group_examples(g))}
+    assert len(stream) == plan.total == len(targets) and targets == every_target(games, np.arange(6))
+    batches = [plan.rank_batches(r) for r in range(world)]
+    assert max(batches) - min(batches) <= 1 and plan.batches_per_rank == max(batches)
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    chunks = plan_chunk_targets(table([250, 40, 333, 11, 120, 900]), np.arange(6), CHUNK, 10, 0)
+
+    def order(seed, epoch):
+        plan = EpochPlan(chunks, seed=seed, epoch=epoch, shuffle=True, chunks_per_group=2, batch_size=32)
+        return np.concatenate([plan.group_examples(g)[1] for g in range(len(plan.groups))])
+
+    assert np.array_equal(order(0, 1), order(0, 1))
+    assert not np.array_equal(order(0, 1), order(0, 2)) and not np.array_equal(order(0, 1), order(1, 1))
+    assert np.array_equal(np.sort(order(0, 1)), np.sort(order(1, 2)))
+    plain = EpochPlan(chunks, seed=0, epoch=1, shuffle=False, chunks_per_group=2, batch_size=32)  # validation: table order
+    positions = np.concatenate([plain.group_examples(g)[1] for g in range(len(plain.groups))])
+    assert np.array_equal(positions, np.sort(positions))
+
+
+def test_round_robin_resume():
+    assert round_robin_resume([3, 3], 0) == ([0, 0], 0)
+    assert round_robin_resume([3, 3], 3) == ([2, 1], 1)
+    assert round_robin_resume([1, 3], 3) == ([1, 2], 1)  # worker 0 runs out; worker 1 keeps going
+    assert round_robin_resume([2, 3, 3], 7) == ([2, 3, 2], 2)
+    assert round_robin_resume([2, 2], 9)[0] == [2, 2]
+
+
+def test_split_is_decided_by_the_content_hash():
+    hashes = np.array(["00000000" + "f" * 24, "19999999" + "0" * 24, "1999999a" + "0" * 24, "ffffffff" + "0" * 24])
+    assert is_validation(hashes, 0.1).tolist() == [True, True, False, False]  # 0x19999999 / 16**8 < 0.1
+
+
+def test_select_games_applies_the_filter_within_a_split():
+    missing = fields_missing_mask(["velocities"])
+    games = table([500] * 40, end_method=[2, 7] * 20, fields_missing=[0, 0, missing, 0] * 10, stage=[31] * 39 + [32])
+    every = GameFilter(min_frames=11)
+    train, val = select_games(games, every, "train", 0.25), select_games(games, every, "val", 0.25)
+    assert not set(train) & set(val) and len(train) + len(val) == 40
+    game_only = data_filter(DataConfig(end_methods=["game"], require_fields="used"), EncodingConfig(), span=11)
+    kept = np.concatenate([select_games(games, game_only, split, 0.25) for split in ("train", "val")])
+    assert sorted(kept) == [i for i in range(40) if i % 2 == 0 and i % 4 != 2]
+    assert select_games(games, data_filter(DataConfig(stages=["fd"]), EncodingConfig(), 11), "train", 0.0).tolist() == [39]
+    with pytest.raises(ValueError, match="split must be one of"):
+        select_games(games, every, "test", 0.1)
+    with pytest.raises(ValueError, match="require_fields must be"):
+        data_filter(DataConfig(require_fields="all"), EncodingConfig(), 11)
