@@ -66,6 +66,9 @@ class ModelConfig:
         }
     )
     backend: str = "auto"  # Mamba2 scan: "auto" (mamba-ssm kernels on CUDA if installed), "torch", "cuda"
+    # Mamba2 dt_bias / A_log init: "mamba_ssm" (dt log-uniform in [1e-3, 0.1], A uniform in [1, 16]) or
+    # "reference" (the run card's code: dt_bias uniform in [-1, 1], A = 1 .. nheads)
+    ssm_init: str = "mamba_ssm"
 
 
 @dataclass

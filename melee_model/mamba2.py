@@ -1,42 +1,76 @@
-"""Mamba-2 mixer layer with a pure-PyTorch SSD scan and an optional mamba-ssm kernel backend.
+"""Mamba-2 mixer layer: full-sequence forward and a recurrent step, in plain PyTorch or mamba-ssm kernels.
 
 This module owns `Mamba2`, a twin of mamba-ssm 2.3.x `mamba_ssm.modules.mamba2.Mamba2` restricted
-to ngroups=1 and no inference cache. Parameter names, shapes, init and checkpoint layout match
-mamba-ssm, so a state dict moves between the two unchanged. It also owns the scans behind it:
-`ssd_chunked` (the block-decomposed SSD of the Mamba-2 paper, used by the torch backend) and
-`ssd_sequential` (the plain recurrence, kept as the reference the tests compare against).
+to ngroups=1, and `Mamba2State`, the state it carries between calls. Parameter names, shapes, init
+(by default) and checkpoint layout match mamba-ssm, so a state dict moves between the two unchanged.
+The scans themselves live in `melee_model.ssd`.
 
-Backend rule, decided on every forward call:
-- "torch": chunked SSD in plain PyTorch; runs on CPU, MPS and CUDA, scan accumulates in float32.
-- "cuda":  mamba-ssm's Triton `mamba_chunk_scan_combined` (+ `causal_conv1d` when installed);
-           raises if the input is not on CUDA or the kernels cannot be imported.
+Two ways through the layer, equal up to rounding:
+- `forward(u)`: a whole sequence (b, l, d_model) at once, via the chunked SSD scan; with
+  `state=` it continues from a carried state, with `return_state=True` it also returns the state after
+  the sequence (taken from the scan's final state, not by stepping).
+- `step(u_t, state)`: one frame (b, d_model), carrying the conv window and the SSM state.
+
+Backend rule, decided on every call:
+- "torch": plain PyTorch (`ssd_chunked`, `ssd_step`); runs on CPU, MPS and CUDA, scans in float32.
+- "cuda":  mamba-ssm's Triton `mamba_chunk_scan_combined` and `selective_state_update` (+
+           `causal_conv1d` when installed and no state comes in); raises if the input is not on CUDA
+           or the kernels cannot be imported. Its step is inference only (no autograd).
 - "auto":  "cuda" when the input is on a CUDA device and the kernels import, else "torch".
 
-Shape letters: b batch, l sequence length, h heads, p head dim, n state size,
-c chunks, q / s positions inside a chunk (output / input side).
+Shape letters: b batch, l sequence length, h heads (nheads), p head dim (headdim), n state size
+(d_state), d conv_dim = d_inner + 2 * d_state, w conv width (d_conv).
 """
 
-import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-BACKENDS = ("auto", "torch", "cuda")
+from melee_encode.errors import ConfigError
+from melee_model.ssd import ssd_chunked, ssd_step
 
-# None until the first lookup, then False or (mamba_chunk_scan_combined, causal_conv1d_fn or None).
+BACKENDS = ("auto", "torch", "cuda")
+# dt_bias / A_log init: mamba-ssm's (dt log-uniform in [dt_min, dt_max], A uniform in A_init_range)
+# or the reference implementation's (dt_bias uniform in [-1, 1], A = 1 .. nheads).
+SSM_INITS = ("mamba_ssm", "reference")
+
+
+class Kernels(NamedTuple):
+    """mamba-ssm's Triton kernels (and causal-conv1d's, or None)."""
+
+    chunk_scan: object  # mamba_chunk_scan_combined
+    state_update: object  # selective_state_update
+    conv: object  # causal_conv1d_fn or None
+
+
+class Mamba2State(NamedTuple):
+    """What a Mamba2 layer carries from one frame to the next.
+
+    conv: (b, d, w), the last d_conv conv inputs (pre-activation xBC), oldest first, zeros before the
+          start; in the conv weight's dtype.
+    ssm:  (b, h, p, n), the SSM state, in float32 (float64 for a float64 layer).
+    """
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+# None until the first lookup, then False or a Kernels.
 _kernels = None
 
 
 def _load_kernels():
-    """Import mamba-ssm's scan (and causal-conv1d if present) once; cache the outcome."""
+    """Import mamba-ssm's kernels (and causal-conv1d if present) once; cache the outcome."""
     global _kernels
     if _kernels is None:
         try:
-            # Importing the submodule still runs mamba_ssm/__init__, which fails without the
+            # Importing a submodule still runs mamba_ssm/__init__, which fails without the
             # compiled extension; both failure modes mean "no kernels", not a crash.
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         except (ImportError, OSError):
             _kernels = False
@@ -45,116 +79,29 @@ def _load_kernels():
                 from causal_conv1d import causal_conv1d_fn
             except (ImportError, OSError):
                 causal_conv1d_fn = None
-            _kernels = (mamba_chunk_scan_combined, causal_conv1d_fn)
+            _kernels = Kernels(mamba_chunk_scan_combined, selective_state_update, causal_conv1d_fn)
     return _kernels
 
 
 def mamba_ssm_available() -> bool:
-    """True when mamba-ssm's Triton SSD kernel can be imported (says nothing about a GPU)."""
+    """True when mamba-ssm's Triton kernels can be imported (says nothing about a GPU)."""
     return bool(_load_kernels())
 
 
-def _no_autocast(device: torch.device):
-    """Context that turns autocast off on `device`, so the scan is not silently run in bf16."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def _scan_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: at least float32, float64 when the inputs are float64."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def segsum(a: torch.Tensor) -> torch.Tensor:
-    """Stable segment sum: out[..., i, j] = sum(a[..., j+1 : i+1]) for j <= i, -inf above the diagonal.
-
-    a: (..., T) -> (..., T, T). Summing masked copies instead of differencing one cumsum avoids
-    the cancellation error of cumsum[i] - cumsum[j] on long chunks.
-    """
-    T = a.size(-1)
-    a = a[..., None].expand(*a.shape, T)  # (..., T, T): a[..., i, j] = a_i
-    strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
-    a = a.masked_fill(~strict, 0)
-    out = torch.cumsum(a, dim=-2)  # (..., T, T)
-    causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
-    return out.masked_fill(~causal, -torch.inf)
-
-
-def ssd_sequential(x, dt, A, B, C):
-    """Reference SSD scan, one time step at a time.
-
-    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T,   y_t = h_t C_t.
-
-    x: (b, l, h, p); dt: (b, l, h), already softplus-ed; A: (h,), negative; B, C: (b, l, n).
-    Returns y: (b, l, h, p) in x.dtype; computed like `ssd_chunked` (>= float32, autocast off).
-    """
-    out_dtype, dtype = x.dtype, _scan_dtype(x)
-    with _no_autocast(x.device):
-        x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
-        b, l, h, p = x.shape
-        state = x.new_zeros(b, h, p, B.shape[-1])  # (b, h, p, n)
-        ys = []
-        for t in range(l):
-            decay = torch.exp(dt[:, t] * A)  # (b, h)
-            inp = torch.einsum("bh,bhp,bn->bhpn", dt[:, t], x[:, t], B[:, t])  # (b, h, p, n)
-            state = state * decay[..., None, None] + inp
-            ys.append(torch.einsum("bhpn,bn->bhp", state, C[:, t]))  # (b, h, p)
-        y = torch.stack(ys, dim=1)  # (b, l, h, p)
-    return y.to(out_dtype)
-
-
-def ssd_chunked(x, dt, A, B, C, chunk_size):
-    """Chunked SSD scan (Mamba-2 paper, Listing 1): same result as `ssd_sequential`.
-
-    Within a chunk the scan is a masked quadratic form (attention-like); across chunks only the
-    (h, p, n) state is passed, so cost is linear in l. Vectorised over batch, heads and chunks.
-
-    x: (b, l, h, p); dt: (b, l, h), already softplus-ed; A: (h,), negative; B, C: (b, l, n);
-    chunk_size: block length (any l works: the tail is zero-padded, dt=0 steps are no-ops).
-    Returns y: (b, l, h, p) in x.dtype; accumulated in at least float32, with autocast disabled.
-    """
-    out_dtype = x.dtype
-    seqlen = x.shape[1]
-    # Chunking is exact for any block length, so never pad a short sequence up to chunk_size.
-    q = min(chunk_size, seqlen)
-    pad = -seqlen % q
-    with _no_autocast(x.device):
-        dtype = _scan_dtype(x)
-        x, dt, A, B, C = (t.to(dtype) for t in (x, dt, A, B, C))
-        x = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))  # (b, l', h, p): input scaled by dt
-        dA = F.pad(dt * A, (0, 0, 0, pad))  # (b, l', h)
-        B, C = (F.pad(t, (0, 0, 0, pad)) for t in (B, C))  # (b, l', n)
-
-        x = rearrange(x, "b (c q) h p -> b c q h p", q=q)
-        B = rearrange(B, "b (c q) n -> b c q n", q=q)
-        C = rearrange(C, "b (c q) n -> b c q n", q=q)
-        dA = rearrange(dA, "b (c q) h -> b h c q", q=q)
-
-        # 1. Intra-chunk output: decay-masked C B^T applied to the chunk's own inputs.
-        decay = torch.exp(segsum(dA))  # (b, h, c, q, s)
-        scores = torch.einsum("bcqn,bcsn->bcqs", C, B)[:, None] * decay  # (b, h, c, q, s)
-        y_diag = torch.einsum("bhcqs,bcshp->bcqhp", scores, x)  # (b, c, q, h, p)
-
-        if x.shape[1] == 1:  # a single chunk (the usual 10-frame context): no state enters it
-            y = rearrange(y_diag, "b c q h p -> b (c q) h p")[:, :seqlen]
-            return y.to(out_dtype)
-
-        dA_cum = torch.cumsum(dA, dim=-1)  # (b, h, c, q)
-        # 2. State each chunk leaves behind, from its own inputs only.
-        decay_to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, h, c, q)
-        states = torch.einsum("bcqn,bhcq,bcqhp->bchpn", B, decay_to_end, x)  # (b, c, h, p, n)
-
-        # 3. Pass states across chunks: state entering chunk z = decayed sum of earlier chunks.
-        states = F.pad(states, (0, 0, 0, 0, 0, 0, 1, 0))  # (b, c+1, h, p, n): zero initial state
-        chunk_decay = torch.exp(segsum(F.pad(dA_cum[..., -1], (1, 0))))  # (b, h, c+1, c+1)
-        states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)[:, :-1]  # (b, c, h, p, n)
-
-        # 4. Inter-chunk output: read the incoming state, decayed to each position.
-        y_off = torch.einsum("bcqn,bchpn,bhcq->bcqhp", C, states, torch.exp(dA_cum))  # (b, c, q, h, p)
-
-        y = rearrange(y_diag + y_off, "b c q h p -> b (c q) h p")[:, :seqlen]  # (b, l, h, p)
-    return y.to(out_dtype)
+def init_dt_bias_and_A_log(scheme, nheads, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, A_init_range=(1, 16)):
+    """Initial (dt_bias (h,), A_log (h,)) under `scheme`, one of SSM_INITS (see there)."""
+    if scheme == "mamba_ssm":
+        # dt log-uniform in [dt_min, dt_max]; store its inverse softplus so softplus(dt_bias) = dt.
+        dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.clamp(dt, min=dt_init_floor)
+        dt_bias = dt + torch.log(-torch.expm1(-dt))
+        assert 0 < A_init_range[0] <= A_init_range[1]
+        A = torch.empty(nheads, dtype=torch.float32).uniform_(*A_init_range)
+        return dt_bias, torch.log(A)
+    if scheme == "reference":
+        dt_bias = torch.empty(nheads).uniform_(-1, 1)
+        return dt_bias, torch.log(torch.linspace(1, nheads, nheads))
+    raise ConfigError(f"ssm_init must be one of {SSM_INITS}, got {scheme!r}")
 
 
 class GatedRMSNorm(nn.Module):
@@ -179,7 +126,7 @@ class Mamba2(nn.Module):
 
     Checkpoint-compatible with mamba-ssm's Mamba2(ngroups=1, bias=False, conv_bias=True,
     D_has_hdim=False, rmsnorm=True, norm_before_gate=False). Submodules are built in mamba-ssm's
-    order, so the same seed gives the same initial weights.
+    order, so with ssm_init="mamba_ssm" the same seed gives the same initial weights.
     """
 
     def __init__(
@@ -195,10 +142,13 @@ class Mamba2(nn.Module):
         dt_init_floor: float = 1e-4,
         A_init_range: tuple = (1, 16),
         backend: str = "auto",
+        ssm_init: str = "mamba_ssm",
     ):
         super().__init__()
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if ssm_init not in SSM_INITS:
+            raise ConfigError(f"ssm_init must be one of {SSM_INITS}, got {ssm_init!r}")
         self.d_model = d_model
         self.d_state = d_state
         self.d_conv = d_conv
@@ -216,14 +166,9 @@ class Mamba2(nn.Module):
         self.conv1d = nn.Conv1d(
             self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1
         )
-
-        # dt log-uniform in [dt_min, dt_max]; store its inverse softplus so softplus(dt_bias) = dt.
-        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = torch.clamp(dt, min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        assert 0 < A_init_range[0] <= A_init_range[1]
-        A = torch.empty(self.nheads, dtype=torch.float32).uniform_(*A_init_range)
-        self.A_log = nn.Parameter(torch.log(A))
+        dt_bias, A_log = init_dt_bias_and_A_log(ssm_init, self.nheads, dt_min, dt_max, dt_init_floor, A_init_range)
+        self.dt_bias = nn.Parameter(dt_bias)
+        self.A_log = nn.Parameter(A_log)
         self.D = nn.Parameter(torch.ones(self.nheads))
         for p in (self.dt_bias, self.A_log, self.D):
             p._no_weight_decay = True
@@ -232,7 +177,7 @@ class Mamba2(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
 
     def backend_for(self, u: torch.Tensor) -> str:
-        """The backend ("torch" or "cuda") a forward on `u` will use."""
+        """The backend ("torch" or "cuda") a call on `u` will use."""
         if self.backend == "torch":
             return "torch"
         usable = u.is_cuda and mamba_ssm_available()
@@ -243,43 +188,107 @@ class Mamba2(nn.Module):
             )
         return "cuda" if usable else "torch"
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u: (b, l, d_model) -> (b, l, d_model)."""
-        use_cuda = self.backend_for(u) == "cuda"
-        scan_fn, conv_fn = _load_kernels() if use_cuda else (None, None)
+    def initial_state(self, batch: int, device=None) -> Mamba2State:
+        """The state before the first frame (all zeros): conv (b, d, w), ssm (b, h, p, n)."""
+        device = self.A_log.device if device is None else device
+        conv = torch.zeros(batch, self.conv_dim, self.d_conv, dtype=self.conv1d.weight.dtype, device=device)
+        ssm_dtype = torch.promote_types(self.A_log.dtype, torch.float32)
+        ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, dtype=ssm_dtype, device=device)
+        return Mamba2State(conv, ssm)
+
+    def forward(self, u: torch.Tensor, state: Mamba2State | None = None, return_state: bool = False):
+        """u: (b, l, d_model) -> y (b, l, d_model), or (y, Mamba2State after u) with return_state.
+
+        state: the Mamba2State u continues from (None: u starts a sequence). `state` is not modified.
+        """
+        kernels = _load_kernels() if self.backend_for(u) == "cuda" else None
 
         zxbcdt = self.in_proj(u)  # (b, l, 2*d_inner + 2*d_state + nheads)
         z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = self._conv(xBC, conv_fn)  # (b, l, conv_dim)
+        conv_state = self._conv_window(xBC, state) if return_state else None  # (b, d, w)
+        xBC = self._conv(xBC, kernels.conv if kernels else None, state)  # (b, l, d)
         x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         # float32 even for half-precision weights: exp(A_log) would overflow in fp16.
         A = -torch.exp(self.A_log.float())  # (h,)
+        initial = None if state is None else state.ssm  # (b, h, p, n)
 
-        if use_cuda:
-            y = scan_fn(
+        if kernels:
+            scan = kernels.chunk_scan(
                 x, dt, A, B[:, :, None], C[:, :, None],  # B, C: (b, l, 1, n), i.e. ngroups=1
                 chunk_size=self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True,
-            )  # (b, l, h, p)
+                initial_states=initial, return_final_states=return_state,
+            )  # y (b, l, h, p)[, final state (b, h, p, n)]
         else:
             dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, h)
-            y = ssd_chunked(x, dt, A, B, C, self.chunk_size)  # (b, l, h, p)
+            scan = ssd_chunked(x, dt, A, B, C, self.chunk_size, initial, return_state)
+        y, ssm_state = scan if return_state else (scan, None)
+        if not kernels:
             y = y + x * self.D[:, None]  # (b, l, h, p)
 
         y = rearrange(y, "b l h p -> b l (h p)")
-        return self.out_proj(self.norm(y, z))
+        out = self.out_proj(self.norm(y, z))  # (b, l, d_model)
+        return (out, Mamba2State(conv_state, ssm_state)) if return_state else out
 
-    def _conv(self, xBC: torch.Tensor, conv_fn) -> torch.Tensor:
-        """Depthwise causal conv + SiLU over time. xBC: (b, l, conv_dim) -> (b, l, conv_dim)."""
-        if conv_fn is not None:
+    def step(self, u_t: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
+        """One frame: u_t (b, d_model), state -> (y_t (b, d_model), the state after u_t).
+
+        Equal to the matching frame of `forward` over the whole sequence. `state` is not modified;
+        start from `initial_state(b)` or from `forward(prefix, return_state=True)`.
+        """
+        kernels = _load_kernels() if self.backend_for(u_t) == "cuda" else None
+
+        zxbcdt = self.in_proj(u_t)  # (b, 2*d_inner + 2*d_state + nheads)
+        z, xBC, dt = torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        conv_state = self._conv_window(xBC[:, None], state)  # (b, d, w)
+        xBC = self._conv(xBC[:, None], None, state)[:, 0]  # (b, d)
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        x = rearrange(x, "b (h p) -> b h p", p=self.headdim)
+        A = -torch.exp(self.A_log.float())  # (h,)
+
+        if kernels:
+            # The kernel updates the state in place and wants per-(head, dim) parameters; stride-0
+            # views over the head dim select its tied-head fast path.
+            h, p, n = self.nheads, self.headdim, self.d_state
+            ssm_state = state.ssm.clone()  # (b, h, p, n)
+            y = kernels.state_update(
+                ssm_state, x, dt[..., None].expand(-1, h, p), A[:, None, None].expand(h, p, n), B, C,
+                D=self.D[:, None].expand(h, p), z=None, dt_bias=self.dt_bias[:, None].expand(h, p),
+                dt_softplus=True,
+            )  # (b, h, p)
+        else:
+            dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, h)
+            y, ssm_state = ssd_step(state.ssm, x, dt, A, B, C)  # (b, h, p), (b, h, p, n)
+            y = y + x * self.D[:, None]  # (b, h, p)
+
+        y = rearrange(y, "b h p -> b (h p)")
+        return self.out_proj(self.norm(y, z)), Mamba2State(conv_state, ssm_state)
+
+    def _conv_window(self, xBC: torch.Tensor, state: Mamba2State | None) -> torch.Tensor:
+        """The conv state after xBC (b, l, d): its last d_conv inputs, (b, d, w), zeros before the start."""
+        xBC = xBC.transpose(1, 2).to(self.conv1d.weight.dtype)  # (b, d, l)
+        if state is None:
+            return F.pad(xBC, (self.d_conv, 0))[..., -self.d_conv :]
+        return torch.cat([state.conv, xBC], dim=-1)[..., -self.d_conv :]
+
+    def _conv(self, xBC: torch.Tensor, conv_fn, state: Mamba2State | None = None) -> torch.Tensor:
+        """Depthwise causal conv + SiLU over time. xBC: (b, l, d) -> (b, l, d).
+
+        The first outputs read the inputs carried in `state` (zeros when None).
+        """
+        if conv_fn is not None and state is None:
             weight = rearrange(self.conv1d.weight, "d 1 w -> d w")
             return conv_fn(xBC.transpose(1, 2), weight, bias=self.conv1d.bias, activation="silu").transpose(1, 2)
         # A sum of d_conv shifted copies: same result as self.conv1d (whose parameters it uses), and
         # on CPU many times faster than depthwise conv1d, whose backward takes a slow generic path.
-        weight = self.conv1d.weight[:, 0, :]  # (conv_dim, d_conv): tap k reads time t - (d_conv - 1) + k
+        weight = self.conv1d.weight[:, 0, :]  # (d, w): tap k reads time t - (d_conv - 1) + k
         length = xBC.shape[1]
-        padded = F.pad(xBC, (0, 0, self.d_conv - 1, 0))  # (b, l + d_conv - 1, conv_dim)
-        out = self.conv1d.bias + padded[:, :length] * weight[:, 0]  # (b, l, conv_dim)
+        if state is None:
+            padded = F.pad(xBC, (0, 0, self.d_conv - 1, 0))  # (b, l + w - 1, d)
+        else:
+            history = state.conv[..., 1:].transpose(1, 2).to(xBC.dtype)  # (b, w - 1, d)
+            padded = torch.cat([history, xBC], dim=1)  # (b, l + w - 1, d)
+        out = self.conv1d.bias + padded[:, :length] * weight[:, 0]  # (b, l, d)
         for k in range(1, self.d_conv):
             out = out + padded[:, k : k + length] * weight[:, k]
         return F.silu(out)

@@ -95,6 +95,7 @@ class FrameStackMamba2(nn.Module):
                     headdim=config.headdim,
                     chunk_size=config.chunk_size,
                     backend=config.backend,
+                    ssm_init=config.ssm_init,
                 )
                 for _ in range(config.n_layers)
             ]
@@ -118,7 +119,7 @@ class FrameStackMamba2(nn.Module):
         return (
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
-            f"dropout {c.dropout}, backend {c.backend}"
+            f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}"
         )
 
 

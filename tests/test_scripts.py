@@ -7,10 +7,11 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, replay
 from melee_encode import EncodeOptions, EncodingConfig, encode
 from melee_model.checkpoint import save_checkpoint
 from melee_model.config import load_config
+
+from conftest import ROOT, replay
 
 TINY = str(ROOT / "experiments" / "tiny.yaml")
 

@@ -1,0 +1,64 @@
+"""The environment the project is built in: torch's one pin, and the GPU check's preparation."""
+
+import configparser
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from melee_encode import open_store
+
+from conftest import ROOT
+
+
+def torch_pin() -> str:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["melee-encode"]["torch"]
+
+
+def test_torch_pin_is_admitted_by_the_train_extra():
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    extra = [Requirement(line) for line in setup["options.extras_require"]["train"].split("\n") if line.strip()]
+    (requirement,) = [r for r in extra if r.name == "torch"]
+    # An open requirement would let pip replace the pinned CPU build by a multi-GB CUDA one.
+    assert requirement.specifier, "setup.cfg's train extra must bound torch"
+    assert Version(torch_pin()) in requirement.specifier
+
+
+def test_torch_pin_is_written_once_and_installed():
+    pin = torch_pin()
+    for script in ("scripts/setup_env.sh", "benchmarks/gpu_check.sh", "benchmarks/prepare_gpu_check.sh"):
+        assert pin not in (ROOT / script).read_text(), f"{script} repeats torch's version; read pyproject.toml"
+    assert Version(torch.__version__).base_version == pin  # what scripts/setup_env.sh installed
+
+
+@pytest.mark.slow
+def test_gpu_check_preparation(tmp_path, shared_store):
+    # The real script, as gpu_check.sh's user runs it (PyPI downloads, a mamba-ssm build, an encode),
+    # writing into a temporary folder instead of the repo.
+    result = subprocess.run(
+        ["bash", "benchmarks/prepare_gpu_check.sh", "--out", str(tmp_path), "--python", sys.executable],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    wheels = {path.name.split("-")[0]: path for path in (tmp_path / ".whl").glob("*.whl")}
+    assert set(wheels) == {"zarr", "numcodecs", "donfig", "google_crc32c", "msgspec", "peppi_py", "mamba_ssm"}
+    for name in ("numcodecs", "google_crc32c", "msgspec"):  # compiled: must be the GPU machine's Python 3.12
+        assert "-cp312-" in wheels[name].name, wheels[name].name
+    with zipfile.ZipFile(wheels["mamba_ssm"]) as wheel:
+        files = set(wheel.namelist())
+    # A pure-Python build: the Triton kernels gpu_check.sh needs, no compiled extension.
+    assert {"mamba_ssm/ops/triton/ssd_combined.py", "mamba_ssm/ops/triton/selective_state_update.py"} <= files
+    assert not any(name.endswith(".so") for name in files)
+
+    store, expected = open_store(tmp_path / ".gpu" / "store.zarr"), open_store(shared_store)
+    assert len(store.games["hash"]) == len(expected.games["hash"])
+    assert sorted(store.games["hash"]) == sorted(expected.games["hash"])
+    assert "store.zarr" in result.stdout and ".whl" in result.stdout  # the sizes it prints
