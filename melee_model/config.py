@@ -21,6 +21,9 @@ from melee_encode.errors import ConfigError
 
 @dataclass
 class DataConfig:
+    objective: str = "last"  # "last": the run card's, one target per K-frame example; "sequence": every position
+    seq_len: int = 64  # sequence objective: positions (targets) per window of seq_len + 1 frames
+    warmup: int = 0  # sequence objective: the first positions of a window are context only, never targets
     context_len: int = 10  # K: context frames per example
     press_events: bool = False  # add the 16 button rising edges to next_ctrl
     lookahead: int = 0  # d: controls of t .. t+d, target frame t+d
