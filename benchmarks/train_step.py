@@ -2,6 +2,9 @@
 
     python benchmarks/train_step.py [--config experiments/mamba2-v3-65k-ranked.yaml] [--store STORE] [--json]
 
+The step is the config's objective (data.objective): with "sequence", a batch is --cpu-batch /
+--gpu-batch windows of data.seq_len positions, every position a target.
+
 Rows, all measured in this run:
 - CPU, batch --cpu-batch (1024), --threads (2) threads, float32: the whole step, and the same model's
   projections alone (every nn.Linear, forward and backward, at the shapes the step uses): the
@@ -24,12 +27,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from seq_windows import WindowSource  # noqa: E402  INTERIM: sequence batches until the fast loader lands
+
 from melee_encode import EncodeOptions, encode  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
-from melee_model.examples import ExampleSource, batch_to_device  # noqa: E402
+from melee_model.examples import batch_to_device  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.mamba2 import mamba_ssm_available  # noqa: E402
 from melee_model.model import build_model, count_parameters  # noqa: E402
+from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
 
 from _report import emit, time_calls  # noqa: E402
@@ -45,10 +52,12 @@ REFERENCE = {
 
 def make_step(model, optimizer, layout, config, device, autocast_dtype=None):
     """The trainer's step on one batch: forward, loss, backward, gradient clipping, AdamW."""
+    objective = build_objective(config, layout, device)
+
     def step(batch):
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-        loss = compute_losses(pred, batch, layout, config.loss)["total"]
+            pred, rows = objective.outputs(model, batch)
+        loss = compute_losses(pred, rows, layout, config.loss)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
@@ -57,14 +66,14 @@ def make_step(model, optimizer, layout, config, device, autocast_dtype=None):
     return step
 
 
-def linear_shapes(model, batch) -> list[tuple[tuple[int, ...], torch.nn.Linear]]:
+def linear_shapes(model, batch, objective) -> list[tuple[tuple[int, ...], torch.nn.Linear]]:
     """(input shape, layer) of every nn.Linear call of one forward."""
     calls, hooks = [], []
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             hooks.append(module.register_forward_hook(lambda m, args, out: calls.append((tuple(args[0].shape), m))))
     with torch.no_grad():
-        model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
+        objective.outputs(model, batch)
     for hook in hooks:
         hook.remove()
     return calls
@@ -90,7 +99,7 @@ def cpu_figures(config, source, layout, batch_size: int, threads: int, repeats: 
     batch = batch_to_device(next(iter(source.loader("train", 0, batch_size=batch_size, num_workers=0))), device)
     step = make_step(model, optimizer, layout, config, device)
     step_times = time_calls(lambda: step(batch), repeats)
-    gemm, gflop = projections_only(linear_shapes(model, batch), device)
+    gemm, gflop = projections_only(linear_shapes(model, batch, build_objective(config, layout, device)), device)
     gemm_times = time_calls(gemm, repeats)
     step_s, gemm_s = statistics.median(step_times), statistics.median(gemm_times)
     return {"cpu_step_s": step_s, "cpu_projections_s": gemm_s, "cpu_projection_gflop": gflop, "cpu_gflops": gflop / gemm_s,
@@ -140,7 +149,7 @@ def main() -> None:
         store = args.store or os.path.join(tmp, "shared.zarr")
         if not args.store:
             encode([args.replays], store, EncodeOptions(config=config.encoding, progress=False))
-        source = ExampleSource.for_experiment(store, config)
+        source = WindowSource.for_experiment(store, config)
         layout = source.layout
         figures = {"config": args.config}
         if not args.no_cpu:
@@ -148,6 +157,7 @@ def main() -> None:
         if torch.cuda.is_available():
             figures.update(gpu_figures(config, source, layout, args.gpu_batch, max(args.repeats, 20)))
     figures["step_ms"] = figures.get("gpu_step_with_data_ms", 1e3 * figures.get("cpu_step_s", float("nan")))
+    figures["objective"] = config.data.objective
     figures["reference"] = REFERENCE
 
     rows = []

@@ -92,18 +92,21 @@ class LossConfig:
 
 @dataclass
 class ScheduledSamplingConfig:
-    """From epoch 1 on (0-based), noise on the last context frames of a fraction of samples."""
+    """From epoch 1 on (0-based), inputs made less perfect for a fraction of samples (melee_model.scheduled_sampling)."""
 
-    rate: float = 0.0  # fraction of samples at full anneal
+    mode: str = "noise"  # "noise": the run card's Gaussian noise; "model": the model's own predictions (sequence objective)
+    rate: float = 0.0  # fraction of samples (sequence objective: of input frames) at full anneal
     noise: float = 0.1  # Gaussian scale at full anneal
     anneal_epochs: int = 3  # rate and noise grow as min(1, epoch / anneal_epochs)
-    frames: int = 3  # last context frames corrupted
+    frames: int = 3  # last context frames corrupted (card objective, noise)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 2
     max_steps: int | None = None  # stop earlier (optimizer steps), e.g. for smoke runs
+    max_seconds: float | None = None  # stop once fit() has run this long (wall clock), e.g. for equal-time comparisons
+    schedule_steps: int | None = None  # optimizer steps the lr schedule spans (None: epochs x steps per epoch)
     lr: float = 5e-4
     weight_decay: float = 1e-5
     warmup_steps: int = 0

@@ -3,9 +3,12 @@
 The checkpoint's state.json gives the experiment config (encoding, data options, model); the weights
 are read with `load_checkpoint` (tensors only, nothing unpickled). The store must hold the config's
 encoding. Metrics are the trainer's: the same `MetricAccumulator`, keys with the "val_" prefix,
-whatever the split. Split "all" is every game the config's filters select (train and val); it is
-the split of `--replays`, which are first encoded to a temporary store with the checkpoint's encoding.
-One process: the first GPU if there is one, else the CPU.
+whatever the split, over the card's K-frame examples whatever objective trained the model, and for a
+model trained with the sequence objective also over its own windows (`melee_model.quality`).
+Rollouts come with the baselines on the same windows, error against horizon side by side. Split
+"all" is every game the config's filters select (train and val); it is the split of `--replays`,
+which are first encoded to a temporary store with the checkpoint's encoding. One process: the first
+GPU if there is one, else the CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import math
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,11 @@ from melee_encode.errors import ConfigError
 from melee_model.checkpoint import load_weights, read_state
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.examples import ExampleSource
+from melee_model.horizons import comparison_table
 from melee_model.layout import FrameLayout
-from melee_model.metrics import VAL_PREFIX, score
 from melee_model.model import build_model
-from melee_model.rollout import ROLLOUT_METRICS, RolloutResult, Trajectory, pick_starts, rollout_store
+from melee_model.quality import card_config, rollout_starts, rollouts_with_baselines, teacher_forced
+from melee_model.rollout import RolloutResult, Trajectory
 from melee_model.sampler import SPLITS
 
 EVAL_SPLITS = (*SPLITS, "all")
@@ -43,15 +46,24 @@ class Evaluation:
     split: str
     games: int
     examples: int
-    metrics: dict[str, float]  # MetricAccumulator's, "val_" prefix
+    metrics: dict[str, float]  # MetricAccumulator's, "val_" prefix, over the card's K-frame examples
     rollout: RolloutResult | None = None
+    horizons: dict | None = None  # {predictor: {horizon: {metric: value}}}: the model's rollouts and the baselines'
+    sequence: dict[str, float] | None = None  # sequence-trained models: the metrics over their own windows
+    sequence_targets: int = 0
 
     def to_json(self) -> dict:
-        """The metrics, the split's size and, when run, "rollout": {horizon: {metric: value}}; NaN and inf as null."""
-        out = {"split": self.split, "games": self.games, "examples": self.examples, **{k: _finite(v) for k, v in self.metrics.items()}}
+        """The metrics, the split's size and, when run, "rollout": {horizon: {metric: value}} and
+        "horizons": {predictor: {horizon: {metric: value}}}; "sequence": the metrics over the model's
+        own windows, with "targets". NaN and inf as null."""
+        finite = lambda values: {k: _finite(v) for k, v in values.items()}  # noqa: E731
+        out = {"split": self.split, "games": self.games, "examples": self.examples, **finite(self.metrics)}
+        if self.sequence is not None:
+            out["sequence"] = {"targets": self.sequence_targets, **finite(self.sequence)}
         if self.rollout is not None:
-            out["rollout"] = {str(h): {k: _finite(v) for k, v in values.items()} for h, values in self.rollout.metrics.items()}
+            out["rollout"] = {str(h): finite(values) for h, values in self.rollout.metrics.items()}
             out["rollouts"] = len(self.rollout.starts)
+            out["horizons"] = {name: {str(h): finite(values) for h, values in table.items()} for name, table in self.horizons.items()}
         return out
 
 
@@ -73,21 +85,6 @@ def load_model(checkpoint: str | Path, config: ExperimentConfig, layout: FrameLa
     return model.to(device).eval()
 
 
-def split_metrics(model: torch.nn.Module, source: ExampleSource, config: ExperimentConfig, split: str, device, max_batches: int | None = None, num_workers: int | None = None) -> tuple[dict[str, float], int]:
-    """(the trainer's metrics of `split`, "val_" keys; examples seen), over at most `max_batches` batches."""
-    batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in _splits(split))
-    autocast = lambda: _autocast(device, config.train.mixed_precision)  # noqa: E731
-    metrics, examples = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast)
-    return metrics.compute(prefix=VAL_PREFIX), examples
-
-
-def split_rollouts(model: torch.nn.Module, source: ExampleSource, split: str, count: int, horizon: int, device, seed: int = 0) -> RolloutResult:
-    """`count` rollouts of `horizon` frames from start points spread over the split's games."""
-    rows = source.rows_of(split)
-    starts = pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
-    return rollout_store(model, source.layout, source.store, starts, horizon, device)
-
-
 def evaluate_checkpoint(
     checkpoint: str | Path,
     store: str | None = None,
@@ -102,10 +99,14 @@ def evaluate_checkpoint(
     num_workers: int | None = None,
     plot: str | Path | None = None,
     storage_options: dict | None = None,
+    stepping: str | None = None,
+    open_source=ExampleSource.for_experiment,
 ) -> Evaluation:
     """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
 
-    rollouts > 0 also runs that many rollouts of `horizon` frames; `plot` then writes the first one's PNG.
+    rollouts > 0 also runs that many rollouts of `horizon` frames (`stepping`: rollout.STEPPINGS, None
+    for the model's default) and the baselines on the same windows; `plot` then writes the first
+    rollout's PNG. `open_source(path, config, storage_options)` opens the store for a config.
     """
     if (store is None) == (not replays):
         raise ConfigError("give a store or replays to evaluate on (one of them)")
@@ -117,31 +118,41 @@ def evaluate_checkpoint(
     config = checkpoint_config(checkpoint)
     device = torch.device(device) if device is not None else default_device()
     with _store_for(store, replays, config) as path:
-        source = ExampleSource.for_experiment(path, config, storage_options if store is not None else None)
+        options = storage_options if store is not None else None
+        card = card_config(config)
+        source = open_source(path, card, options)
         layout = source.layout
         games = len(source.rows_of(split))
         if not games:
             raise ConfigError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)
-        metrics, examples = split_metrics(model, source, config, split, device, max_batches, num_workers)
-        result = split_rollouts(model, source, split, rollouts, horizon, device, seed) if rollouts > 0 else None
+        metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers)
+        evaluation = Evaluation(split, games, examples, metrics)
+        if config.data.objective == "sequence":
+            windows = open_source(path, config, options)
+            evaluation.sequence, evaluation.sequence_targets = teacher_forced(model, windows, config, split, device, max_batches, num_workers)
+        if rollouts > 0:
+            starts = rollout_starts(source, split, rollouts, horizon, seed)
+            evaluation.rollout, evaluation.horizons = rollouts_with_baselines(model, layout, source.store, starts, horizon, device, stepping)
     if plot is not None:
-        plot_rollout(result.first, plot)
-    return Evaluation(split, games, examples, metrics, result)
+        plot_rollout(evaluation.rollout.first, plot)
+    return evaluation
 
 
 def metrics_table(evaluation: Evaluation) -> str:
     """The metrics, then the rollout horizons, as aligned plain-text tables."""
     lines = [f"split {evaluation.split}: {evaluation.games} games, {evaluation.examples:,} examples"]
     width = max(map(len, evaluation.metrics))
-    lines += [f"  {name:<{width}}  {value:.4f}" for name, value in evaluation.metrics.items()]
+    if evaluation.sequence is None:
+        lines += [f"  {name:<{width}}  {value:.4f}" for name, value in evaluation.metrics.items()]
+    else:
+        lines.append(f"  {'':<{width}}  {'K-frame':>9}  {'own windows':>11}   ({evaluation.sequence_targets:,} targets)")
+        lines += [f"  {name:<{width}}  {value:>9.4f}  {evaluation.sequence.get(name, math.nan):>11.4f}" for name, value in evaluation.metrics.items()]
     if evaluation.rollout is not None:
-        result = evaluation.rollout
-        lines += ["", f"rollouts: {len(result.starts)}, each from a real context with the replay's controllers"]
-        lines.append("  " + f"{'horizon':>8}" + "".join(f"{name:>14}" for name in ROLLOUT_METRICS))
-        for h, values in result.metrics.items():
-            lines.append("  " + f"{h:>8}" + "".join(f"{values[name]:>14.4f}" for name in ROLLOUT_METRICS))
-        lines.append("  pos_error: mean |pred - true| of x and y over both players, game units; matches: fraction of players")
+        lines += ["", f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers; "
+                      "the baselines on the same windows (* the best of each row)"]
+        lines.append(comparison_table(evaluation.horizons))
+        lines.append("pos_*: game units; damage_error: percent; *_match: fraction of players")
     return "\n".join(lines)
 
 
@@ -183,18 +194,6 @@ def _store_for(store: str | None, replays: Sequence[str], config: ExperimentConf
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in summary.skipped[:3])
             raise ConfigError(f"none of the replays could be encoded ({reasons or 'no .slp files found'})")
         yield path
-
-
-def _splits(split: str) -> tuple[str, ...]:
-    return SPLITS if split == "all" else (split,)
-
-
-def _autocast(device: torch.device, mixed_precision: str):
-    """The trainer's precision on GPUs ("auto" is bf16 there); fp32 on a CPU."""
-    dtypes = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if device.type != "cuda" or mixed_precision not in dtypes:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtypes[mixed_precision])
 
 
 def _finite(value: float) -> float | None:

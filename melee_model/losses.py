@@ -4,6 +4,10 @@ total = 1.0 MSE(continuous) + 0.5 MSE(velocity) + 0.5 MSE(dynamics) + 0.5 BCE-wi
         + 2.0 CE(action) + 0.5 CE(jumps_left) + 0.3 CE(l_cancel, hurtbox_state, ground, last_attack_landed),
 with the weights read from LossConfig (one attribute per term) and every CE the mean over both players.
 Everything stays on the device: no .item(), no host sync.
+
+A batch may carry "weight" (B,), one per example (the sequence objective's rows: 1 for a target
+position, 0 for the others); each term is then the weighted mean over examples, i.e. the mean over
+the target positions alone. Without it every example counts once, as in the run card.
 """
 
 from __future__ import annotations
@@ -35,18 +39,29 @@ def compute_losses(pred: dict, batch: dict, layout: FrameLayout, weights: LossCo
     """Scalar loss tensors: one per term of LOSS_TERMS, and "total".
 
     pred: the model's dict, "float" (B, T) and field -> (B, 2, V); batch: "float_tgt" (B, T) float,
-    "int_tgt" (B, int_target_dim) int. Predictions are cast to float32 first, since under autocast
-    they may be bfloat16.
+    "int_tgt" (B, int_target_dim) int, optionally "weight" (B,). Predictions are cast to float32
+    first, since under autocast they may be bfloat16.
     """
     pred_float, target_float = pred["float"].float(), batch["float_tgt"].float()
+    weight = batch.get("weight")
     losses = {}
     for name, block in layout.float_blocks.items():
         p, t = pred_float[:, block], target_float[:, block]
-        losses[name] = F.binary_cross_entropy_with_logits(p, t) if name == "binary" else F.mse_loss(p, t)
+        loss = F.binary_cross_entropy_with_logits if name == "binary" else F.mse_loss
+        losses[name] = loss(p, t) if weight is None else _weighted_mean(loss(p, t, reduction="none").mean(1), weight)
     targets = by_player(batch["int_tgt"]).long()  # (B, 2, fields)
     for k, field in enumerate(TARGET_FIELDS):
         logits = pred[field].float()  # (B, 2, V)
         # Flattening players into rows makes the mean run over B*2 rows: the mean of both players' CEs.
-        losses[field] = F.cross_entropy(logits.flatten(0, 1), targets[:, :, k].flatten())
+        if weight is None:
+            losses[field] = F.cross_entropy(logits.flatten(0, 1), targets[:, :, k].flatten())
+        else:
+            per_example = F.cross_entropy(logits.transpose(1, 2), targets[:, :, k], reduction="none").mean(1)  # (B,)
+            losses[field] = _weighted_mean(per_example, weight)
     losses["total"] = sum(getattr(weights, name) * losses[name] for name in LOSS_TERMS)
     return losses
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum(values * weight) / sum(weight), values and weight (B,); 0 when no weight is set."""
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)

@@ -3,7 +3,9 @@
 `MetricAccumulator.update` adds each batch's numerators and denominators to one (2, n_metrics) float64
 tensor without a host sync (no .item(), no boolean-mask indexing: masks multiply). `compute` optionally
 reduces that tensor across ranks, copies it to the host once, and divides. Every metric is a ratio of
-sums, so a cross-rank sum of the two rows gives the exact global value.
+sums, so a cross-rank sum of the two rows gives the exact global value. A batch with "weight" (B,)
+(the sequence objective's rows, `melee_model.sequence.position_rows`) counts example i weight[i]
+times: 0/1 weights select the target positions.
 
 Metrics, all over the examples seen since the last reset():
     loss/<term>           each loss term (and total), averaged over examples
@@ -25,9 +27,11 @@ from collections.abc import Callable
 
 import torch
 
+from melee_model.config import ScheduledSamplingConfig
 from melee_model.examples import batch_to_device
 from melee_model.layout import FrameLayout
 from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
+from melee_model.objective import LastObjective
 
 VAL_PREFIX = "val_"  # the key prefix of validation metrics
 
@@ -70,7 +74,7 @@ class MetricAccumulator:
     """Sums and counts of every metric across batches, kept on `device`.
 
     update(pred, batch, losses): pred is the model's dict ("float" (B, T), field -> (B, 2, V)), batch the
-    data dict (float_ctx, int_ctx, next_ctrl, float_tgt, int_tgt), losses compute_losses' dict.
+    data dict (int_ctx (B, K, I), float_tgt, int_tgt, optionally weight (B,)), losses compute_losses' dict.
     compute(reduce=None, prefix="") -> {key: float}; a metric whose denominator is empty (e.g. no action
     change seen, or no target in a category) is NaN.
     """
@@ -101,46 +105,54 @@ class MetricAccumulator:
 
     @torch.no_grad()
     def update(self, pred: dict, batch: dict, losses: dict) -> None:
-        terms = {**self._loss_terms(batch, losses), **self._action_terms(pred, batch), **self._float_terms(pred, batch)}
+        weight = batch.get("weight")
+        terms = {**self._loss_terms(batch, losses, weight), **self._action_terms(pred, batch, weight), **self._float_terms(pred, batch, weight)}
         nums = torch.stack([terms[name][0] for name in self.names])  # (n_metrics,)
         dens = torch.stack([terms[name][1] for name in self.names])  # (n_metrics,)
         self.totals += torch.stack([nums, dens])  # (2, n_metrics)
 
-    def _loss_terms(self, batch: dict, losses: dict) -> dict:
+    def _loss_terms(self, batch: dict, losses: dict, weight: torch.Tensor | None) -> dict:
         # Weighting each batch's mean by its size makes the result the mean over examples.
-        size = batch["float_tgt"].shape[0]
-        count = torch.tensor(float(size), dtype=torch.float64, device=self.device)
+        if weight is None:
+            size = batch["float_tgt"].shape[0]
+            count = torch.tensor(float(size), dtype=torch.float64, device=self.device)
+        else:
+            size = count = weight.double().sum()
         return {f"loss/{term}": (losses[term].detach().double() * size, count) for term in (*LOSS_TERMS, "total")}
 
-    def _action_terms(self, pred: dict, batch: dict) -> dict:
+    def _action_terms(self, pred: dict, batch: dict, weight: torch.Tensor | None) -> dict:
         target = player_targets(batch, "action")  # (B, 2)
         last_ctx = batch["int_ctx"][:, -1]  # (B, n_int)
         last = torch.stack([last_ctx[:, c] for c in self.layout.action_columns], dim=1).long()  # (B, 2)
         correct = pred["action"].argmax(-1) == target  # (B, 2)
         changed = target != last  # (B, 2)
         in_category = self.category_of_action[target][..., None] == self.category_ids  # (B, 2, n_categories)
-        category_hits = (in_category & correct[..., None]).sum((0, 1))  # (n_categories,)
-        category_counts = in_category.sum((0, 1))  # (n_categories,)
+        if weight is None:
+            category_hits = (in_category & correct[..., None]).sum((0, 1))  # (n_categories,)
+            category_counts = in_category.sum((0, 1))  # (n_categories,)
+        else:
+            counted = in_category * weight[:, None, None]  # (B, 2, n_categories)
+            category_hits, category_counts = (counted * correct[..., None]).sum((0, 1)), counted.sum((0, 1))
         terms = {
-            "change_acc": _ratio(correct, changed),
-            "change_acc_p0": _ratio(correct[:, 0], changed[:, 0]),
-            "action_acc_p0": _ratio(correct[:, 0]),
-            "action_acc_p1": _ratio(correct[:, 1]),
+            "change_acc": _ratio(correct, _counted(correct, weight, changed)),
+            "change_acc_p0": _ratio(correct[:, 0], _counted(correct[:, 0], weight, changed[:, 0])),
+            "action_acc_p0": _ratio(correct[:, 0], _counted(correct[:, 0], weight)),
+            "action_acc_p1": _ratio(correct[:, 1], _counted(correct[:, 1], weight)),
         }
         for k, category in enumerate(CATEGORY_NAMES):
             terms[f"action_acc/{category}"] = (category_hits[k].double(), category_counts[k].double())
         return terms
 
-    def _float_terms(self, pred: dict, batch: dict) -> dict:
+    def _float_terms(self, pred: dict, batch: dict, weight: torch.Tensor | None) -> dict:
         pred_float, target = pred["float"].float(), batch["float_tgt"].float()  # (B, T)
         error = (pred_float - target).abs() / self.target_scale  # (B, T), game units
         velocity, binary = self.layout.float_blocks["velocity"], self.layout.float_blocks["binary"]
         binary_correct = (torch.sigmoid(pred_float[:, binary]) > 0.5) == (target[:, binary] > 0.5)  # (B, n_binary)
         return {
-            "pos_mae": _ratio(error, self.pos_mask.expand_as(error)),
-            "damage_mae": _ratio(error, self.damage_mask.expand_as(error)),
-            "velocity_mae": _ratio(error[:, velocity]),
-            "binary_acc": _ratio(binary_correct),
+            "pos_mae": _ratio(error, _counted(error, weight, self.pos_mask.expand_as(error))),
+            "damage_mae": _ratio(error, _counted(error, weight, self.damage_mask.expand_as(error))),
+            "velocity_mae": _ratio(error[:, velocity], _counted(error[:, velocity], weight)),
+            "binary_acc": _ratio(binary_correct, _counted(binary_correct, weight)),
         }
 
     def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, prefix: str = "") -> dict[str, float]:
@@ -163,6 +175,15 @@ class MetricAccumulator:
         return f"metric/{name}"
 
 
+def _counted(like: torch.Tensor, weight: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The denominator entries of a metric over `like` (B, ...): `mask` (None: every entry) times each
+    example's weight (B,), broadcast over the trailing axes. Without weights the mask is returned as is."""
+    if weight is None:
+        return mask
+    per_example = weight.view(-1, *(1,) * (like.dim() - 1)).expand_as(like)  # (B, ...)
+    return per_example if mask is None else mask * per_example
+
+
 def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of values * weights, sum of weights) as float64 scalars; no weights means every entry counts."""
     values = values.double()
@@ -173,14 +194,15 @@ def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[t
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast) -> tuple[MetricAccumulator, int]:
+def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast, objective=None) -> tuple[MetricAccumulator, int]:
     """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
-    and how many examples they held."""
+    and how many targets they held. `objective`: how batches become predictions (default: the card's)."""
+    objective = objective or LastObjective(layout, ScheduledSamplingConfig(), device)
     metrics, examples = MetricAccumulator(layout, device), 0
     for batch in batches:
+        examples += objective.count(batch)
         batch = batch_to_device(batch, device)
         with autocast():
-            pred = model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-        metrics.update(pred, batch, compute_losses(pred, batch, layout, loss_config))
-        examples += len(batch["example_id"])
+            pred, rows = objective.outputs(model, batch)
+        metrics.update(pred, rows, compute_losses(pred, rows, layout, loss_config))
     return metrics, examples

@@ -12,6 +12,12 @@ C ctrl_dim, D d_model (or the MLP's last hidden size), T float_target_dim, V a f
 Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in order (binary entries
 are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
 float32; under autocast the outputs may be bfloat16 (the losses cast them back).
+
+FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
+objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
+dict with a position axis, "float" (B, L, T) and field -> (B, L, 2, V); position j reads frames <= j
+only, and the card's forward is exactly the last position. The same weights serve both, and a
+recurrent step (`prefill`, `step`, `predict`) gives the same outputs one frame at a time.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch.nn as nn
 from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
-from melee_model.mamba2 import Mamba2
+from melee_model.mamba2 import Mamba2, Mamba2State
 
 
 class FrameEmbedding(nn.Module):
@@ -50,7 +56,7 @@ class PredictionHeads(nn.Module):
     """Linear heads from a hidden vector to every target.
 
     One Linear per float block (sized by layout.float_blocks) and, per field of TARGET_FIELDS, one
-    Linear per player. h (B, D) -> {"float": (B, T), field: (B, 2, V) for each field}.
+    Linear per player. h (..., D) -> {"float": (..., T), field: (..., 2, V) for each field}.
     """
 
     def __init__(self, layout: FrameLayout, d_in: int):
@@ -64,17 +70,24 @@ class PredictionHeads(nn.Module):
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         # float_blocks is in float_tgt order, so concatenating the blocks rebuilds float_tgt's layout.
-        out = {"float": torch.cat([head(h) for head in self.float_heads.values()], dim=-1)}  # (B, T)
+        out = {"float": torch.cat([head(h) for head in self.float_heads.values()], dim=-1)}  # (..., T)
         for f, heads in self.int_heads.items():
-            out[f] = torch.stack([head(h) for head in heads], dim=1)  # (B, 2, V)
+            out[f] = torch.stack([head(h) for head in heads], dim=-2)  # (..., 2, V)
         return out
 
 
 class FrameStackMamba2(nn.Module):
-    """Embedded frames through pre-norm residual Mamba-2 blocks; the last step plus next_ctrl feeds the heads.
+    """Embedded frames through pre-norm residual Mamba-2 blocks; a position plus its next_ctrl feeds the heads.
 
-    forward(float_ctx (B, K, F), int_ctx (B, K, I), next_ctrl (B, C)) -> the heads' dict (module docstring).
+    forward(float_ctx (B, K, F), int_ctx (B, K, I), next_ctrl) -> the heads' dict (module docstring):
+    next_ctrl (B, C) predicts from the last position only (the run card's objective); next_ctrl
+    (B, K, C) predicts from every position j, each with its own controls (the sequence objective).
     No state is kept between calls: the output depends on the given K frames only.
+
+    Recurrent inference carries the layers' states instead of re-reading the frames:
+    `prefill(float_ctx, int_ctx)` runs a real context and `step(float_t, int_t, state)` one frame more,
+    each returning the residual stream of its last frame (B, D) and the state; `predict(x, next_ctrl)`
+    applies the heads. Together they equal the full forward over the same frames.
     """
 
 
@@ -105,14 +118,44 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
+        x = self._frames(float_ctx, int_ctx)  # (B, K, D)
+        for norm, mixer in zip(self.norms, self.mixers):
+            x = x + mixer(norm(x))  # (B, K, D)
+        if next_ctrl.dim() == 2:  # the card's objective: the last position only
+            x = x[:, -1]  # (B, D)
+        elif next_ctrl.shape[1] != x.shape[1]:
+            raise ValueError(f"next_ctrl has {next_ctrl.shape[1]} positions for {x.shape[1]} frames")
+        return self.predict(x, next_ctrl)
+
+    def predict(self, x: torch.Tensor, next_ctrl: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads from the residual stream x (..., D) and the controls next_ctrl (..., C)."""
+        return self.heads(self.final_norm(x) + self.ctrl_proj(next_ctrl))
+
+    def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, list[Mamba2State]]:
+        """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), one
+        Mamba2State per layer after it)."""
+        x, state = self._frames(float_ctx, int_ctx), []  # (B, K, D)
+        for norm, mixer in zip(self.norms, self.mixers):
+            y, layer_state = mixer(norm(x), return_state=True)
+            x = x + y  # (B, K, D)
+            state.append(layer_state)
+        return x[:, -1], state
+
+    def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: list[Mamba2State]) -> tuple[torch.Tensor, list[Mamba2State]]:
+        """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new states)."""
+        x, new_state = self._frames(float_t[:, None], int_t[:, None])[:, 0], []  # (B, D)
+        for norm, mixer, layer_state in zip(self.norms, self.mixers, state):
+            y, layer_state = mixer.step(norm(x), layer_state)
+            x = x + y  # (B, D)
+            new_state.append(layer_state)
+        return x, new_state
+
+    def _frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
+        """(B, K, F), (B, K, I) -> the residual stream's input (B, K, D), float32."""
         x = self.dropout(self.in_proj(self.embed(float_ctx, int_ctx)))  # (B, K, D)
         # The residual stream stays float32 under autocast (mamba-ssm's residual_in_fp32): small block
         # updates would round away in bfloat16, and RMSNorm gets an input matching its fp32 weight.
-        x = x.float()
-        for norm, mixer in zip(self.norms, self.mixers):
-            x = x + mixer(norm(x))  # (B, K, D)
-        h = self.final_norm(x[:, -1]) + self.ctrl_proj(next_ctrl)  # (B, D)
-        return self.heads(h)
+        return x.float()
 
     def architecture(self) -> str:
         c = self.config
@@ -150,6 +193,8 @@ class FrameStackMLP(nn.Module):
         self.heads = PredictionHeads(layout, hidden2)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
+        if next_ctrl.dim() != 2:
+            raise ConfigError("FrameStackMLP predicts from a whole K-frame context only: it trains with data.objective 'last', not 'sequence'")
         frames = self.embed(float_ctx, int_ctx).flatten(1)  # (B, K*E)
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
         return self.heads(h)

@@ -13,6 +13,13 @@ controller input at that frame. A predicted frame is the last context frame with
 then percent, x, y, shield and stocks clamped to their game ranges (converted with each column's
 scale/offset from the schema). Many rollouts run at once, as one batch, on any device.
 
+Two ways to step the model (`stepping`):
+- "recurrent" (the default for FrameStackMamba2): the real context is run once (`prefill`), then each
+  predicted frame is one `step` of the carried layer states, so a rollout of H frames costs H
+  single-frame steps whatever the context length; frame t0+h is predicted from every frame before it.
+- "window" (the run card's, and FrameStackMLP's only way): each frame is predicted by a full forward
+  over the K frames before it, so the model never sees more than its K-frame training context.
+
 `rollout` runs start points in one game's frames; `rollout_store` runs start points anywhere in a
 store; `pick_starts` chooses start points over a split's games, deterministically for a seed. Both
 return a `RolloutResult`: per-frame errors averaged over the rollouts, read off at horizons, and the
@@ -33,6 +40,7 @@ from melee_encode.errors import ConfigError
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 
 DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
+STEPPINGS = ("recurrent", "window")
 # Game-unit ranges of the clamped fields (spec section 5).
 CLAMP_RANGES = {"percent": (0.0, 999.0), "x": (-300.0, 300.0), "y": (-200.0, 300.0), "shield": (0.0, 60.0), "stocks": (0.0, 4.0)}
 # Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units), and the
@@ -142,7 +150,7 @@ def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int,
     return starts[np.lexsort((starts[:, 1], starts[:, 0]))]
 
 
-def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, ints: np.ndarray, starts, horizon: int, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, ints: np.ndarray, starts, horizon: int, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
     """Rollouts from frames `starts` (t0 values) of one game; floats (frames, F), ints (frames, I).
 
     Each needs K <= t0 and t0 + horizon <= frames. The model must be on `device`. The result's
@@ -153,13 +161,13 @@ def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, int
     if len(starts) and (starts.min() < K or starts.max() + horizon > len(floats)):
         raise ConfigError(f"rollout starts must lie in [{K}, {len(floats) - horizon}] for {horizon} frames of a {len(floats)}-frame game")
     frames = starts[:, None] + np.arange(-K, horizon)  # (N, K+H)
-    return rollout_windows(model, layout, floats[frames], ints[frames], np.stack([np.zeros_like(starts), starts], axis=1), device, horizons, batch_size)
+    return rollout_windows(model, layout, floats[frames], ints[frames], np.stack([np.zeros_like(starts), starts], axis=1), device, horizons, batch_size, stepping)
 
 
-def rollout_store(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+def rollout_store(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
     """Rollouts from (game row, t0) start points anywhere in a store (e.g. from `pick_starts`)."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)
-    return rollout_windows(model, layout, float_windows, int_windows, starts, device, horizons, batch_size)
+    return rollout_windows(model, layout, float_windows, int_windows, starts, device, horizons, batch_size, stepping)
 
 
 def store_windows(store: Store, starts: np.ndarray, context_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -177,23 +185,25 @@ def store_windows(store: Store, starts: np.ndarray, context_len: int, horizon: i
     return np.stack(floats), np.stack(ints)  # (N, K+H, F), (N, K+H, I)
 
 
-def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray, starts: np.ndarray, device, horizons=None, batch_size: int = 1024) -> RolloutResult:
+def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray, starts: np.ndarray, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
     """Rollouts over windows of real frames t0-K .. t0+H-1: (N, K+H, F) floats, (N, K+H, I) ints.
 
     The first K frames are the starting context; of the other H, only the controller columns are
     read to predict (the rest is the truth the metrics compare with). Runs in eval mode without
-    gradients, `batch_size` rollouts at a time, and restores the model's mode afterwards.
+    gradients, `batch_size` rollouts at a time, and restores the model's mode afterwards. `stepping`:
+    one of STEPPINGS (module docstring); None picks "recurrent" for a model that has a step.
     """
     K = layout.context_len
     horizon = float_windows.shape[1] - K
     if horizon < 1 or len(float_windows) < 1:
         raise ConfigError(f"a rollout needs at least one start and one frame past the {K} context frames")
+    roll = _stepped_roll(model, stepping)
     device = torch.device(device)
     stepper = FrameStepper(layout, device)
     was_training = model.training
     model.eval()
     try:
-        pieces = [_roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device) for a in range(0, len(float_windows), batch_size)]
+        pieces = [roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device) for a in range(0, len(float_windows), batch_size)]
     finally:
         model.train(was_training)
     pred_floats = np.concatenate([p[0] for p in pieces])  # (N, H, F)
@@ -211,9 +221,40 @@ def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: 
     return RolloutResult(np.asarray(starts, dtype=np.int64), metrics, curves, pred_floats, pred_ints, first)
 
 
+def _stepped_roll(model: torch.nn.Module, stepping: str | None):
+    """The rollout loop for `stepping` (None: recurrent when the model has a step)."""
+    recurrent = hasattr(model, "step")
+    stepping = stepping or ("recurrent" if recurrent else "window")
+    if stepping not in STEPPINGS:
+        raise ConfigError(f"rollout stepping must be one of {', '.join(STEPPINGS)}, got {stepping!r}")
+    if stepping == "recurrent" and not recurrent:
+        raise ConfigError(f"{type(model).__name__} has no recurrent step: roll it out with stepping 'window'")
+    return _roll_recurrent if stepping == "recurrent" else _roll_window
+
+
 @torch.no_grad()
-def _roll(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows."""
+def _roll_recurrent(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, one model step per frame."""
+    K = stepper.layout.context_len
+    windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
+    last_int = torch.as_tensor(int_windows[:, :K], device=device).long()  # (n, K, I)
+    x, state = model.prefill(windows[:, :K], last_int)  # (n, D), per layer
+    last_float, last_int = windows[:, K - 1], last_int[:, -1]  # (n, F), (n, I)
+    floats, ints = [], []
+    for h in range(windows.shape[1] - K):
+        replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
+        pred = model.predict(x, stepper.next_ctrl(last_float, replay))
+        last_float, last_int = stepper.frame(last_float, last_int, pred, replay)  # (n, F), (n, I)
+        floats.append(last_float)
+        ints.append(last_int)
+        if h + 1 < windows.shape[1] - K:
+            x, state = model.step(last_float, last_int, state)  # (n, D)
+    return torch.stack(floats, 1).cpu().numpy(), torch.stack(ints, 1).to(torch.int16).cpu().numpy()  # (n, H, F), (n, H, I)
+
+
+@torch.no_grad()
+def _roll_window(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, a K-frame forward per frame."""
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
     ctx_float = windows[:, :K].clone()  # (n, K, F)

@@ -9,8 +9,8 @@ so that gradients still sync).
 Exact resume: the checkpoint holds the model, the optimizer, the scheduler, every rank's RNG and
 unlogged metric sums, and the position in the epoch; the data order is a pure function of (seed,
 epoch), so a resumed run continues with the batches, learning rates and metrics the uninterrupted
-run would have had. Scheduled sampling (spec section 6) keeps the reference's targets: deltas stay
-relative to the clean last context frame.
+run would have had. `data.objective` says how batches become predictions (melee_model.objective: the
+card's K-frame examples, or every position of sequence windows), scheduled sampling included.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdi
 from melee_model.losses import compute_losses
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score
 from melee_model.model import build_model, describe_model
+from melee_model.objective import build_objective
 from melee_model.optim import adamw, cosine_schedule
-from melee_model.scheduled_sampling import add_context_noise, noisy_columns
 
 
 @dataclass
@@ -56,7 +56,8 @@ class Progress:
 class Trainer:
     """One training run: set-up, the epochs, evaluation, logging, checkpoints and escape hatches."""
 
-    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None):
+    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None, source: ExampleSource | None = None):
+        """`source`: the store already opened for this experiment (ExampleSource.for_experiment), or None."""
         self.config = config
         train = config.train
         mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
@@ -67,9 +68,9 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
 
-        self.source = ExampleSource.for_experiment(store, config, storage_options)
+        self.source = source or ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
-        self.noisy_columns = noisy_columns(self.layout, self.device)
+        self.objective = build_objective(config, self.layout, self.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
@@ -77,7 +78,7 @@ class Trainer:
         self.batches_per_epoch = self.source.plan("train", 0, self.world).batches_per_rank  # micro-batches per rank
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(self.total_updates, train.warmup_steps, train.min_lr_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(train.schedule_steps or self.total_updates, train.warmup_steps, train.min_lr_ratio))
         torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
         self.train_metrics = MetricAccumulator(self.layout, self.device)
         self.window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite batches
@@ -97,7 +98,7 @@ class Trainer:
         self._print(f"data: {self.source.example_count('train'):,} train / {self.source.example_count('val'):,} val examples; "
                     f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
                     f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs")
-        val = {}
+        val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})
         bar = _bar(self.show_bar, self.total_updates, self.progress.step)
@@ -130,7 +131,7 @@ class Trainer:
         for index in range(self.progress.batch_in_epoch, self.batches_per_epoch):
             batch = next(batches, None)  # None: this rank's share of the epoch has run out
             sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.batches_per_epoch
-            examples += 0 if batch is None else len(batch["example_id"])
+            examples += 0 if batch is None else self.objective.count(batch)
             self._micro_step(batch, epoch, sync)
             if not sync:
                 continue
@@ -148,6 +149,8 @@ class Trainer:
                 self._save(("latest",))
             if train.max_steps is not None and step >= train.max_steps:
                 raise StopTraining(f"reached train.max_steps={train.max_steps}")
+            if train.max_seconds is not None and time.perf_counter() - self.started >= train.max_seconds:
+                raise StopTraining(f"ran train.max_seconds={train.max_seconds:g}")
         self._check_window()
 
     def _micro_step(self, batch: dict | None, epoch: int, sync: bool) -> None:
@@ -156,16 +159,16 @@ class Trainer:
             if batch is None:  # one example of the last batch, weighted 0: the gradients still sync
                 empty = {key: value[:1] for key, value in self.last_batch.items()}
                 with self.accelerator.autocast():
-                    pred = self.model(empty["float_ctx"], empty["int_ctx"], empty["next_ctrl"])
-                loss = compute_losses(pred, empty, self.layout, self.config.loss)["total"] * 0.0
+                    pred, rows = self.objective.outputs(self.model, empty)
+                loss = compute_losses(pred, rows, self.layout, self.config.loss)["total"] * 0.0
             else:
                 batch = self.last_batch = batch_to_device(batch, self.device)
-                self._scheduled_sampling(batch, epoch)
+                generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
                 with self.accelerator.autocast():
-                    pred = self.model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
-                losses = compute_losses(pred, batch, self.layout, self.config.loss)
+                    pred, rows = self.objective.outputs(self.model, batch, epoch, generator)
+                losses = compute_losses(pred, rows, self.layout, self.config.loss)
                 loss = losses["total"]
-                self.train_metrics.update(pred, batch, losses)
+                self.train_metrics.update(pred, rows, losses)
                 finite = torch.isfinite(loss.detach())
                 self.window += torch.stack([torch.where(finite, loss.detach().double(), 0.0), torch.ones_like(self.window[0]), (~finite).double()])
             self.accelerator.backward(loss / train.grad_accum)
@@ -175,10 +178,6 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def _scheduled_sampling(self, batch: dict, epoch: int) -> None:
-        generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
-        add_context_noise(batch["float_ctx"], self.noisy_columns, epoch, self.config.train.scheduled_sampling, generator)
-
     # ------------------------------------------------------------------ evaluation and logging
 
     def evaluate(self, split: str = "val") -> dict:
@@ -186,7 +185,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)  # no DDP collectives: ranks may differ by a batch
         model.eval()
         batches = islice(self.source.loader(split, 0, rank=self.rank, world=self.world), self.config.train.val_batches)
-        metrics, _ = score(model, batches, self.layout, self.config.loss, self.device, self.accelerator.autocast)
+        metrics, _ = score(model, batches, self.layout, self.config.loss, self.device, self.accelerator.autocast, self.objective)
         model.train()
         return metrics.compute(reduce=self._sum, prefix=VAL_PREFIX)
 

@@ -1,0 +1,204 @@
+"""Model quality at equal CPU time: the card's objective against the sequence objective, both against
+the rollout baselines, on the same validation games.
+
+    python benchmarks/model_quality.py --store S [--val-store V] [--minutes M] [--width small|card] [--json]
+        [--rollouts N] [--sampling RATE] [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
+
+Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
+(objective "sequence") on S for the same wall-clock budget each (--minutes, default 10; the trainer's
+train.max_seconds, with the lr schedule sized to the steps a calibrated step time allows), at the
+small width (d_model 128, 2 layers) or the card's, then evaluates both on the same games: V's, or S's
+val split. Both train without scheduled sampling (the card's noise starts after a whole epoch, which
+a short budget may not reach for one objective and pass for the other); --sampling RATE trains a
+third model, "sequence_sampled", with the model's own predictions as inputs (scheduled_sampling.mode
+model, full rate from the second epoch). Batches at the small width: 256 examples ("last") and 32
+windows of 64 positions ("sequence"); --last-set / --sequence-set override any config value.
+
+Figures per model: the card's teacher-forced metrics at K = 10 context frames (val_*), the same over
+the sequence windows (own_*: the sequence model's own context, 1 .. seq_len frames; the card model
+read that way too), and --rollouts rollouts of 300 frames from the same start points, recurrent
+(`rollout_*`) and with a K-frame window per step (`window_rollout_*`), next to the baselines
+copy_last and constant_velocity on the very same windows. `targets` is steps x targets per full batch.
+Training uses --threads torch threads (default 1: on a shared 2-core machine a second thread made
+small steps 2-7x slower, measured); evaluation always one.
+JSON: {"last": {...}, "sequence": {...}, "baselines": {"copy_last": {...}, "constant_velocity": {...}}, "setup": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = Path(HERE).parent
+sys.path.insert(0, HERE)
+sys.path.insert(0, str(ROOT / "tests"))
+from seq_windows import WindowSource  # noqa: E402  INTERIM: sequence batches until the fast loader lands
+
+from melee_model.baselines import BASELINES  # noqa: E402
+from melee_model.config import ExperimentConfig, load_config  # noqa: E402
+from melee_model.examples import batch_to_device  # noqa: E402
+from melee_model.horizons import HORIZONS  # noqa: E402
+from melee_model.losses import compute_losses  # noqa: E402
+from melee_model.model import build_model  # noqa: E402
+from melee_model.objective import build_objective  # noqa: E402
+from melee_model.optim import adamw  # noqa: E402
+from melee_model.quality import MODEL, card_config, rollout_starts, rollouts_with_baselines, teacher_forced  # noqa: E402
+from melee_model.train import Trainer  # noqa: E402
+
+from _report import time_calls  # noqa: E402
+
+CONFIGS = {"last": ROOT / "experiments" / "mamba2-v3-65k-ranked.yaml", "sequence": ROOT / "experiments" / "mamba2-v3-seq.yaml"}
+WIDTHS = {"small": ["model.d_model=128", "model.n_layers=2"], "card": []}
+BATCHES = {"small": {"last": ["data.batch_size=256"], "sequence": ["data.batch_size=32", "data.seq_len=64"]}, "card": {"last": [], "sequence": []}}
+# Every run: all games of the store, loading in the training process, no early stops, no logging services.
+RUN = ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "wandb.enabled=false", "train.epochs=100000",
+       "train.min_val_change_acc=null", "train.patience_batches=0", "train.val_batches=2", "train.log_interval=100000",
+       "train.checkpoint_every=0", "train.scheduled_sampling.rate=0", "train.mixed_precision='no'"]
+SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0"]
+TEACHER_FORCED = ("val_change_acc", "val_change_acc_p0", "val_pos_mae", "val_action_acc_p0", "val_loss/total")
+ROLLOUT_ROWS = ("pos_error", "pos_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
+
+
+def step_seconds(config: ExperimentConfig, source, repeats: int = 3) -> float:
+    """Median seconds of the config's training step on a real batch, with a throwaway model."""
+    torch.manual_seed(0)
+    model = build_model(config.model, source.layout)
+    optimizer = adamw(model, config.train.lr, config.train.weight_decay)
+    objective = build_objective(config, source.layout, "cpu")
+    batch = batch_to_device(next(iter(source.loader("train", 0, num_workers=0))), torch.device("cpu"))
+
+    def step():
+        pred, rows = objective.outputs(model, batch)
+        compute_losses(pred, rows, source.layout, config.loss)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return statistics.median(time_calls(step, repeats))
+
+
+def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
+    """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
+    source = WindowSource.for_experiment(store, config)
+    planned = max(1, int(seconds / step_seconds(config, source)))  # the raw step: an upper bound on the steps
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds, schedule_steps=planned))
+    trainer = Trainer(config, store, output_dir=output, progress_bar=False, source=source)
+    started = time.perf_counter()
+    trainer.fit()
+    per_step = config.data.batch_size * (config.data.seq_len - config.data.warmup if config.data.objective == "sequence" else 1)
+    run = {"steps": trainer.progress.step, "train_s": time.perf_counter() - started, "planned_steps": planned, "targets": trainer.progress.step * per_step}
+    return trainer.accelerator.unwrap_model(trainer.model).eval(), run
+
+
+def assess(model, name: str, configs: dict, sources: dict, split: str, starts, horizon: int, max_batches: int | None) -> tuple[dict, dict]:
+    """One model's figures (flat keys) and the baselines' rollout errors on the same windows."""
+    device = torch.device("cpu")
+    card, sequence = card_config(configs[name]), configs["sequence"]
+    figures, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
+    own, _ = teacher_forced(model, sources["sequence"], sequence, split, device, max_batches)
+    figures.update({"own_" + key.removeprefix("val_"): value for key, value in own.items()})
+    layout, store = sources["card"].layout, sources["card"].store
+    _, errors = rollouts_with_baselines(model, layout, store, starts, horizon, device, "recurrent")
+    _, window = rollouts_with_baselines(model, layout, store, starts, horizon, device, "window")
+    figures.update(rollout_keys(errors[MODEL], "rollout_"))
+    figures.update(rollout_keys(window[MODEL], "window_rollout_"))
+    return figures, {b: rollout_keys(errors[b], "rollout_") for b in BASELINES}
+
+
+def rollout_keys(errors: dict, prefix: str) -> dict:
+    """{h: {metric: v}} -> {prefix + metric + "_" + h: v}; "pos_error_h" is the per-coordinate mean."""
+    return {f"{prefix}{metric}_{h}": value for h, values in errors.items() for metric, value in values.items()}
+
+
+def table(results: dict, baselines: dict, horizons) -> list[str]:
+    """One row per figure, a column per model and per baseline."""
+    columns = {**results, **baselines}
+    names = list(columns)
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'':<30}" + "".join(f"{n:>{width}}" for n in names)]
+
+    def row(label: str, key: str, fmt: str = ".4f"):
+        cells = [columns[n].get(key) for n in names]
+        lines.append(f"{label:<30}" + "".join(f"{'-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt):>{width}}" for v in cells))
+
+    row("steps", "steps", ",d")
+    row("train seconds", "train_s", ".0f")
+    row("targets trained", "targets", ",d")
+    for key in TEACHER_FORCED:
+        row(f"{key} (K=10)", key)
+    for key in TEACHER_FORCED:
+        row(f"{key.removeprefix('val_')} (own windows)", "own_" + key.removeprefix("val_"))
+    for h in horizons:
+        for metric in ROLLOUT_ROWS:
+            row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
+        row(f"window rollout pos_error @{h}", f"window_rollout_pos_error_{h}")
+    return lines
+
+
+def _finite(value):
+    """NaN (a metric with nothing to count) as null, everywhere in a JSON value."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", required=True, help="the store both models train on")
+    parser.add_argument("--val-store", help="evaluate on every game of this store (default: the store's val split)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall clock per model (default 10)")
+    parser.add_argument("--width", choices=sorted(WIDTHS), default="small")
+    parser.add_argument("--rollouts", type=int, default=64, help="rollouts of --horizon frames (default 64)")
+    parser.add_argument("--horizon", type=int, default=300)
+    parser.add_argument("--val-batches", type=int, help="at most this many batches per teacher-forced evaluation (default: all)")
+    parser.add_argument("--sampling", type=float, help="also train 'sequence_sampled': scheduled sampling with the model's own frames at this rate")
+    parser.add_argument("--last-set", action="append", default=[], metavar="KEY=VALUE", help="override the card objective's config")
+    parser.add_argument("--sequence-set", action="append", default=[], metavar="KEY=VALUE", help="override the sequence objective's config (and sequence_sampled's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1; evaluation always uses 1)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    common = RUN + WIDTHS[args.width]
+    configs = {name: load_config(CONFIGS[name], common + BATCHES[args.width][name] + (args.last_set if name == "last" else args.sequence_set)) for name in CONFIGS}
+    if args.sampling is not None:
+        configs["sequence_sampled"] = load_config(CONFIGS["sequence"], common + BATCHES[args.width]["sequence"] + SAMPLED + [f"train.scheduled_sampling.rate={args.sampling}"] + args.sequence_set)
+    val_store, split = (args.val_store, "all") if args.val_store else (args.store, "val")
+    results, runs = {}, {}
+    with tempfile.TemporaryDirectory(prefix="model-quality-") as tmp, contextlib.redirect_stdout(sys.stderr):
+        models = {}
+        for name, config in configs.items():
+            models[name], runs[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))
+        torch.set_num_threads(1)  # rollouts step small batches: a second thread costs more than it gives
+        sources = {"card": WindowSource.for_experiment(val_store, card_config(configs["last"])), "sequence": WindowSource.for_experiment(val_store, configs["sequence"])}
+        starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
+        for name, model in models.items():
+            results[name], baselines = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)
+            results[name].update(runs[name])
+    setup = {"store": args.store, "val_store": val_store, "split": split, "val_games": len(sources["card"].rows_of(split)), "minutes": args.minutes,
+             "width": args.width, "rollouts": len(starts), "horizon": args.horizon, "threads": args.threads,
+             "seq_len": configs["sequence"].data.seq_len, "batch_size": {name: c.data.batch_size for name, c in configs.items()}}
+    if args.json:
+        json.dump(_finite({**results, "baselines": baselines, "setup": setup}), sys.stdout, indent=1)
+        print()
+        return
+    title = f"model quality: {args.minutes:g} min each, {args.width} width, {setup['val_games']} val games of {val_store}, {setup['rollouts']} rollouts"
+    print(title)
+    print("-" * len(title))
+    print("\n".join(table(results, baselines, [h for h in HORIZONS if h <= args.horizon])))
+    print("pos_*: game units; damage_error: percent; *_match: fraction of players; rollouts recurrent unless 'window'")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Training objectives: how a batch on the device becomes the model's predictions and the rows the
+loss and metrics read (`data.objective`).
+
+- "last" (the run card's): one example per target; the model predicts from the last of its K context
+  frames. The rows are the batch itself.
+- "sequence": windows of L+1 frames of one game; the model predicts from every position in one causal
+  pass (`melee_model.sequence`). The rows are the positions, weighted by target_mask.
+
+`outputs(model, batch)` -> (pred, rows): pred "float" (N, T), field -> (N, 2, V); rows "float_tgt"
+(N, T), "int_tgt" (N, 12), "int_ctx" (N, K, I) and, for sequences, "weight" (N,): what
+`compute_losses` and `MetricAccumulator.update` take. Given the epoch and a generator (training),
+scheduled sampling applies first (melee_model.scheduled_sampling). `count(batch)` is the number of
+targets of a loader batch, read on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from melee_encode.errors import ConfigError
+from melee_model.config import ExperimentConfig, ScheduledSamplingConfig
+from melee_model.layout import FrameLayout
+from melee_model.rollout import FrameStepper
+from melee_model.scheduled_sampling import MODES, add_context_noise, add_frame_noise, noisy_columns, own_frames, strength, substitute
+from melee_model.sequence import SequenceParts, position_rows
+
+OBJECTIVES = ("last", "sequence")
+
+
+class LastObjective:
+    """The run card's: batches of K-frame examples (float_ctx, int_ctx, next_ctrl, float_tgt, int_tgt)."""
+
+    name = "last"
+
+    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
+        if sampling.mode != "noise":
+            raise ConfigError(f"train.scheduled_sampling.mode {sampling.mode!r} needs data.objective 'sequence'; the card objective has 'noise' only")
+        self.sampling = sampling
+        self.noisy_columns = noisy_columns(layout, device)
+
+    def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
+        if epoch is not None:
+            add_context_noise(batch["float_ctx"], self.noisy_columns, epoch, self.sampling, generator)
+        return model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"]), batch
+
+    @staticmethod
+    def count(batch: dict) -> int:
+        return len(batch["example_id"])
+
+
+class SequenceObjective:
+    """Every position of a window (float_seq, int_seq, target_mask: the loader's sequence batches)."""
+
+    name = "sequence"
+
+    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
+        self.parts = SequenceParts(layout, device)
+        self.sampling = sampling
+        self.noisy_columns = noisy_columns(layout, device)
+        self.stepper = FrameStepper(layout, device) if sampling.mode == "model" else None
+
+    def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
+        parts = self.parts(batch)
+        if epoch is not None:
+            parts = self._sample(model, parts, epoch, generator)
+        pred = model(parts["float_in"], parts["int_in"], parts["next_ctrl"])  # (B, L, ...)
+        return position_rows(pred, parts)
+
+    def _sample(self, model: torch.nn.Module, parts: dict, epoch: int, generator: torch.Generator) -> dict:
+        if self.stepper is None:
+            parts["float_in"] = parts["float_in"].clone()  # a view of the batch's frames
+            add_frame_noise(parts["float_in"], self.noisy_columns, epoch, self.sampling, generator)
+            return parts
+        rate = self.sampling.rate * strength(epoch, self.sampling)
+        if rate == 0:
+            return parts
+        chosen = torch.rand(parts["target_mask"].shape, device=parts["float_in"].device, generator=generator) < rate  # (B, L)
+        return substitute(parts, self.parts, *own_frames(model, parts, self.stepper), chosen)
+
+    @staticmethod
+    def count(batch: dict) -> int:
+        return int(batch["target_mask"].sum())
+
+
+def build_objective(config: ExperimentConfig, layout: FrameLayout, device) -> LastObjective | SequenceObjective:
+    """The objective named by data.objective, refusing combinations that cannot train."""
+    objective, sampling = config.data.objective, config.train.scheduled_sampling
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown data.objective {objective!r}; options: {', '.join(OBJECTIVES)}")
+    if sampling.mode not in MODES:
+        raise ConfigError(f"unknown train.scheduled_sampling.mode {sampling.mode!r}; options: {', '.join(MODES)}")
+    if objective == "sequence" and config.model.arch != "mamba2":
+        raise ConfigError(f"data.objective 'sequence' needs a causal sequence model (model.arch mamba2); {config.model.arch!r} trains with the card objective 'last' only")
+    return (SequenceObjective if objective == "sequence" else LastObjective)(layout, sampling, device)

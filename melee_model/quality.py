@@ -1,0 +1,83 @@
+"""How good a model is on validation games, whichever objective trained it (issue 12's evaluation).
+
+- `teacher_forced`: the trainer's metrics ("val_" keys) over a split, with a config's objective: the
+  card's K-frame examples (`card_config`: K = data.context_len, 10 as published) for any model, and
+  for a model trained with the sequence objective the same metrics over every target position of its
+  own seq_len windows.
+- `rollouts_with_baselines`: autoregressive rollouts from given start points, and the baselines
+  (`melee_model.baselines`) on the very same windows, scored against horizon (`melee_model.horizons`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from itertools import chain, islice
+
+import numpy as np
+import torch
+
+from melee_encode import Store
+from melee_model.baselines import BASELINES, baseline_frames
+from melee_model.config import ExperimentConfig
+from melee_model.examples import ExampleSource
+from melee_model.horizons import HORIZONS, horizon_errors
+from melee_model.layout import FrameLayout
+from melee_model.metrics import VAL_PREFIX, score
+from melee_model.objective import build_objective
+from melee_model.rollout import RolloutResult, pick_starts, rollout_windows, store_windows
+from melee_model.sampler import SPLITS
+
+MODEL = "model"  # the model's column among the baselines'
+
+
+def card_config(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` with the run card's objective ("last", K = data.context_len frames per example); a
+    sequence config's batches keep their number of targets (batch_size x seq_len examples)."""
+    data = config.data
+    batch_size = data.batch_size * data.seq_len if data.objective == "sequence" else data.batch_size
+    sampling = dataclasses.replace(config.train.scheduled_sampling, mode="noise")
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(data, objective="last", batch_size=batch_size),
+        train=dataclasses.replace(config.train, scheduled_sampling=sampling),
+    )
+
+
+def autocast_for(device: torch.device, mixed_precision: str):
+    """The trainer's precision on GPUs ("auto" is bf16 there); fp32 on a CPU."""
+    dtypes = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if device.type != "cuda" or mixed_precision not in dtypes:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtypes[mixed_precision])
+
+
+def teacher_forced(model: torch.nn.Module, source: ExampleSource, config: ExperimentConfig, split: str, device, max_batches: int | None = None, num_workers: int | None = None) -> tuple[dict[str, float], int]:
+    """(the trainer's metrics of `split`, "val_" keys; targets seen) with config's objective, over at
+    most `max_batches` batches of `source` (opened with that objective). split "all": train and val."""
+    device = torch.device(device)
+    objective = build_objective(config, source.layout, device)
+    batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in (SPLITS if split == "all" else (split,)))
+    autocast = lambda: autocast_for(device, config.train.mixed_precision)  # noqa: E731
+    metrics, targets = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast, objective)
+    return metrics.compute(prefix=VAL_PREFIX), targets
+
+
+def rollout_starts(source: ExampleSource, split: str, count: int, horizon: int, seed: int = 0) -> np.ndarray:
+    """`count` (game row, t0) start points spread over the split's games (rollout.pick_starts)."""
+    rows = source.rows_of(split)
+    return pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
+
+
+def rollouts_with_baselines(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None, horizons=HORIZONS) -> tuple[RolloutResult, dict]:
+    """The model's rollouts of `horizon` frames from `starts`, and {predictor: horizon_errors} for
+    the model (key MODEL) and every baseline, all on the same real windows."""
+    float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)  # (N, K+H, F), (N, K+H, I)
+    result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
+    K = layout.context_len
+    true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
+    errors = {MODEL: horizon_errors(layout, result.pred_floats, result.pred_ints, true_floats, true_ints, horizons)}
+    for name in BASELINES:
+        pred_floats, pred_ints = baseline_frames(name, layout, float_windows, int_windows)
+        errors[name] = horizon_errors(layout, pred_floats, pred_ints, true_floats, true_ints, horizons)
+    return result, errors

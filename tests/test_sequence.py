@@ -1,0 +1,271 @@
+"""The sequence objective on real stores: every position of a window is the card's example at the same
+frames, the model's sequence forward and recurrent step equal its card forward, weighted losses and
+metrics count the target positions only, scheduled sampling with the model's own frames, training."""
+
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+import torch
+from numerics import STEP_TOL, rel_err
+from seq_windows import WindowSource, tile
+
+from melee_encode import open_store
+from melee_encode.errors import ConfigError
+from melee_model.config import ExperimentConfig, LossConfig, from_dict
+from melee_model.examples import build_batch
+from melee_model.layout import FrameLayout, layout_for
+from melee_model.losses import LOSS_TERMS, compute_losses
+from melee_model.metrics import MetricAccumulator, score
+from melee_model.model import build_model
+from melee_model.objective import SequenceObjective, build_objective
+from melee_model.rollout import FrameStepper, rollout
+from melee_model.scheduled_sampling import own_frames, substitute
+from melee_model.sequence import SequenceParts, position_rows
+
+L = 48
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(**data) -> ExperimentConfig:
+    return from_dict(
+        ExperimentConfig,
+        {
+            "name": "seq-test",
+            "data": {"objective": "sequence", "seq_len": L, "require_fields": "none", "batch_size": 16, "num_workers": 0, **data},
+            "model": {"d_model": 32, "n_layers": 2, "d_state": 16, "headdim": 16, "dropout": 0.0, "backend": "torch"},
+            "train": {"scheduled_sampling": {"rate": 0.0}},
+            "wandb": {"enabled": False},
+        },
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def game(store_path: str, name: str = "ics2.slp") -> tuple[np.ndarray, np.ndarray]:
+    store = open_store(store_path)
+    row = int(np.flatnonzero([s.endswith(name) for s in store.games["source"]])[0])
+    floats, ints, _ = store.read_frames(row)
+    return floats, ints
+
+
+def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> dict:
+    """A contract batch of windows s .. s+L of one game's frames."""
+    frames = np.asarray(starts)[:, None] + np.arange(L + 1)  # (B, L+1)
+    mask = np.ones((len(starts), L), dtype=bool) if target_mask is None else target_mask
+    return {"float_seq": torch.from_numpy(floats[frames]), "int_seq": torch.from_numpy(ints[frames]), "target_mask": torch.from_numpy(mask)}
+
+
+def small_model(layout: FrameLayout, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(config().model, layout).eval()
+
+
+@pytest.fixture(scope="module")
+def layout(shared_store) -> FrameLayout:
+    return layout_for(config(), open_store(shared_store).schema)
+
+
+# ---------------------------------------------------------------- examples
+
+
+@pytest.mark.parametrize("press_events", [False, True])
+def test_every_position_is_the_cards_example_at_the_same_frames(shared_store, press_events):
+    layout = FrameLayout(open_store(shared_store).schema, press_events=press_events)
+    floats, ints = game(shared_store)
+    starts = np.array([0, 1234, len(floats) - L - 1])
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, starts))
+    targets = (starts[:, None] + np.arange(1, L + 1)).ravel()  # (B*L,) target frame of each position
+    card = build_batch(floats, ints, targets, layout)  # context_len 10: frames t-10 .. t-1
+    flat = {key: value.flatten(0, 1).numpy() for key, value in parts.items() if key != "target_mask"}
+    assert np.array_equal(flat["next_ctrl"], card["next_ctrl"])
+    assert np.array_equal(flat["float_tgt"], card["float_tgt"])
+    assert np.array_equal(flat["int_tgt"], card["int_tgt"])
+    assert np.array_equal(flat["float_in"], card["float_ctx"][:, -1]) and np.array_equal(flat["int_in"], card["int_ctx"][:, -1])
+    assert np.array_equal(flat["float_next"], floats[targets])
+    if press_events:
+        assert flat["next_ctrl"][:, 26:].any()
+
+
+def test_tiling_covers_each_target_frame_once():
+    lengths, rows = np.array([L, L + 1, 5 * L + 7, 3 * L + 1]), np.arange(4)
+    for warmup in (0, 5):
+        tiled = tile(lengths, rows, L, warmup)
+        for row, n in zip(rows, lengths):
+            mine = tiled.rows == row
+            covered = [s + j + 1 for s, first in zip(tiled.starts[mine], tiled.first_targets[mine]) for j in range(first, L)]
+            assert sorted(covered) == (list(range(warmup + 1, n)) if n > L else []), (row, warmup)
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_sequence_forward_at_each_position_equals_the_card_forward(shared_store, layout):
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, [700, 5000]))
+    with torch.no_grad():
+        every = model(parts["float_in"], parts["int_in"], parts["next_ctrl"])  # (2, L, ...)
+        for j in (0, 9, 10, 31, L - 1):
+            card = model(parts["float_in"][:, : j + 1], parts["int_in"][:, : j + 1], parts["next_ctrl"][:, j])
+            for key in card:
+                assert rel_err(every[key][:, j], card[key]) < STEP_TOL[torch.float32], (j, key)
+    assert every["float"].shape == (2, L, layout.float_target_dim) and every["action"].shape == (2, L, 2, layout.vocab("action"))
+
+
+def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layout):
+    """The same weights score the card's K-frame examples and the sequence windows of the same games."""
+    model = small_model(layout)
+    seq_config = config(batch_size=8)
+    card_config = dataclasses.replace(seq_config, data=dataclasses.replace(seq_config.data, objective="last", batch_size=64))
+    source = WindowSource.for_experiment(shared_store, seq_config)
+    card_source = WindowSource.for_experiment(shared_store, card_config)
+    loaded = small_model(layout, seed=1)
+    loaded.load_state_dict(model.state_dict())
+    nothing = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    seq_metrics, seq_targets = score(loaded, list(source.loader("val", 0))[:2], layout, LossConfig(), torch.device("cpu"), nothing, build_objective(seq_config, layout, "cpu"))
+    card_metrics, card_examples = score(loaded, list(card_source.loader("val", 0))[:2], layout, LossConfig(), torch.device("cpu"), nothing)
+    assert seq_targets == 2 * 8 * L and card_examples == 2 * 64
+    for values in (seq_metrics.compute(), card_metrics.compute()):
+        assert np.isfinite(values["loss/total"]) and 0 <= values["metric/action_acc_p0"] <= 1
+
+
+def test_recurrent_step_equals_the_full_forward(shared_store, layout):
+    """Prefill a real context, then one frame per step through every layer: the heads equal the full
+    forward's at every position (fp32)."""
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    K, steps, starts = 10, 37, np.array([300, 6000, 9100])
+    frames = starts[:, None] + np.arange(K + steps)  # (3, K+steps)
+    float_seq, int_seq = torch.from_numpy(floats[frames]), torch.from_numpy(ints[frames]).long()
+    ctrl = torch.from_numpy(floats[frames + 1][..., list(layout.ctrl_columns)])  # (3, K+steps, 26)
+    with torch.no_grad():
+        full = model(float_seq, int_seq, ctrl)  # (3, K+steps, ...)
+        x, state = model.prefill(float_seq[:, :K], int_seq[:, :K])
+        for i in range(K - 1, K + steps):
+            if i >= K:
+                x, state = model.step(float_seq[:, i], int_seq[:, i], state)
+            stepped = model.predict(x, ctrl[:, i])
+            for key in stepped:
+                assert rel_err(stepped[key], full[key][:, i]) < STEP_TOL[torch.float32], (i, key)
+
+
+def test_recurrent_rollout_predicts_each_frame_from_every_frame_before_it(shared_store, layout):
+    """Frame t0+h of a recurrent rollout is the card forward over the real context and the h frames
+    the rollout predicted before it, made into a frame as the rollout makes them."""
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    K, H, t0 = layout.context_len, 20, 4321
+    result = rollout(model, layout, floats, ints, [t0], H, "cpu", stepping="recurrent")
+    stepper = FrameStepper(layout, "cpu")
+    seq_float = np.concatenate([floats[t0 - K : t0], result.pred_floats[0]])  # (K+H, F)
+    seq_int = np.concatenate([ints[t0 - K : t0], result.pred_ints[0]]).astype(np.int64)
+    for h in (0, 1, 7, H - 1):
+        context_float, context_int = torch.from_numpy(seq_float[None, : K + h]), torch.from_numpy(seq_int[None, : K + h])
+        replay = torch.from_numpy(floats[t0 + h][None])
+        with torch.no_grad():
+            pred = model(context_float, context_int, stepper.next_ctrl(context_float[:, -1], replay))
+        frame_float, frame_int = stepper.frame(context_float[:, -1], context_int[:, -1], pred, replay)
+        np.testing.assert_allclose(result.pred_floats[0, h], frame_float[0].numpy(), rtol=0, atol=1e-4)
+        assert np.array_equal(result.pred_ints[0, h], frame_int[0].numpy())
+    window = rollout(model, layout, floats, ints, [t0], 1, "cpu", stepping="window")
+    np.testing.assert_allclose(window.pred_floats[0, 0], result.pred_floats[0, 0], rtol=0, atol=1e-5)
+
+
+def test_the_mlp_has_no_sequence_objective_and_no_recurrent_rollout(shared_store, layout):
+    with pytest.raises(ConfigError, match="sequence"):
+        build_objective(dataclasses.replace(config(), model=dataclasses.replace(config().model, arch="mlp")), layout, "cpu")
+    mlp = build_model(dataclasses.replace(config().model, arch="mlp"), layout)
+    floats, ints = game(shared_store)
+    with pytest.raises(ConfigError, match="window"):
+        rollout(mlp, layout, floats, ints, [100], 3, "cpu", stepping="recurrent")
+    assert rollout(mlp, layout, floats, ints, [100], 3, "cpu").pred_floats.shape == (1, 3, layout.n_float)
+
+
+def test_lookahead_and_model_sampling_need_their_objective(layout):
+    with pytest.raises(ConfigError, match="lookahead"):
+        SequenceParts(dataclasses.replace(layout, lookahead=1), "cpu")
+    card = dataclasses.replace(config(), data=dataclasses.replace(config().data, objective="last"))
+    card.train.scheduled_sampling.mode = "model"
+    with pytest.raises(ConfigError, match="sequence"):
+        build_objective(card, layout, "cpu")
+
+
+# ---------------------------------------------------------------- losses and metrics over target positions
+
+
+def test_losses_and_metrics_count_the_target_positions_only(shared_store, layout):
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    mask = np.zeros((2, L), dtype=bool)
+    mask[0, 5:] = True
+    mask[1, 40:] = True
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, [2000, 8000], mask))
+    with torch.no_grad():
+        pred, rows = position_rows(model(parts["float_in"], parts["int_in"], parts["next_ctrl"]), parts)
+    chosen = torch.from_numpy(mask.ravel())
+    kept_pred = {key: value[chosen] for key, value in pred.items()}
+    kept_rows = {key: value[chosen] for key, value in rows.items() if key != "weight"}
+    weighted, plain = compute_losses(pred, rows, layout, LossConfig()), compute_losses(kept_pred, kept_rows, layout, LossConfig())
+    for term in (*LOSS_TERMS, "total"):
+        assert weighted[term].item() == pytest.approx(plain[term].item(), rel=1e-5), term
+    both, only = MetricAccumulator(layout, "cpu"), MetricAccumulator(layout, "cpu")
+    both.update(pred, rows, weighted)
+    only.update(kept_pred, kept_rows, plain)
+    expected = only.compute()
+    for key, value in both.compute().items():
+        assert value == pytest.approx(expected[key], rel=1e-5, nan_ok=True), key
+
+
+# ---------------------------------------------------------------- scheduled sampling with the model's own frames
+
+
+def test_own_frames_replace_the_chosen_inputs_and_targets_follow(shared_store, layout):
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    builder = SequenceParts(layout, "cpu")
+    parts = builder(windows(floats, ints, [1500, 7500]))
+    own_float, own_int = own_frames(model, parts, FrameStepper(layout, "cpu"))
+    assert own_float.shape == parts["float_in"].shape and own_int.shape == parts["int_in"].shape
+    # Frame s+1 as predicted from frame s alone: the card forward on a one-frame context.
+    with torch.no_grad():
+        first = model(parts["float_in"][:, :1], parts["int_in"][:, :1], parts["next_ctrl"][:, 0])
+    np.testing.assert_allclose(own_float[:, 0, list(layout.ctrl_columns)], parts["float_next"][:, 0, list(layout.ctrl_columns)])
+    assert torch.equal(own_int[:, 0, list(layout.action_columns)], first["action"].argmax(-1))
+    chosen = torch.zeros(2, L, dtype=torch.bool)
+    chosen[0, [0, 3, 17]] = True
+    chosen[1, L - 1] = True
+    mixed = substitute(parts, builder, own_float, own_int, chosen)
+    for b, j in [(0, 3), (0, 17), (1, L - 1)]:
+        assert torch.equal(mixed["float_in"][b, j], own_float[b, j - 1]) and torch.equal(mixed["int_in"][b, j], own_int[b, j - 1])
+    untouched = torch.ones(2, L, dtype=torch.bool)
+    untouched[0, [3, 17]] = untouched[1, L - 1] = False
+    assert torch.equal(mixed["float_in"][untouched], parts["float_in"][untouched])
+    assert torch.equal(mixed["float_tgt"][untouched], parts["float_tgt"][untouched])
+    # The delta targets now lead from the frame the model reads to the true next frame.
+    deltas = list(layout.delta_target_positions)
+    expected = parts["float_next"][0, 3][list(layout.delta_target_columns)] - own_float[0, 2][list(layout.delta_target_columns)]
+    assert torch.equal(mixed["float_tgt"][0, 3, deltas], expected)
+    assert torch.equal(mixed["next_ctrl"], parts["next_ctrl"]) and torch.equal(mixed["int_tgt"], parts["int_tgt"])
+
+
+def test_model_sampling_changes_the_inputs_from_the_second_epoch(shared_store, layout):
+    sampled = config()
+    sampled.train.scheduled_sampling.mode, sampled.train.scheduled_sampling.rate = "model", 0.5
+    objective = build_objective(sampled, layout, "cpu")
+    assert isinstance(objective, SequenceObjective)
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    batch = windows(floats, ints, [1500, 7500])
+    clean, _ = objective.outputs(model, batch, 0, torch.Generator().manual_seed(0))
+    again, _ = objective.outputs(model, batch, 0, torch.Generator().manual_seed(0))
+    sampled_pred, _ = objective.outputs(model, batch, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(clean["float"], again["float"])
+    assert not torch.equal(clean["float"], sampled_pred["float"])
