@@ -6,6 +6,10 @@ plan's, the parameter count is the built model's. Time and cost follow from a me
 (ms per batch of `data.batch_size` on one GPU, e.g. benchmarks/train_step.py's "step_ms") and a
 price per GPU-hour; they cover training steps only, not validation or encoding.
 
+The sequence objective (data.objective "sequence") counts targets, not examples: a batch is
+data.batch_size windows of seq_len + 1 frames and up to seq_len - warmup targets each; "train_examples"
+is then the number of target positions of an epoch (each target frame once), as the loader plans it.
+
 Memory: the reference held every encoded frame in RAM (float32 floats + int64 ints, ~520 GB at
 65K games). Here each loader worker holds one group of decoded chunks and a few batches; the plan
 estimates both.
@@ -30,11 +34,12 @@ MS_PER_HOUR = 3_600_000
 REFERENCE_FLOAT_BYTES, REFERENCE_INT_BYTES = 4, 8
 
 
-def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None) -> dict:
-    """The plan's figures, as one flat dict (see plan_markdown for what each means)."""
+def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None, source: ExampleSource | None = None) -> dict:
+    """The plan's figures, as one flat dict (see plan_markdown for what each means). `source`: the
+    store already opened for this experiment (ExampleSource.for_experiment), or None."""
     if gpus < 1:
         raise ConfigError(f"gpus must be at least 1, got {gpus}")
-    source = ExampleSource.for_experiment(store_path, config, storage_options)
+    source = source or ExampleSource.for_experiment(store_path, config, storage_options)
     store, layout = source.store, source.layout
     model = build_model(config.model, layout)
     data, train = config.data, config.train
@@ -56,7 +61,9 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "parameters": count_parameters(model),
         "gpus": gpus,
         "epochs": train.epochs,
+        "objective": data.objective,
         "batch_size": data.batch_size,
+        "targets_per_batch": targets_per_batch(data),
         "grad_accum": train.grad_accum,
         **batch_counts(source, gpus, train.epochs, train.grad_accum, train.max_steps),
         "log_interval": train.log_interval,
@@ -76,7 +83,7 @@ def batch_counts(source: ExampleSource, gpus: int, epochs: int, grad_accum: int,
     total = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
     return {
         "batches_per_epoch": per_gpu,
-        "batches_per_epoch_total": math.ceil(source.example_count("train") / source.config.batch_size),
+        "batches_per_epoch_total": source.plan("train", 0, world=1).batches_per_rank,
         "val_batches_per_epoch": source.plan("val", 0, world=gpus).batches_per_rank,
         "updates_per_epoch": per_epoch,
         "total_updates": total,
@@ -85,13 +92,21 @@ def batch_counts(source: ExampleSource, gpus: int, epochs: int, grad_accum: int,
     }
 
 
+def targets_per_batch(data: DataConfig) -> int:
+    """Targets of a full batch: one per example, or up to seq_len - warmup per sequence window."""
+    return data.batch_size * (data.seq_len - data.warmup) if data.objective == "sequence" else data.batch_size
+
+
 def memory(chunk_frames: int, layout: FrameLayout, data: DataConfig, gpus: int, frames: int) -> dict:
     """Estimated RAM of the loaders, in bytes, next to the reference's (every frame in RAM)."""
     frame_bytes = layout.n_float * 4 + layout.n_int * 2  # float32 + int16, as the loader decodes them
     pool = data.chunks_per_group * chunk_frames * frame_bytes  # one decoded group, frame-major
     # GroupReader also keeps the group's chunks as decoded (one more for the context before them).
     decode = (data.chunks_per_group + 1) * chunk_frames * frame_bytes
-    example = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
+    if data.objective == "sequence":  # a window: its frames, a target mask entry per position, the id
+        example = (data.seq_len + 1) * frame_bytes + data.seq_len + 8
+    else:
+        example = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
     batch = data.batch_size * example
     loaders = max(1, data.num_workers)
     in_flight = PREFETCH_FACTOR * data.num_workers if data.num_workers else 1
@@ -141,6 +156,8 @@ def read_step_ms(path: str | Path) -> float:
 def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
     """The plan as Markdown tables, in the run card's sections."""
     model, train, sampling = config.model, config.train, config.train.scheduled_sampling
+    sequence = plan["objective"] == "sequence"
+    unit = "targets" if sequence else "examples"
     sections = {
         "Data": [
             ("Store", f"`{plan['store']}`"),
@@ -148,8 +165,8 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
             ("Selected (filters: " + _filters(config) + ")", f"{_n(plan['train_games'])} train / {_n(plan['val_games'])} val"),
             ("Frames in store", _n(plan["frames"])),
             ("Frames selected", _n(plan["selected_frames"])),
-            ("Train examples", _n(plan["train_examples"])),
-            ("Val examples", _n(plan["val_examples"])),
+            (f"Train {unit}", _n(plan["train_examples"])),
+            (f"Val {unit}", _n(plan["val_examples"])),
             ("Float dims/frame", str(plan["float_dims"])),
             ("Int dims/frame", str(plan["int_dims"])),
         ],
@@ -157,18 +174,18 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
             ("Architecture", plan["arch"]),
             ("Parameters", _n(plan["parameters"])),
             *([("d_model", str(model.d_model)), ("n_layers", str(model.n_layers)), ("d_state", str(model.d_state)), ("headdim", str(model.headdim)), ("chunk_size (SSD)", str(model.chunk_size))] if model.arch == "mamba2" else [("hidden", str(model.mlp_hidden))]),
-            ("context_len (K)", str(config.data.context_len)),
+            ("Objective", f"sequence: windows of {config.data.seq_len} positions, warm-up {config.data.warmup}" if sequence else f"last: context_len (K) {config.data.context_len}"),
             ("Embedded frame", str(plan["embedded_dims"])),
             ("next_ctrl", str(plan["ctrl_dim"])),
         ],
         "Training": [
             ("GPUs", str(plan["gpus"])),
             ("Epochs", str(plan["epochs"])),
-            ("Batch size (per GPU)", _n(plan["batch_size"])),
+            ("Batch size (per GPU)", _n(plan["batch_size"]) + (f" windows, up to {_n(plan['targets_per_batch'])} targets" if sequence else "")),
             ("Gradient accumulation", str(plan["grad_accum"])),
             ("Learning rate", f"{train.lr:g}"),
             ("Weight decay", f"{train.weight_decay:g}"),
-            ("Scheduled sampling", f"{sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames)"),
+            ("Scheduled sampling", f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames)"),
             ("Optimizer updates per epoch", _n(plan["updates_per_epoch"])),
             ("Total optimizer updates", _n(plan["total_updates"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
         ],

@@ -5,8 +5,10 @@
     python scripts/evaluate.py --checkpoint runs/tiny/best --replays games/ one.slp --json
 
 Metrics are the trainer's validation metrics ("val_" keys) over the split (val by default; "all" for
---replays: every game the checkpoint's data filters select). --rollout adds autoregressive rollouts
-from start points spread over the split's games (the same for the same --seed).
+--replays: every game the checkpoint's data filters select), over the card's K-frame examples, and for
+a model trained with the sequence objective also over its own windows. --rollout adds autoregressive
+rollouts from start points spread over the split's games (the same for the same --seed), with the
+baselines copy_last and constant_velocity on the same windows, error against horizon side by side.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import sys
 from melee_encode.errors import run_command
 from melee_encode.storage import add_storage_option_argument, parse_storage_options
 from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table
+from melee_model.rollout import STEPPINGS
 
 
 def main() -> int:
@@ -32,6 +35,7 @@ def main() -> int:
     parser.add_argument("--rollouts", type=int, default=64, help="how many rollouts (default 64)")
     parser.add_argument("--horizon", type=int, default=300, help="frames per rollout (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
+    parser.add_argument("--stepping", choices=STEPPINGS, help="rollouts: recurrent state (Mamba-2's default) or a K-frame window per frame")
     parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_storage_option_argument(parser)
@@ -49,6 +53,7 @@ def main() -> int:
             num_workers=args.workers,
             plot=args.plot,
             storage_options=parse_storage_options(args.storage_option),
+            stepping=args.stepping,
         )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=1))

@@ -13,16 +13,19 @@ from seq_windows import WindowSource, tile
 
 from melee_encode import open_store
 from melee_encode.errors import ConfigError
-from melee_model.config import ExperimentConfig, LossConfig, from_dict
+from melee_model.config import ExperimentConfig, LossConfig, from_dict, load_config
 from melee_model.examples import build_batch
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
 from melee_model.metrics import MetricAccumulator, score
 from melee_model.model import build_model
 from melee_model.objective import SequenceObjective, build_objective
+from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import FrameStepper, rollout
 from melee_model.scheduled_sampling import own_frames, substitute
 from melee_model.sequence import SequenceParts, position_rows
+
+from conftest import ROOT
 
 L = 48
 
@@ -269,3 +272,21 @@ def test_model_sampling_changes_the_inputs_from_the_second_epoch(shared_store, l
     sampled_pred, _ = objective.outputs(model, batch, 3, torch.Generator().manual_seed(0))
     assert torch.equal(clean["float"], again["float"])
     assert not torch.equal(clean["float"], sampled_pred["float"])
+
+
+# ---------------------------------------------------------------- planning
+
+
+def test_plan_counts_targets_and_windows(shared_store):
+    seq = load_config(ROOT / "experiments" / "mamba2-v3-seq.yaml", ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "data.warmup=16"])
+    source = WindowSource.for_experiment(shared_store, seq)
+    plan = plan_run(seq, shared_store, step_ms=100.0, source=source)
+    lengths = source.store.games["length"][source.rows["train"]]
+    L, W = seq.data.seq_len, seq.data.warmup
+    assert plan["train_examples"] == int(sum(n - 1 - W for n in lengths if n >= L + 1))  # every target frame t >= W+1 once
+    assert plan["objective"] == "sequence" and plan["targets_per_batch"] == seq.data.batch_size * (L - W)
+    assert plan["batches_per_epoch"] == plan["batches_per_epoch_total"] == -(-len(source.windows["train"].starts) // seq.data.batch_size)
+    assert plan["epoch_hours"] == pytest.approx(plan["batches_per_epoch"] * 0.1 / 3600)
+    assert plan["batch_bytes"] == seq.data.batch_size * ((L + 1) * (138 * 4 + 17 * 2) + L + 8)
+    text = plan_markdown(plan, seq)
+    assert "| Train targets |" in text and f"windows, up to {plan['targets_per_batch']:,} targets" in text

@@ -1,0 +1,188 @@
+"""Evaluation that says whether a model is good: baselines, error against horizon, a sequence-trained
+checkpoint evaluated both ways, and benchmarks/model_quality.py end to end (short budget)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from seq_windows import WindowSource
+
+from melee_encode import open_store
+from melee_model.baselines import BASELINES, baseline_frames
+from melee_model.config import ExperimentConfig, from_dict
+from melee_model.evaluate import evaluate_checkpoint, metrics_table
+from melee_model.horizons import HORIZON_METRICS, comparison_table, horizon_errors, report_at
+from melee_model.layout import layout_for
+from melee_model.model import build_model
+from melee_model.quality import MODEL, card_config, rollouts_with_baselines
+from melee_model.rollout import CLAMP_RANGES, pick_starts, store_windows
+from melee_model.train import Trainer
+
+from conftest import ROOT
+
+K, H = 10, 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seq_config() -> ExperimentConfig:
+    return from_dict(
+        ExperimentConfig,
+        {
+            "name": "quality-test",
+            "data": {"objective": "sequence", "seq_len": 32, "require_fields": "none", "batch_size": 8, "num_workers": 0},
+            "model": {"d_model": 32, "n_layers": 1, "d_state": 16, "headdim": 16, "dropout": 0.0, "backend": "torch"},
+            "train": {"epochs": 1, "max_steps": 24, "lr": 1e-2, "log_interval": 8, "check_every": 8, "val_batches": 2, "min_val_change_acc": None, "patience_batches": 0},
+            "wandb": {"enabled": False},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def layout(shared_store):
+    return layout_for(seq_config(), open_store(shared_store).schema)
+
+
+@pytest.fixture(scope="module")
+def windows(shared_store):
+    store = open_store(shared_store)
+    starts = pick_starts(np.arange(store.n_games), store.games["length"], 6, H, K, seed=1)
+    return starts, *store_windows(store, starts, K, H)
+
+
+def decoded(layout, floats, name):
+    return layout.schema.decode_float(floats[..., layout.schema.float_index(name)], name)
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def test_copy_last_repeats_the_last_real_frame(layout, windows):
+    _, floats, ints = windows
+    pred_floats, pred_ints = baseline_frames("copy_last", layout, floats, ints)
+    assert pred_floats.shape == (6, H, layout.n_float) and pred_ints.shape == (6, H, layout.n_int)
+    assert (pred_floats == floats[:, K - 1 : K]).all() and (pred_ints == ints[:, K - 1 : K]).all()
+
+
+def test_constant_velocity_moves_positions_by_the_last_step(layout, windows):
+    _, floats, ints = windows
+    moving, still = baseline_frames("constant_velocity", layout, floats, ints), baseline_frames("copy_last", layout, floats, ints)
+    for name in ("p0.x", "p0.y", "p1.x", "p1.y"):
+        last, before = decoded(layout, floats[:, K - 1], name), decoded(layout, floats[:, K - 2], name)
+        low, high = CLAMP_RANGES[name.split(".")[1]]
+        expected = np.clip(last[:, None] + (last - before)[:, None] * np.arange(1, H + 1), low, high)  # (6, H)
+        np.testing.assert_allclose(decoded(layout, moving[0], name), expected, rtol=1e-5, atol=1e-3)
+    others = [i for i, c in enumerate(layout.schema.float_columns) if c.name not in ("p0.x", "p0.y", "p1.x", "p1.y")]
+    assert (moving[0][..., others] == still[0][..., others]).all() and (moving[1] == still[1]).all()
+    with pytest.raises(ValueError, match="baseline"):
+        baseline_frames("oracle", layout, floats, ints)
+
+
+# ---------------------------------------------------------------- error against horizon
+
+
+def test_horizon_errors_by_hand(layout, windows):
+    _, floats, ints = windows
+    true_floats, true_ints = floats[:, K:], ints[:, K:]
+    perfect = horizon_errors(layout, true_floats, true_ints, true_floats, true_ints, (1, 10, 60))
+    assert list(perfect) == [1, 10, 60]
+    for values in perfect.values():
+        assert all(values[m] == 0 for m in ("pos_error", "pos_euclid", "pos_euclid_p0", "pos_euclid_p1", "damage_error"))
+        assert all(values[m] == 1 for m in ("action_match", "on_ground_match", "facing_match", "stocks_match"))
+    schema = layout.schema
+    pred_floats, pred_ints = true_floats.copy(), true_ints.copy()
+    pred_floats[..., schema.float_index("p0.x")] += 3 * schema.float_columns[schema.float_index("p0.x")].scale  # p0 3 units right
+    pred_floats[..., schema.float_index("p1.y")] += 4 * schema.float_columns[schema.float_index("p1.y")].scale  # p1 4 units up
+    pred_floats[..., schema.float_index("p1.x")] += 3 * schema.float_columns[schema.float_index("p1.x")].scale  # ... and 3 right
+    pred_floats[..., schema.float_index("p1.facing")] = 1 - pred_floats[..., schema.float_index("p1.facing")]
+    pred_floats[..., schema.float_index("p0.percent")] += 10 * schema.float_columns[schema.float_index("p0.percent")].scale
+    action = schema.int_index("p0.action")
+    pred_ints[..., action] = (pred_ints[..., action] + 1) % layout.vocab("action")
+    errors = horizon_errors(layout, pred_floats, pred_ints, true_floats, true_ints)[60]
+    assert errors["pos_error"] == pytest.approx((3 + 0 + 3 + 4) / 4, abs=1e-3)
+    assert errors["pos_euclid_p0"] == pytest.approx(3, abs=1e-3) and errors["pos_euclid_p1"] == pytest.approx(5, abs=1e-3)
+    assert errors["pos_euclid"] == pytest.approx(4, abs=1e-3)
+    assert errors["facing_match"] == 0.5 and errors["action_match"] == 0.5 and errors["on_ground_match"] == 1
+    assert errors["damage_error"] == pytest.approx(5, abs=1e-3) and errors["stocks_match"] == 1
+    assert report_at(300) == [1, 10, 60, 300] and report_at(45) == [1, 10, 45]
+
+
+def test_comparison_table_has_a_row_per_horizon_and_metric_with_every_predictor(layout, windows):
+    _, floats, ints = windows
+    errors = {name: horizon_errors(layout, *baseline_frames(name, layout, floats, ints), floats[:, K:], ints[:, K:]) for name in BASELINES}
+    lines = comparison_table(errors).splitlines()
+    assert all(name in lines[0] for name in BASELINES)
+    assert len(lines) == 1 + 3 * len(HORIZON_METRICS)
+    assert all("*" in line for line in lines[1:])  # each row marks its best predictor
+
+
+def test_rollouts_and_baselines_share_the_windows(shared_store, layout, windows):
+    starts, floats, ints = windows
+    torch.manual_seed(0)
+    model = build_model(seq_config().model, layout).eval()
+    result, errors = rollouts_with_baselines(model, layout, open_store(shared_store), starts, H, "cpu")
+    assert list(errors) == [MODEL, *BASELINES]
+    assert errors[MODEL] == horizon_errors(layout, result.pred_floats, result.pred_ints, floats[:, K:], ints[:, K:])
+    for name in BASELINES:
+        assert errors[name] == horizon_errors(layout, *baseline_frames(name, layout, floats, ints), floats[:, K:], ints[:, K:])
+
+
+# ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
+
+
+@pytest.fixture(scope="module")
+def sequence_checkpoint(shared_store, tmp_path_factory) -> str:
+    output = tmp_path_factory.mktemp("seq-run")
+    config = seq_config()
+    trainer = Trainer(config, shared_store, output_dir=str(output), progress_bar=False, source=WindowSource.for_experiment(shared_store, config))
+    trainer.fit()
+    assert trainer.progress.step == 24
+    return str(output / "latest")
+
+
+def test_sequence_training_learns(sequence_checkpoint):
+    lines = [json.loads(line) for line in open(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(sequence_checkpoint))), "metrics.jsonl"))]
+    losses = [line["loss/total"] for line in lines if "loss/total" in line]
+    assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
+
+
+def test_a_sequence_checkpoint_evaluates_on_card_examples_and_its_own_windows(shared_store, sequence_checkpoint):
+    evaluation = evaluate_checkpoint(sequence_checkpoint, shared_store, max_batches=2, rollouts=4, horizon=H, open_source=WindowSource.for_experiment)
+    config = seq_config()
+    assert evaluation.examples == 2 * card_config(config).data.batch_size == 2 * 8 * 32  # K-frame examples, same targets per batch
+    assert evaluation.sequence_targets == 2 * 8 * 32
+    assert set(evaluation.sequence) == set(evaluation.metrics)
+    out = evaluation.to_json()
+    assert set(out["horizons"]) == {MODEL, *BASELINES} and set(out["horizons"][MODEL]) == {"1", "10", "60"}
+    assert set(out["horizons"]["copy_last"]["60"]) == set(HORIZON_METRICS)
+    assert out["sequence"]["targets"] == 2 * 8 * 32 and isinstance(out["sequence"]["val_change_acc"], float)
+    text = metrics_table(evaluation)
+    assert "own windows" in text and "constant_velocity" in text
+
+
+# ---------------------------------------------------------------- benchmarks/model_quality.py
+
+
+@pytest.mark.slow
+def test_model_quality_script_short_budget(shared_store):
+    command = [sys.executable, str(ROOT / "benchmarks" / "model_quality.py"), "--store", shared_store, "--minutes", "0.1", "--rollouts", "4", "--val-batches", "2", "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    keys = ("val_change_acc", "val_change_acc_p0", "val_pos_mae", "val_action_acc_p0", "rollout_pos_error_10", "rollout_pos_error_60", "rollout_pos_error_300", "steps", "train_s")
+    for name in ("last", "sequence"):
+        assert all(isinstance(out[name][key], (int, float)) for key in keys), name
+        assert out[name]["steps"] > 0 and 6 <= out[name]["train_s"] < 30
+    for name in BASELINES:
+        assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
+    assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
