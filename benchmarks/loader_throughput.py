@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
+from melee_model.batches import build_batch  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
-from melee_model.examples import ExampleSource, build_batch  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
 
 from _report import emit, peak_rss_mb  # noqa: E402

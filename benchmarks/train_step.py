@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from melee_encode import EncodeOptions, encode  # noqa: E402
+from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
-from melee_model.examples import ExampleSource, batch_to_device  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.mamba2 import mamba_ssm_available  # noqa: E402
 from melee_model.model import build_model, count_parameters  # noqa: E402

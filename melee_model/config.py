@@ -34,7 +34,11 @@ class DataConfig:
     stages: list = field(default_factory=list)
     require_fields: str = "used"  # "used": games must have every replay field the encoding uses; "none"
     batch_size: int = 4096  # examples per batch per process
-    chunks_per_group: int = 4  # decoded chunks shuffled together (memory ~ this x 20 MB per loader)
+    # Mixing: the loader decodes `pieces_per_group` pieces of `piece_frames` stored frames, drawn at random
+    # from the whole store, and shuffles their examples together (0: a piece is a whole stored chunk).
+    # Memory per loader ~ pieces_per_group x piece_frames x 600 bytes.
+    piece_frames: int = 4096
+    pieces_per_group: int = 256
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
     # Remote stores (s3://, gs://): compressed chunks kept on local disk for later epochs, shared by

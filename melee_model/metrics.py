@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from melee_model.examples import batch_to_device
+from melee_model.batches import batch_to_device
 from melee_model.layout import FrameLayout
 from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
 

@@ -24,6 +24,8 @@ from melee_model.config import DataConfig, ExperimentConfig
 from melee_model.examples import PREFETCH_FACTOR, ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model, count_parameters
+from melee_model.reader import KEEP_DECODED
+from melee_model.sampler import items_of
 
 MS_PER_HOUR = 3_600_000
 # Bytes per frame in the reference's RAM: float32 floats and int64 ints.
@@ -88,18 +90,23 @@ def batch_counts(source: ExampleSource, gpus: int, epochs: int, grad_accum: int,
 def memory(chunk_frames: int, layout: FrameLayout, data: DataConfig, gpus: int, frames: int) -> dict:
     """Estimated RAM of the loaders, in bytes, next to the reference's (every frame in RAM)."""
     frame_bytes = layout.n_float * 4 + layout.n_int * 2  # float32 + int16, as the loader decodes them
-    pool = data.chunks_per_group * chunk_frames * frame_bytes  # one decoded group, frame-major
-    # GroupReader also keeps the group's chunks as decoded (one more for the context before them).
-    decode = (data.chunks_per_group + 1) * chunk_frames * frame_bytes
-    example = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
-    batch = data.batch_size * example
+    items = items_of(data)
+    piece_frames = data.piece_frames or chunk_frames
+    pool = data.pieces_per_group * (piece_frames + items.before + items.after) * frame_bytes  # one decoded group
+    decode = KEEP_DECODED * chunk_frames * frame_bytes  # GroupReader's last decoded chunks
+    if data.objective == "last":
+        item = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
+    else:
+        item = (data.seq_len + 1) * frame_bytes + data.seq_len + 8
+    batch = data.batch_size * item
     loaders = max(1, data.num_workers)
     in_flight = PREFETCH_FACTOR * data.num_workers if data.num_workers else 1
     per_gpu = loaders * (pool + decode) + in_flight * batch
     return {
         "bytes_per_frame": frame_bytes,
         "chunk_frames": chunk_frames,
-        "chunks_per_group": data.chunks_per_group,
+        "piece_frames": piece_frames,
+        "pieces_per_group": data.pieces_per_group,
         "loader_pool_bytes": pool,
         "loader_bytes": pool + decode,
         "batch_bytes": batch,
@@ -192,7 +199,7 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
         else [("Batch time", "unknown: pass --step-ms or --step-json (benchmarks/train_step.py --json)")],
         "Memory": [
             ("Bytes per frame (float32 + int16)", str(plan["bytes_per_frame"])),
-            ("Decoded group per loader", f"{plan['chunks_per_group']} chunks x {_n(plan['chunk_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}"),
+            ("Decoded group per loader", f"{plan['pieces_per_group']} pieces x {_n(plan['piece_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}"),
             ("Per loader with decode buffers", _bytes(plan["loader_bytes"])),
             ("Batch", _bytes(plan["batch_bytes"])),
             ("Per GPU", f"{_bytes(plan['ram_bytes_per_gpu'])} ({plan['loaders_per_gpu']} loader(s), {plan['batches_in_flight']} batch(es) in flight)"),

@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from melee_model.batches import batch_to_device
 from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_fingerprint
 from melee_model.config import ExperimentConfig, to_dict
-from melee_model.examples import ExampleSource, batch_to_device
+from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdict, track_patience
 from melee_model.losses import compute_losses
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score

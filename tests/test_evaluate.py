@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
+from melee_model.batches import build_batch
 from melee_model.checkpoint import save_checkpoint
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint
-from melee_model.examples import EncodingMismatch, build_batch
+from melee_model.examples import EncodingMismatch
 from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
 from melee_model.model import build_model
 from melee_model.rollout import CLAMP_RANGES, ROLLOUT_METRICS, FrameStepper, pick_starts, report_horizons, rollout, rollout_store
