@@ -32,8 +32,9 @@ import xxhash
 
 from .config import EncodingConfig
 from .encoding import encode_game
-from .replay import ReplayError, one_line, read_replay
-from .sources import ReplaySource, count_sources, is_transient, iter_sources, local_replay_path
+from .replay import ReplayError, one_line
+from .salvage import read_salvaging
+from .sources import UNREADABLE, OversizeError, ReplaySource, count_sources, is_transient, iter_sources
 from .storage import open_zarr
 from .store import (
     DEFAULT_CHUNK_FRAMES,
@@ -63,6 +64,11 @@ class EncodeOptions:
     storage_options: dict = field(default_factory=dict)  # fsspec options for every URL (never credentials)
     dask: object = None  # a Dask scheduler address or distributed.Client: encode as tasks on that cluster
     dask_batch: int = 256  # most replays per Dask task (the last ones are smaller); each task writes one part
+    max_replay_mb: float = 64  # a replay bigger than this (stored or decompressed) is skipped unread; real ones are < 15
+
+    @property
+    def max_replay_bytes(self) -> int:
+        return int(self.max_replay_mb * 2**20)
 
 
 @dataclass
@@ -104,7 +110,8 @@ def encode(inputs: Iterable[str], store_path: str, options: EncodeOptions | None
     with _runner(inputs, options) as run:
         with StoreWriter(store_path, options.config, options.filters, options.chunk_frames, options.storage_options) as writer:
             coordinator = Coordinator(writer, options)
-            sources = (s for s in iter_sources(inputs, options.storage_options) if s.name not in writer.known_sources)
+            listed = iter_sources(inputs, options.storage_options, options.max_replay_bytes)
+            sources = (s for s in listed if s.name not in writer.known_sources)
             total = count_sources(inputs, options.storage_options) if options.progress else None
             with _progress(options.progress, total) as bar:
                 coordinator.bar = bar
@@ -147,9 +154,13 @@ class ReplayEncoder:
         self.writer: PartWriter | None = None
 
     def process(self, source: ReplaySource) -> Outcome:
+        if source.skip:  # found while listing: a broken archive, a link, a member past the size cap
+            return Outcome(source.name, skip=SkipRecord(source.name, source.skip))
         try:
-            data = source.read_bytes(self.options.storage_options)
-        except (OSError, EOFError, ValueError) as error:  # unreadable file, bad gzip or zip member
+            data = source.read_bytes(self.options.storage_options, self.options.max_replay_bytes)
+        except OversizeError as error:
+            return Outcome(source.name, skip=SkipRecord(source.name, f"too big: {error}"))
+        except UNREADABLE as error:  # unreadable file, bad gzip or zip member
             if is_transient(error, source):
                 raise
             return Outcome(source.name, skip=SkipRecord(source.name, f"unreadable: {one_line(error)}"))
@@ -157,11 +168,11 @@ class ReplayEncoder:
         if digest in self.known_hashes:
             return Outcome(source.name, digest, present=True)
         try:
-            with local_replay_path(source, data) as path:
-                raw = read_replay(path, items=self.options.config.projectiles)
+            raw = read_salvaging(source, data, items=self.options.config.projectiles)
             reason = self.options.filters.reject_reason(raw.info)
             if reason:
-                return Outcome(source.name, digest, skip=SkipRecord(source.name, f"filtered: {reason}", digest))
+                salvaged = f" ({raw.info.salvaged})" if raw.info.salvaged else ""
+                return Outcome(source.name, digest, skip=SkipRecord(source.name, f"filtered: {reason}{salvaged}", digest))
             game = encode_game(raw, self.options.config)
         except ReplayError as error:
             return Outcome(source.name, digest, skip=SkipRecord(source.name, str(error), digest))

@@ -12,9 +12,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLAYS = Path(os.environ.get("MELEE_REPLAYS", ROOT.parent / "shared" / "replays")).resolve()
+CORPUS = Path(os.environ.get("MELEE_CORPUS", ROOT.parent / "shared" / "corpus")).resolve()
 
 # Replays peppi cannot parse, and games with more than two players (see ../shared/replays/MANIFEST.md).
-UNREADABLE = ("peppi/corrupt.slp", "slippi-js/FodPlatforms.slp", "slippi-js/incomplete.slp")
+UNREADABLE = ("peppi/corrupt.slp", "slippi-js/FodPlatforms.slp")
+# A replay cut short (peppi: "failed to fill whole buffer") that the encoder salvages (see salvage).
+TRUNCATED = ("slippi-js/incomplete.slp",)
 NOT_1V1 = {
     "peppi/crazy_name_tags.slp": 4,
     "slippi-js/controllerFixes.slp": 3,
@@ -28,6 +31,14 @@ def replay(name: str) -> str:
     path = REPLAYS / name
     if not path.exists():
         pytest.fail(f"real replay {path} not found; the tests read ../shared/replays (or set MELEE_REPLAYS)")
+    return str(path)
+
+
+def corpus(name: str) -> str:
+    """Path of one replay of the corpus (.slp.gz), e.g. corpus("ipowell__slippi-parse__resources__test.slp.gz")."""
+    path = CORPUS / name
+    if not path.exists():
+        pytest.fail(f"real replay {path} not found; the tests read ../shared/corpus (or set MELEE_CORPUS)")
     return str(path)
 
 

@@ -185,7 +185,7 @@ def test_split_is_by_game_and_stable_when_the_store_grows(replays_dir, tmp_path)
 
 def test_game_filters(shared_store):
     every = source(shared_store)
-    assert len(every.rows["train"]) + len(every.rows["val"]) == 52
+    assert len(every.rows["train"]) + len(every.rows["val"]) == 53
     games = every.store.games
     game_only = source(shared_store, end_methods=["game"])
     assert set(games["end_method"][np.concatenate(list(game_only.rows.values()))]) == {2}
@@ -194,7 +194,7 @@ def test_game_filters(shared_store):
     assert len(rows) == 4 and set(games["stage"][rows]) == {32}
     modern = source(shared_store, require_fields="used")  # the default: games with every field the encoding reads
     rows = np.concatenate(list(modern.rows.values()))
-    assert 0 < len(rows) < 52 and not games["fields_missing"][rows].any()
+    assert 0 < len(rows) < 53 and not games["fields_missing"][rows].any()
 
 
 def test_encoding_mismatch_names_the_fields(shared_store):

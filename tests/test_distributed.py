@@ -35,13 +35,13 @@ def dask_options(s3, client, **overrides) -> EncodeOptions:
 def test_encode_on_the_cluster_into_a_bucket_equals_a_local_encode_and_resumes(s3, client, replays_dir, shared_store):
     url = f"s3://{s3.new_bucket()}/ranked.zarr"
     summary = encode([replays_dir], url, dask_options(s3, client, dask_batch=16))
-    assert (summary.games, len(summary.skipped), summary.store_games) == (52, 7, 52)
+    assert (summary.games, len(summary.skipped), summary.store_games) == (53, 6, 53)
     assert_same_games(url, s3.storage_options, shared_store)
     assert skip_reasons(url, s3.storage_options) == skip_reasons(shared_store)
     assert parts_in_bucket(s3, url) == set(open_store(url, s3.storage_options).parts)
 
     again = encode([replays_dir], url, dask_options(s3, client, dask_batch=16))
-    assert (again.games, again.already_present, again.store_games) == (0, 59, 52)
+    assert (again.games, again.already_present, again.store_games) == (0, 59, 53)
 
 
 @pytest.mark.slow
@@ -58,8 +58,8 @@ def test_killing_a_worker_mid_encode_loses_and_duplicates_nothing(s3, client, re
 
     summary = outcome["summary"]
     store = open_store(url, s3.storage_options)
-    assert (summary.games, store.n_games, len(store.skipped)) == (52, 52, 7)
-    assert len(set(store.games["hash"])) == 52
+    assert (summary.games, store.n_games, len(store.skipped)) == (53, 53, 6)
+    assert len(set(store.games["hash"])) == 53
     assert_same_games(url, s3.storage_options, shared_store)
     assert parts_in_bucket(s3, url) == set(store.parts)  # no orphan part of the killed attempt
     assert pids[victim] not in client.run(os.getpid).values()  # the worker did die (its nanny restarted it)
