@@ -49,14 +49,14 @@ def tiny_run(shared_store, tmp_path_factory) -> Path:
 def test_two_ranks_learn(tiny_run):
     lines = metrics(tiny_run)
     val = [line for line in lines if "val_loss/total" in line]
-    assert [line["step"] for line in val] == [0, 125, 250]  # before training, then each epoch
+    assert [line["step"] for line in val] == [0, 133, 266]  # before training, then each epoch
     assert val[-1]["val_loss/total"] < 0.3 * val[0]["val_loss/total"]
     assert val[-1]["val_change_acc"] > val[0]["val_change_acc"]
     train = [line for line in lines if "loss/total" in line]
     assert [line["step"] for line in train] == list(range(25, 251, 25))
     assert all({"epoch", "lr", "examples_per_s", "metric/change_acc", "metric/pos_mae"} <= line.keys() for line in train)
     assert train[-1]["loss/total"] < 0.2 * train[0]["loss/total"]
-    assert (tiny_run / "latest").resolve() == (tiny_run / "checkpoints" / "step-00000250").resolve()
+    assert (tiny_run / "latest").resolve() == (tiny_run / "checkpoints" / "step-00000266").resolve()
     assert (tiny_run / "best").is_symlink() and list((tiny_run / "wandb").glob("offline-run-*"))
 
 
@@ -66,7 +66,7 @@ def test_resume_continues_exactly(shared_store, tiny_run, tmp_path):
     stopped = torchrun_train(shared_store, output, "--set", "train.max_steps=180")  # mid-epoch 2
     assert "stopped: reached train.max_steps=180" in stopped.stdout
     resumed = torchrun_train(shared_store, output, "--resume", str(output / "latest"))
-    assert "resumed from" in resumed.stdout and "at step 180 (epoch 1, batch 55)" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "at step 180 (epoch 1, batch 47)" in resumed.stdout
     uninterrupted, continued = metrics(tiny_run), metrics(output)
     drop = lambda line: {k: v for k, v in line.items() if k != "examples_per_s"}  # noqa: E731 (timing)
     assert [drop(line) for line in continued] == [drop(line) for line in uninterrupted]
