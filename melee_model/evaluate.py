@@ -196,10 +196,22 @@ def plot_rollout(trajectory: Trajectory, path: str | Path, characters: tuple[int
 
 
 def name_action_ticks(axis, trajectory: Trajectory, characters: tuple[int, int] | None, most: int = 24) -> None:
-    """Tick the action axis at the ids the rollout visits, labelled "id name" (both players' names when they differ)."""
-    ids = sorted({int(i) for kind in (trajectory.true, trajectory.pred) for i in np.ravel(kind["action"])})
+    """Tick the action axis at the ids the rollout visits, labelled "id name" (both players' names when they differ).
+
+    When true and predicted states together are more than `most`, only the true ones are ticked, and
+    an id too close to the one ticked below it (a label's height) is left out.
+    """
+    true = {int(i) for i in np.ravel(trajectory.true["action"])}
+    both = true | {int(i) for i in np.ravel(trajectory.pred["action"])}
+    ids = sorted(both if len(both) <= most else true)
     if len(ids) > most:  # too many to read: keep matplotlib's numeric ticks
         return
+    low, high = axis.get_ylim()
+    gap, kept = (high - low) / (2 * most), []
+    for i in ids:
+        if not kept or i - kept[-1] >= gap:
+            kept.append(i)
+    ids = kept
     players = characters if characters is not None else (None, None)
     labels = [" / ".join(dict.fromkeys(action_name(i, c) for c in players)) for i in ids]
     axis.set_yticks(ids, [f"{i} {label}" for i, label in zip(ids, labels)], fontsize="x-small")

@@ -185,6 +185,12 @@ def test_the_plot_names_actions(shared_store):
     labels = [t.get_text() for t in axis.get_yticklabels()]
     plt.close(figure)
     assert labels == ["14 wait", "20 dash", "42 landing", "360 reflector_ground_startup / dancing_blade_2_side_air"]
+    wild = Trajectory((0, 0), pred={"action": np.arange(60).reshape(30, 2)}, true={"action": actions})  # an untrained model's
+    figure, axis = plt.subplots()
+    name_action_ticks(axis, wild, (1, 18))
+    labels = [t.get_text() for t in axis.get_yticklabels()]
+    plt.close(figure)
+    assert labels[:3] == ["14 wait", "20 dash", "42 landing"] and len(labels) == 4
 
 
 # ---------------------------------------------------------------- in a real browser
