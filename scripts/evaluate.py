@@ -8,8 +8,9 @@
 
 Metrics are the trainer's validation metrics ("val_" keys) over the split (val by default; "all" for
 --replays: every game the checkpoint's data filters select). --rollout adds autoregressive rollouts
-from start points spread over the split's games (the same for the same --seed). --html writes one self-contained
-page that plays them (predicted against true); without --checkpoint it plays the --replays' games.
+from start points spread over the split's games (the same for the same --seed). --html writes one
+self-contained page that plays them (predicted against true); without --checkpoint it plays the
+--replays' games as recorded.
 """
 
 import argparse
