@@ -24,7 +24,18 @@ from zarr.core.buffer import default_buffer_prototype
 from .config import EncodingConfig, Schema
 from .encoding import EncodedGame
 from .errors import StoreError
-from .format import ARRAYS, ATTRS_KEY, default_column, FORMAT_VERSION, GAME_COLUMNS, SKIPPED_COLUMNS, SkipRecord, game_info, part_name, table_row_json
+from .format import (
+    ARRAYS,
+    ATTRS_KEY,
+    FORMAT_VERSION,
+    GAME_COLUMNS,
+    SKIPPED_COLUMNS,
+    SkipRecord,
+    default_column,
+    game_info,
+    part_name,
+    table_row_json,
+)
 from .storage import exists, gather, open_zarr, sizes_under
 
 ChunkKey = tuple[int, str, int]  # (part, array name in format.ARRAYS, chunk index along frames)

@@ -34,8 +34,8 @@ from .format import (
     TABLE_CHUNK_ROWS,
     ZSTD_LEVEL,
     GameRecord,
-    default_column,
     SkipRecord,
+    default_column,
     part_name,
     utc_timestamp,
 )
