@@ -57,8 +57,9 @@ def build_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, layou
             pressed = (frame[:, layout.button_columns] > 0.5) & (before[:, layout.button_columns] <= 0.5)  # (B, 16)
             controls.append(pressed.astype(np.float32))
     target = frame  # (B, F): frame t+d
+    base = float_ctx[:, -1] if layout.lookahead_delta == "from_context" else before  # (B, F): frame t-1, or t+d-1
     float_tgt = target[:, layout.float_target_columns]  # (B, T)
-    float_tgt[:, layout.delta_target_positions] -= float_ctx[:, -1][:, layout.delta_target_columns]  # from frame t-1
+    float_tgt[:, layout.delta_target_positions] -= base[:, layout.delta_target_columns]
     return {
         "float_ctx": float_ctx,
         "int_ctx": int_ctx,

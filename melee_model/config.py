@@ -27,7 +27,10 @@ class DataConfig:
     context_len: int = 10  # K: context frames per example
     press_events: bool = False  # add the 16 button rising edges to next_ctrl
     lookahead: int = 0  # d: controls of t .. t+d, target frame t+d
-    val_fraction: float = 0.1  # share of games in validation, decided per game by content hash
+    # With lookahead d, delta targets are frame t+d minus: "from_context" the last context frame t-1
+    # (ours), or "from_previous" frame t+d-1 (the reference's). The same when d is 0.
+    lookahead_delta: str = "from_context"
+    val_fraction: float = 0.1  # share of games in validation, decided per match (or per game by content hash)
     # Load-time game filters (empty: all). Names or ids, as melee-encode's filters.
     end_methods: list = field(default_factory=list)
     characters: list = field(default_factory=list)
@@ -102,6 +105,8 @@ class ScheduledSamplingConfig:
     noise: float = 0.1  # Gaussian scale at full anneal
     anneal_epochs: int = 3  # rate and noise grow as min(1, epoch / anneal_epochs)
     frames: int = 3  # last context frames corrupted
+    # Delta targets relative to the "clean" last context frame (the run card's), or to the "noisy" one
+    targets: str = "clean"
 
 
 @dataclass
@@ -109,12 +114,16 @@ class TrainConfig:
     epochs: int = 2
     max_steps: int | None = None  # stop earlier (optimizer steps), e.g. for smoke runs
     lr: float = 5e-4
+    # Cosine from lr to lr * min_lr_ratio: "per_step" (ours, smooth over every optimizer step) or
+    # "per_epoch" (the reference's CosineAnnealingLR(T_max=epochs), constant within each epoch)
+    lr_schedule: str = "per_step"
     weight_decay: float = 1e-5
+    weight_decay_all: bool = False  # decay every parameter (the reference's); else matrices and embeddings only
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float = 1.0
     grad_accum: int = 1
-    mixed_precision: str = "auto"  # "auto": bf16 on GPUs, fp32 on CPU; or "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on GPUs, fp32 on CPU; or "no" (fp32: the reference's), "bf16", "fp16"
     log_interval: int = 1000  # optimizer steps between logs
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only each epoch)
     val_batches: int | None = None  # cap on validation batches per evaluation (None: all)

@@ -162,10 +162,11 @@ def metrics_table(evaluation: Evaluation) -> str:
     if evaluation.rollout is not None:
         result = evaluation.rollout
         lines += ["", f"rollouts: {len(result.starts)}, each from a real context with the replay's controllers"]
-        lines.append("  " + f"{'horizon':>8}" + "".join(f"{name:>14}" for name in ROLLOUT_METRICS))
+        lines.append("  " + f"{'horizon':>8}" + "".join(f"{name:>18}" for name in ROLLOUT_METRICS))
         for h, values in result.metrics.items():
-            lines.append("  " + f"{h:>8}" + "".join(f"{values[name]:>14.4f}" for name in ROLLOUT_METRICS))
-        lines.append("  pos_error: mean |pred - true| of x and y over both players, game units; matches: fraction of players")
+            lines.append("  " + f"{h:>8}" + "".join(f"{values[name]:>18.4f}" for name in ROLLOUT_METRICS))
+        lines.append("  pos_error: mean |pred - true| of x and y over both players; pos_error_euclid: distance of (x, y) per player,")
+        lines.append("  averaged over the players (the reference's); both in game units. matches: fraction of players")
     return "\n".join(lines)
 
 

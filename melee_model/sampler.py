@@ -1,8 +1,10 @@
 """Which examples an epoch holds, in which order, and which rank and loader worker produces each.
 
 Everything here is index arithmetic over the per-game table (numpy only: no store, no torch):
-- games are selected (the data config's `GameFilter`, then a 90/10 train/val split decided per game
-  by its content hash, so a game stays on its side when the store grows);
+- games are selected (the data config's `GameFilter`, then a 90/10 train/val split decided per
+  match: by the game's `match_id` where the replay gave one, so that both players' uploads of one
+  netplay match land on the same side, else by its content hash; either way a game stays on its
+  side when the store grows);
 - a game's *items* are the examples it holds: for the card objective one per target frame t (it
   reads frames t-K .. t+lookahead), for the sequence objective one per window of seq_len + 1 frames
   (windows tile the game, seq_len - warmup apart). Items are named by their first position;
@@ -21,6 +23,7 @@ continues without producing the consumed batches again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -82,17 +85,28 @@ def data_filter(config: DataConfig, encoding: EncodingConfig, span: int) -> Game
     )
 
 
-def is_validation(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
-    """Per game: True for the validation split. Decided by the content hash alone, so stable."""
-    position = np.array([int(h[:8], 16) for h in hashes], dtype=np.float64) / 16**8  # uniform in [0, 1)
-    return position < val_fraction
+def split_positions(games: Table) -> np.ndarray:
+    """(games,) float64, uniform in [0, 1): where each game falls for the split.
+
+    A game whose table row has a non-empty "match_id" is placed by a hash of it, so the games of one
+    match share their place; any other game (and every game of a store without that column) by its
+    content hash, as stores have always been split.
+    """
+    match_ids = games.get("match_id", np.full(len(games["hash"]), ""))
+    keys = [hashlib.sha256(str(m).encode()).hexdigest() if m else h for m, h in zip(match_ids, games["hash"])]
+    return np.array([int(k[:8], 16) for k in keys], dtype=np.float64) / 16**8
+
+
+def is_validation(games: Table, val_fraction: float) -> np.ndarray:
+    """Per game: True for the validation split (a match's games all on one side; stable as the store grows)."""
+    return split_positions(games) < val_fraction
 
 
 def select_games(games: Table, game_filter: GameFilter, split: str, val_fraction: float) -> np.ndarray:
     """Rows of the per-game table in `split` that pass the filter."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-    keep = is_validation(games["hash"], val_fraction) == (split == "val")
+    keep = is_validation(games, val_fraction) == (split == "val")
     return np.flatnonzero(keep & game_filter.mask(games))
 
 

@@ -9,18 +9,16 @@ so that gradients still sync).
 Exact resume: the checkpoint holds the model, the optimizer, the scheduler, every rank's RNG and
 unlogged metric sums, and the position in the epoch; the data order is a pure function of (seed,
 epoch), so a resumed run continues with the batches, learning rates and metrics the uninterrupted
-run would have had. Scheduled sampling (spec section 6) keeps the reference's targets: deltas stay
-relative to the clean last context frame.
+run would have had. Scheduled sampling (spec section 6) draws its noise per micro-batch
+(scheduled_sampling.py); by default its delta targets stay relative to the clean last context frame,
+as the run card's did. Figures go out through tracking.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -37,8 +35,9 @@ from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdi
 from melee_model.losses import compute_losses
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score
 from melee_model.model import build_model, describe_model
-from melee_model.optim import adamw, cosine_schedule
-from melee_model.scheduled_sampling import add_context_noise, noisy_columns
+from melee_model.optim import adamw, lr_multiplier
+from melee_model.scheduled_sampling import ContextNoise, micro_batch_seed
+from melee_model.tracking import append_metrics, bar_postfix, progress_bar, start_trackers, truncate_metrics
 
 
 @dataclass
@@ -70,15 +69,16 @@ class Trainer:
 
         self.source = ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
-        self.noisy_columns = noisy_columns(self.layout, self.device)
+        self.context_noise = ContextNoise(self.layout, train.scheduled_sampling, self.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
-        self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay))
+        self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay, train.weight_decay_all))
         self.batches_per_epoch = self.source.plan("train", 0, self.world).batches_per_rank  # micro-batches per rank
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(self.total_updates, train.warmup_steps, train.min_lr_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, lr_multiplier(train, self.updates_per_epoch))
+        self.step_lr = math.nan  # the learning rate of the last optimizer step, logged as "lr"
         torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
         self.train_metrics = MetricAccumulator(self.layout, self.device)
         self.window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite batches
@@ -88,7 +88,7 @@ class Trainer:
         if resume:
             self._resume(resume)
         self.show_bar = progress_bar and self.accelerator.is_main_process
-        self._start_trackers()
+        self.wandb_id = start_trackers(self.accelerator, config, self.output_dir, self.wandb_id)
 
     # ------------------------------------------------------------------ the run
 
@@ -101,7 +101,7 @@ class Trainer:
         val = {}
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})
-        bar = _bar(self.show_bar, self.total_updates, self.progress.step)
+        bar = progress_bar(self.show_bar, self.total_updates, self.progress.step)
         try:
             while self.progress.epoch < self.config.train.epochs:
                 self._train_epoch(bar)
@@ -132,7 +132,7 @@ class Trainer:
             batch = next(batches, None)  # None: this rank's share of the epoch has run out
             sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.batches_per_epoch
             examples += 0 if batch is None else len(batch["example_id"])
-            self._micro_step(batch, epoch, sync)
+            self._micro_step(batch, epoch, sync, micro=index % train.grad_accum)
             if not sync:
                 continue
             self.progress.batch_in_epoch = index + 1
@@ -151,7 +151,8 @@ class Trainer:
                 raise StopTraining(f"reached train.max_steps={train.max_steps}")
         self._check_window()
 
-    def _micro_step(self, batch: dict | None, epoch: int, sync: bool) -> None:
+    def _micro_step(self, batch: dict | None, epoch: int, sync: bool, micro: int = 0) -> None:
+        """One micro-batch (`micro`: its index within the optimizer step); the step itself when `sync`."""
         train = self.config.train
         with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
             if batch is None:  # one example of the last batch, weighted 0: the gradients still sync
@@ -161,7 +162,8 @@ class Trainer:
                 loss = compute_losses(pred, empty, self.layout, self.config.loss)["total"] * 0.0
             else:
                 batch = self.last_batch = batch_to_device(batch, self.device)
-                self._scheduled_sampling(batch, epoch)
+                seed = micro_batch_seed(train.seed, self.progress.step, micro, self.rank)
+                self.context_noise.apply(batch, epoch, torch.Generator(device=self.device).manual_seed(seed))
                 with self.accelerator.autocast():
                     pred = self.model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"])
                 losses = compute_losses(pred, batch, self.layout, self.config.loss)
@@ -173,12 +175,9 @@ class Trainer:
         if sync:
             self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
             self.optimizer.step()
+            self.step_lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-
-    def _scheduled_sampling(self, batch: dict, epoch: int) -> None:
-        generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
-        add_context_noise(batch["float_ctx"], self.noisy_columns, epoch, self.config.train.scheduled_sampling, generator)
 
     # ------------------------------------------------------------------ evaluation and logging
 
@@ -194,17 +193,15 @@ class Trainer:
     def _log_train(self, rate: float, bar) -> None:
         metrics = self.train_metrics.compute(reduce=self._sum)
         self.train_metrics.reset()
-        metrics.update({"lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate, "epoch": self.progress.step / self.updates_per_epoch})
-        bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", change_acc=f"{metrics['metric/change_acc']:.3f}", ex_s=f"{rate:,.0f}", refresh=False)
+        metrics.update({"lr": self.step_lr, "examples_per_s": rate, "epoch": self.progress.step / self.updates_per_epoch})
+        bar.set_postfix(bar_postfix(metrics, rate), refresh=False)
         self._emit(metrics)
 
     def _emit(self, metrics: dict) -> None:
         """To the trackers (wandb) and to OUTPUT/metrics.jsonl, from the main process."""
         self.accelerator.log(metrics, step=self.progress.step)
         if self.accelerator.is_main_process:
-            record = {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics}
-            with open(self.output_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record, allow_nan=True) + "\n")
+            append_metrics(self.output_dir / "metrics.jsonl", {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics})
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
@@ -212,17 +209,6 @@ class Trainer:
     def _print(self, text: str) -> None:
         if self.accelerator.is_main_process:
             print(text, flush=True)
-
-    def _start_trackers(self) -> None:
-        if not self.config.wandb.enabled:
-            return
-        wandb = self.config.wandb
-        mode = wandb.mode if wandb.mode != "auto" else ("online" if _wandb_logged_in() else "offline")
-        self.wandb_id = self.wandb_id or _new_run_id(self.config.name)
-        init = {"name": self.config.name, "id": self.wandb_id, "resume": "allow", "mode": mode, "dir": str(self.output_dir), "tags": wandb.tags}
-        if wandb.entity:
-            init["entity"] = wandb.entity
-        self.accelerator.init_trackers(wandb.project, config=to_dict(self.config), init_kwargs={"wandb": init})
 
     # ------------------------------------------------------------------ escape hatches
 
@@ -303,7 +289,7 @@ class Trainer:
         self.progress = Progress(**{**state["progress"], "stop_reason": ""})
         self.wandb_id = state["wandb_id"]
         if self.accelerator.is_main_process:
-            _truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
+            truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
         self._print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch})")
 
 
@@ -314,27 +300,3 @@ def _gather(obj: dict, world: int) -> list[dict]:
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint a run resumes from: they will be logged again."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
-
-
-def _new_run_id(name: str) -> str:
-    return f"{name[:40]}-{int(time.time())}-{os.getpid() % 10000}"
-
-
-def _bar(enabled: bool, total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled)

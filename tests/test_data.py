@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
-from melee_model.batches import batch_to_device
+from melee_model.batches import batch_to_device, build_batch
 from melee_model.config import DataConfig
 from melee_model.examples import PART_SHIFT, EncodingMismatch, ExampleSource
 from melee_model.layout import FrameLayout
@@ -21,7 +21,7 @@ SMALL = dict(batch_size=512, pieces_per_group=3, piece_frames=2048, require_fiel
 def source(path, **overrides) -> ExampleSource:
     store = open_store(path)
     config = DataConfig(**{**SMALL, **overrides})
-    layout = FrameLayout(store.schema, context_len=config.context_len, press_events=config.press_events, lookahead=config.lookahead)
+    layout = FrameLayout(store.schema, context_len=config.context_len, press_events=config.press_events, lookahead=config.lookahead, lookahead_delta=config.lookahead_delta)
     return ExampleSource(path, layout, config)
 
 
@@ -74,7 +74,8 @@ def check_example(src: ExampleSource, batch: dict, i: int) -> None:
             controls.append(((floats[t + j, buttons] == 1) & (floats[t + j - 1, buttons] == 0)).astype(np.float32))
     assert np.array_equal(batch["next_ctrl"][i].numpy(), np.concatenate(controls))
     columns = list(layout.float_target_columns)
-    target = floats[t + d, columns] - np.where(layout.float_target_is_delta, floats[t - 1, columns], 0)
+    base = t - 1 if layout.lookahead_delta == "from_context" else t + d - 1
+    target = floats[t + d, columns] - np.where(layout.float_target_is_delta, floats[base, columns], 0)
     assert np.allclose(batch["float_tgt"][i].numpy(), target, rtol=0, atol=0)
     assert np.array_equal(batch["int_tgt"][i].numpy(), ints[t + d, list(layout.int_target_columns)])
 
@@ -113,13 +114,29 @@ def test_examples_at_game_edges_and_in_a_rollback_game(shared_store):
     assert seen == wanted  # the first and last examples of the game, and one in the middle
 
 
-@pytest.mark.parametrize("options", [dict(press_events=True), dict(lookahead=2), dict(context_len=4, press_events=True, lookahead=1)])
+@pytest.mark.parametrize("options", [dict(press_events=True), dict(lookahead=2), dict(lookahead=2, lookahead_delta="from_previous"), dict(context_len=4, press_events=True, lookahead=1)])
 def test_example_variants(shared_store, options):
     src = source(shared_store, **options)
     batch = next(iter(src.loader("train", 0)))
     assert batch["next_ctrl"].shape[1] == src.layout.ctrl_dim
     for i in range(0, 512, 37):
         check_example(src, batch, i)
+
+
+@pytest.mark.parametrize("lookahead, lookahead_delta, delta", [(0, "from_context", 19), (0, "from_previous", 19), (2, "from_context", 63), (2, "from_previous", 23)])
+def test_delta_targets_with_a_lookahead(lookahead, lookahead_delta, delta):
+    # Every column of frame f holds f**2; the example's first control frame is t = 10, its target t+d.
+    # From the last context frame: (t+d)**2 - (t-1)**2 = 19 (d 0) or 63 (d 2); from the frame before
+    # the target: (t+d)**2 - (t+d-1)**2 = 19 or 23.
+    layout = FrameLayout(EncodingConfig().schema(), lookahead=lookahead, lookahead_delta=lookahead_delta)
+    floats = np.repeat((np.arange(20.0) ** 2)[:, None], layout.n_float, axis=1).astype(np.float32)  # (20, F)
+    ints = np.zeros((20, layout.n_int), np.int16)
+    float_tgt = build_batch(floats, ints, np.array([10]), layout)["float_tgt"][0]  # (T,)
+    assert set(float_tgt[list(layout.delta_target_positions)].tolist()) == {delta}
+    absolute = [j for j in range(layout.float_target_dim) if not layout.float_target_is_delta[j]]
+    assert set(float_tgt[absolute].tolist()) == {(10 + lookahead) ** 2}
+    with pytest.raises(ValueError, match="lookahead_delta must be one of"):
+        FrameLayout(EncodingConfig().schema(), lookahead_delta="from_t")
 
 
 def test_every_example_once_across_2_ranks_and_2_workers(shared_store):
@@ -164,7 +181,7 @@ def test_split_is_by_game_and_stable_when_the_store_grows(replays_dir, tmp_path)
         src = source(path)
         train, val = set(src.rows["train"]), set(src.rows["val"])
         assert not train & val
-    side = lambda path: {h: bool(v) for h, v in zip(open_store(path).games["hash"], is_validation(open_store(path).games["hash"], 0.1))}  # noqa: E731
+    side = lambda path: {h: bool(v) for h, v in zip(open_store(path).games["hash"], is_validation(open_store(path).games, 0.1))}  # noqa: E731
     small_side, big_side = side(small), side(big)
     assert all(big_side[h] == v for h, v in small_side.items())
     assert 0.02 < np.mean(list(big_side.values())) < 0.3

@@ -129,7 +129,27 @@ def test_round_robin_resume():
 
 def test_split_is_decided_by_the_content_hash():
     hashes = np.array(["00000000" + "f" * 24, "19999999" + "0" * 24, "1999999a" + "0" * 24, "ffffffff" + "0" * 24])
-    assert is_validation(hashes, 0.1).tolist() == [True, True, False, False]  # 0x19999999 / 16**8 < 0.1
+    assert is_validation({"hash": hashes}, 0.1).tolist() == [True, True, False, False]  # 0x19999999 / 16**8 < 0.1
+    empty_ids = {"hash": hashes, "match_id": np.array([""] * 4)}  # a store with the column, no identities
+    assert is_validation(empty_ids, 0.1).tolist() == [True, True, False, False]
+
+
+# sha256 prefixes worked out once: "match-a" e6615737 (0.8999 of the way), RANKED 01de6892 (0.0073).
+RANKED = "mode.ranked-2024-05-01T12:00:07Z-ABCD#123-EFGH#456"
+
+
+def test_the_games_of_one_match_land_on_the_same_side():
+    # Rows 2 and 3 are both players' replays of match-a: their content hashes fall on opposite sides
+    # (0x0 in validation, 0xffffffff in training); rows 4 and 5 are one ranked match the same way.
+    hashes = ["00000000", "ffffffff", "00000000", "ffffffff", "ffffffff", "80000000"]
+    games = table([500] * 6, hash=np.array([h + "0" * 56 for h in hashes]), match_id=np.array(["", "", "match-a", "match-a", RANKED, RANKED]))
+    assert is_validation(games, 0.1).tolist() == [True, False, False, False, True, True]
+    assert is_validation(games, 0.9).tolist() == [True, False, True, True, True, True]  # 0.8999 < 0.9
+    every = GameFilter(min_frames=11)
+    assert select_games(games, every, "val", 0.1).tolist() == [0, 4, 5]
+    assert select_games(games, every, "train", 0.1).tolist() == [1, 2, 3]
+    older = {k: v for k, v in games.items() if k != "match_id"}  # a store written before the column
+    assert is_validation(older, 0.1).tolist() == [True, False, True, False, False, False]
 
 
 def test_select_games_applies_the_filter_within_a_split():
