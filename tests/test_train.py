@@ -13,6 +13,7 @@ import torch
 from melee_encode.config import EncodingConfig
 from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from melee_model.config import ExperimentConfig, ModelConfig, ScheduledSamplingConfig, TrainConfig, load_config, to_dict
+from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, patience_verdict, track_patience
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model
@@ -52,20 +53,26 @@ def tiny_run(shared_store, tmp_path_factory) -> Path:
     return output
 
 
+def tiny_epoch_updates(store: str) -> int:
+    """Optimizer steps per epoch of the tiny config on 2 ranks: the data pipeline's own count."""
+    return ExampleSource.for_experiment(store, load_config(TINY)).plan("train", 0, world=2).batches_per_rank
+
+
 @pytest.mark.slow
-def test_two_ranks_learn(tiny_run):
+def test_two_ranks_learn(shared_store, tiny_run):
     lines = metrics(tiny_run)
+    epoch, total = tiny_epoch_updates(shared_store), 2 * tiny_epoch_updates(shared_store)
     val = [line for line in lines if "val_loss/total" in line]
-    assert [line["step"] for line in val] == [0, 133, 266]  # before training, then each epoch
+    assert [line["step"] for line in val] == [0, epoch, total]  # before training, then each epoch
     assert val[-1]["val_loss/total"] < 0.3 * val[0]["val_loss/total"]
     assert val[-1]["val_metric/change_acc_both"] > val[0]["val_metric/change_acc_both"]
     train = [line for line in lines if "loss/total" in line]
-    assert [line["step"] for line in train] == list(range(25, 251, 25))
+    assert [line["step"] for line in train] == list(range(25, total + 1, 25))
     assert all({"epoch", "lr", "examples_per_s", "metric/action_change_acc", "metric/change_acc_both", "metric/position_mae"} <= line.keys() for line in train)
-    # The default schedule: 20 warmup steps, then a cosine per step over the 250 (lr of the step just taken).
-    assert [line["lr"] for line in train[:2]] == pytest.approx([3e-3 * cosine_schedule(250, 20, 0.0)(s - 1) for s in (25, 50)])
+    # The default schedule: 20 warmup steps, then a cosine per step over the run (lr of the step just taken).
+    assert [line["lr"] for line in train[:2]] == pytest.approx([3e-3 * cosine_schedule(total, 20, 0.0)(s - 1) for s in (25, 50)])
     assert train[-1]["loss/total"] < 0.2 * train[0]["loss/total"]
-    assert (tiny_run / "latest").resolve() == (tiny_run / "checkpoints" / "step-00000266").resolve()
+    assert (tiny_run / "latest").resolve() == (tiny_run / "checkpoints" / f"step-{total:08d}").resolve()
     assert (tiny_run / "best").is_symlink() and list((tiny_run / "wandb").glob("offline-run-*"))
 
 
@@ -75,7 +82,7 @@ def test_resume_continues_exactly(shared_store, tiny_run, tmp_path):
     stopped = torchrun_train(shared_store, output, "--set", "train.max_steps=180")  # mid-epoch 2
     assert "stopped: reached train.max_steps=180" in stopped.stdout
     resumed = torchrun_train(shared_store, output, "--resume", str(output / "latest"))
-    assert "resumed from" in resumed.stdout and "at step 180 (epoch 1, batch 47)" in resumed.stdout
+    assert "resumed from" in resumed.stdout and f"at step 180 (epoch 1, batch {180 - tiny_epoch_updates(shared_store)})" in resumed.stdout
     uninterrupted, continued = metrics(tiny_run), metrics(output)
     drop = lambda line: {k: v for k, v in line.items() if k != "examples_per_s"}  # noqa: E731 (timing)
     assert [drop(line) for line in continued] == [drop(line) for line in uninterrupted]
