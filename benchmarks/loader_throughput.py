@@ -1,20 +1,25 @@
-"""Training-example throughput from a store, in one process, against two baselines from the same run.
+"""Training-data throughput and mixing from a store, in one process, against baselines from the same run.
 
-    python benchmarks/loader_throughput.py [--store STORE] [--batch-size 4096] [--json]
+    python benchmarks/loader_throughput.py [--store STORE] [--batch-size 4096] [--trials 3] [--json]
 
 Without --store, the shared replays (../shared/replays) are encoded into a temporary store first.
-Rows:
-- the data pipeline (melee_model.examples) in this process (num_workers=0), train split, over as many
-  epochs as it takes to pass --min-examples, with the peak RSS of the process;
-- baseline: random 11-frame windows read one by one from the compressed Zarr arrays (what a
-  per-sample `__getitem__` over the store does);
-- ceiling: the same batch gathers from arrays already decoded in memory (no decoding at all).
+Every configuration runs in a fresh process (its peak RSS is its own), trials interleaved, medians:
+- the card objective with the default mixing (data.piece_frames x data.pieces_per_group drawn from the
+  whole store): examples/s, distinct games per batch, peak RSS;
+- baseline, today's grouping before this loader: whole stored chunks, 4 to a group;
+- the exact expectation of distinct games per batch under uniform sampling of the same split;
+- the sequence objective (windows of --seq-len): supervised targets/s;
+- baseline: random (K+1)-frame windows read one by one from the compressed arrays (a per-sample
+  `__getitem__` over the store); ceiling: the card's batch gathers from decoded memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,26 +29,73 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
+from melee_model.batches import build_batch  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
-from melee_model.examples import ExampleSource, build_batch  # noqa: E402
+from melee_model.examples import PART_SHIFT, ExampleSource  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
 
 from _report import emit, peak_rss_mb  # noqa: E402
 
-TARGET = 250_000
+TARGETS = {"samples_per_s": 300_000, "distinct_games_per_batch": 256, "peak_rss_mb": 2000, "targets_per_s": 5_000_000}
 REFERENCE_PER_PROCESS = 4_300  # the reference's per-sample loader, samples/s per process
 
 
-def pipeline_rate(source: ExampleSource, min_examples: int) -> tuple[float, int]:
-    examples, seconds, epoch = 0, 0.0, 0
-    while examples < min_examples:
-        loader = source.loader("train", epoch, num_workers=0)
+def source_for(store_path: str, **data) -> ExampleSource:
+    store = open_store(store_path)
+    config = DataConfig(require_fields="none", num_workers=0, **data)
+    return ExampleSource(store, FrameLayout(store.schema), config)
+
+
+def game_rows(store: Store, example_ids: np.ndarray) -> np.ndarray:
+    """The game row of each example id (part << PART_SHIFT | position)."""
+    games = store.games
+    parts, positions = example_ids >> PART_SHIFT, example_ids & ((1 << PART_SHIFT) - 1)
+    rows = np.empty(len(example_ids), np.int64)
+    for part in np.unique(parts):
+        mine = np.flatnonzero(games["part"] == part)
+        order = mine[np.argsort(games["offset"][mine])]
+        where = parts == part
+        rows[where] = order[np.searchsorted(games["offset"][order], positions[where], side="right") - 1]
+    return rows
+
+
+def measure(store_path: str, data: dict, min_items: int) -> dict:
+    """One configuration in this (fresh) process: items/s, targets/s, distinct games per full batch, peak RSS."""
+    torch.set_num_threads(1)
+    source = source_for(store_path, **data)
+    items = targets = 0
+    seconds, epoch, distinct = 0.0, 0, []
+    while items < min_items:
         started = time.perf_counter()
-        for batch in loader:
-            examples += len(batch["example_id"])
+        for batch in source.loader("train", epoch):
+            items += len(batch["example_id"])
+            targets += int(batch["target_mask"].sum()) if "target_mask" in batch else len(batch["example_id"])
+            if len(batch["example_id"]) == source.config.batch_size:
+                distinct.append(len(np.unique(game_rows(source.store, batch["example_id"].numpy()))))
         seconds += time.perf_counter() - started
         epoch += 1
-    return examples / seconds, examples
+    return {"items_per_s": items / seconds, "targets_per_s": targets / seconds, "distinct_games_per_batch": float(np.mean(distinct)) if distinct else math.nan, "peak_rss_mb": peak_rss_mb(), "items": items}
+
+
+def in_child(store_path: str, data: dict, min_items: int) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, (store_path, data, min_items))
+
+
+def uniform_distinct_games(source: ExampleSource, batch_size: int) -> float:
+    """E[distinct games] in a batch drawn uniformly without replacement from the train split's examples:
+    the sum over games of 1 - C(N - n_g, B) / C(N, B)."""
+    games = source.store.games
+    counts = [int(n) - source.items.min_frames + 1 for n in games["length"][source.rows["train"]]]
+    total = sum(counts)
+    if batch_size >= total:
+        return float(len(counts))
+
+    def log_choose(n: int, k: int) -> float:
+        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+    miss = [math.exp(log_choose(total - n, batch_size) - log_choose(total, batch_size)) if total - n >= batch_size else 0.0 for n in counts]
+    return float(sum(1 - m for m in miss))
 
 
 def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> float:
@@ -59,14 +111,13 @@ def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> fl
 
 
 def in_memory_rate(store: Store, layout: FrameLayout, batch_size: int, batches: int = 30) -> float:
-    """The batch gathers alone, from one game decoded up front."""
+    """The card's batch gathers alone, from one game decoded up front."""
     game = int(np.argmax(store.games["length"]))
     floats, ints, _ = store.read_frames(game)
     rng = np.random.default_rng(0)
     started = time.perf_counter()
     for _ in range(batches):
-        anchors = rng.integers(layout.context_len, len(floats), batch_size)
-        build_batch(floats, ints, anchors, layout)
+        build_batch(floats, ints, rng.integers(layout.context_len, len(floats), batch_size), layout)
     return batches * batch_size / (time.perf_counter() - started)
 
 
@@ -75,46 +126,69 @@ def main() -> None:
     parser.add_argument("--store", help="a melee-encode store (default: encode ../shared/replays to a temporary one)")
     parser.add_argument("--replays", default="../shared/replays")
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--chunks-per-group", type=int, default=DataConfig.chunks_per_group)
-    parser.add_argument("--min-examples", type=int, default=2_000_000)
+    parser.add_argument("--piece-frames", type=int, default=DataConfig.piece_frames)
+    parser.add_argument("--pieces-per-group", type=int, default=DataConfig.pieces_per_group)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-batch-size", type=int, default=64)
+    parser.add_argument("--min-examples", type=int, default=2_000_000, help="card examples per trial (sequence: targets)")
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         store_path = args.store
         if store_path is None:
             store_path = os.path.join(tmp, "shared.zarr")
             encode([args.replays], store_path, EncodeOptions(progress=False))
-        store = open_store(store_path)
-        layout = FrameLayout(store.schema)
-        config = DataConfig(batch_size=args.batch_size, chunks_per_group=args.chunks_per_group, require_fields="none")
-        source = ExampleSource(store, layout, config)
-        train_games = len(source.rows["train"])
-        baseline = per_window_rate(store, layout)
-        rate, examples = pipeline_rate(source, args.min_examples)
-        rss = peak_rss_mb()
-        ceiling = in_memory_rate(store, layout, args.batch_size)
+        configs = {
+            "mixed": dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group),
+            "chunk_groups": dict(batch_size=args.batch_size, piece_frames=0, pieces_per_group=4),
+            "sequence": dict(batch_size=args.seq_batch_size, objective="sequence", seq_len=args.seq_len, piece_frames=0, pieces_per_group=16),
+        }
+        budget = {"mixed": args.min_examples, "chunk_groups": args.min_examples, "sequence": args.min_examples // args.seq_len * 4}
+        trials = {name: [] for name in configs}
+        for _ in range(args.trials):  # interleaved: the machine's drift hits every configuration alike
+            for name, data in configs.items():
+                trials[name].append(in_child(store_path, data, budget[name]))
+        runs = {name: {key: statistics.median(t[key] for t in results) for key in results[0]} for name, results in trials.items()}
+        source = source_for(store_path, **configs["mixed"])
+        store, layout = source.store, source.layout
+        uniform = uniform_distinct_games(source, args.batch_size)
+        baseline, ceiling = per_window_rate(store, layout), in_memory_rate(store, layout, args.batch_size)
 
+    mixed, chunks, sequence = runs["mixed"], runs["chunk_groups"], runs["sequence"]
     figures = {
-        "samples_per_s": rate,
-        "peak_rss_mb": rss,
+        "samples_per_s": mixed["items_per_s"],
+        "peak_rss_mb": mixed["peak_rss_mb"],
+        "distinct_games_per_batch": mixed["distinct_games_per_batch"],
+        "uniform_distinct_games_per_batch": uniform,
+        "chunk_groups": {"samples_per_s": chunks["items_per_s"], "distinct_games_per_batch": chunks["distinct_games_per_batch"], "peak_rss_mb": chunks["peak_rss_mb"]},
+        "targets_per_s": {"last": mixed["targets_per_s"], "sequence": sequence["targets_per_s"]},
+        "sequence": {"windows_per_s": sequence["items_per_s"], "peak_rss_mb": sequence["peak_rss_mb"], "seq_len": args.seq_len, "batch_size": args.seq_batch_size},
         "per_window_zarr_samples_per_s": baseline,
         "in_memory_gather_samples_per_s": ceiling,
-        "examples": examples,
         "batch_size": args.batch_size,
+        "piece_frames": args.piece_frames,
+        "pieces_per_group": args.pieces_per_group,
+        "store_games": len(store),
         "store_frames": store.n_frames,
-        "train_games": train_games,
-        "reference_samples_per_s": REFERENCE_PER_PROCESS,
-        "target_samples_per_s": TARGET,
+        "train_games": len(source.rows["train"]),
+        "trials": args.trials,
+        "targets": TARGETS,
     }
+    goal = min(TARGETS["distinct_games_per_batch"], 0.5 * uniform)
     rows = [
-        ("data pipeline, 1 process", f"{rate:,.0f} examples/s", f"target >= {TARGET:,}; {rate / REFERENCE_PER_PROCESS:,.0f}x the reference's ~{REFERENCE_PER_PROCESS:,}/s"),
-        ("baseline: windows read one by one", f"{baseline:,.0f} examples/s", f"pipeline is {rate / baseline:,.0f}x (notes measured ~600/s)"),
-        ("ceiling: gathers from decoded memory", f"{ceiling:,.0f} examples/s", "no decoding, no shuffling"),
-        ("peak RSS", f"{rss:,.0f} MB", f"{examples:,} examples in batches of {args.batch_size}, {train_games} train games"),
+        ("card objective, mixed: examples/s", f"{mixed['items_per_s']:,.0f}", f"target >= {TARGETS['samples_per_s']:,}; {mixed['items_per_s'] / REFERENCE_PER_PROCESS:,.0f}x the reference's ~{REFERENCE_PER_PROCESS:,}/s"),
+        ("  distinct games per batch", f"{mixed['distinct_games_per_batch']:,.1f}", f"target >= {goal:,.0f} (256, or half of uniform's {uniform:,.1f})"),
+        ("  peak RSS", f"{mixed['peak_rss_mb']:,.0f} MB", f"target <= {TARGETS['peak_rss_mb']:,} MB"),
+        ("baseline, 4 whole chunks a group: examples/s", f"{chunks['items_per_s']:,.0f}", "the grouping before this loader"),
+        ("  distinct games per batch", f"{chunks['distinct_games_per_batch']:,.1f}", f"peak RSS {chunks['peak_rss_mb']:,.0f} MB"),
+        (f"sequence objective, windows of {args.seq_len}: targets/s", f"{sequence['targets_per_s']:,.0f}", f"target >= {TARGETS['targets_per_s']:,}; peak RSS {sequence['peak_rss_mb']:,.0f} MB"),
+        ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
+        ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),
     ]
-    emit(figures, args.json, f"loader throughput ({store.n_frames:,}-frame store, chunks_per_group {args.chunks_per_group})", rows)
+    title = f"loader ({len(store):,} games, {store.n_frames:,} frames; batch {args.batch_size}, pieces {args.piece_frames} x {args.pieces_per_group}; median of {args.trials})"
+    emit(figures, args.json, title, rows)
 
 
 if __name__ == "__main__":

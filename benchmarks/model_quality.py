@@ -43,14 +43,13 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = Path(HERE).parent
 sys.path.insert(0, HERE)
-sys.path.insert(0, str(ROOT / "tests"))
-from seq_windows import WindowSource  # noqa: E402  INTERIM: sequence batches until the fast loader lands
-
 from melee_model.baselines import BASELINES  # noqa: E402
+from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
-from melee_model.examples import batch_to_device  # noqa: E402
-from melee_model.horizons import HORIZONS  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
+from melee_model.horizons import HORIZONS, at_horizons  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
+from melee_model.metrics import VAL_PREFIX  # noqa: E402
 from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
@@ -67,7 +66,10 @@ RUN = ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", 
        "train.min_val_change_acc=null", "train.patience_batches=0", "train.val_batches=2", "train.log_interval=100000",
        "train.checkpoint_every=0", "train.scheduled_sampling.rate=0", "train.mixed_precision='no'"]
 SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0"]
-TEACHER_FORCED = ("val_change_acc", "val_change_acc_p0", "val_pos_mae", "val_action_acc_p0", "val_loss/total")
+# The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
+# reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss.
+TEACHER_FORCED = {"change_acc": "metric/change_acc_both", "change_acc_p0": "metric/action_change_acc", "pos_mae": "metric/position_mae",
+                  "action_acc_p0": "metric/p0_action_acc", "loss": "loss/total"}
 ROLLOUT_ROWS = ("pos_error", "pos_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
@@ -90,10 +92,9 @@ def step_seconds(config: ExperimentConfig, source, repeats: int = 3) -> float:
 
 def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
     """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
-    source = WindowSource.for_experiment(store, config)
-    planned = max(1, int(seconds / step_seconds(config, source)))  # the raw step: an upper bound on the steps
+    planned = max(1, int(seconds / step_seconds(config, ExampleSource.for_experiment(store, config))))  # the raw step: an upper bound on the steps
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds, schedule_steps=planned))
-    trainer = Trainer(config, store, output_dir=output, progress_bar=False, source=source)
+    trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
     trainer.fit()
     per_step = config.data.batch_size * (config.data.seq_len - config.data.warmup if config.data.objective == "sequence" else 1)
@@ -105,15 +106,16 @@ def assess(model, name: str, configs: dict, sources: dict, split: str, starts, h
     """One model's figures (flat keys) and the baselines' rollout errors on the same windows."""
     device = torch.device("cpu")
     card, sequence = card_config(configs[name]), configs["sequence"]
-    figures, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
+    tf, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
     own, _ = teacher_forced(model, sources["sequence"], sequence, split, device, max_batches)
-    figures.update({"own_" + key.removeprefix("val_"): value for key, value in own.items()})
+    figures = {f"val_{name}": tf[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()}
+    figures.update({f"own_{name}": own[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()})
     layout, store = sources["card"].layout, sources["card"].store
-    _, errors = rollouts_with_baselines(model, layout, store, starts, horizon, device, "recurrent")
+    _, curves = rollouts_with_baselines(model, layout, store, starts, horizon, device, "recurrent")
     _, window = rollouts_with_baselines(model, layout, store, starts, horizon, device, "window")
-    figures.update(rollout_keys(errors[MODEL], "rollout_"))
-    figures.update(rollout_keys(window[MODEL], "window_rollout_"))
-    return figures, {b: rollout_keys(errors[b], "rollout_") for b in BASELINES}
+    figures.update(rollout_keys(at_horizons(curves[MODEL]), "rollout_"))
+    figures.update(rollout_keys(at_horizons(window[MODEL]), "window_rollout_"))
+    return figures, {b: rollout_keys(at_horizons(curves[b]), "rollout_") for b in BASELINES}
 
 
 def rollout_keys(errors: dict, prefix: str) -> dict:
@@ -135,10 +137,10 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
     row("steps", "steps", ",d")
     row("train seconds", "train_s", ".0f")
     row("targets trained", "targets", ",d")
-    for key in TEACHER_FORCED:
-        row(f"{key} (K=10)", key)
-    for key in TEACHER_FORCED:
-        row(f"{key.removeprefix('val_')} (own windows)", "own_" + key.removeprefix("val_"))
+    for name in TEACHER_FORCED:
+        row(f"val_{name} (K=10)", f"val_{name}")
+    for name in TEACHER_FORCED:
+        row(f"{name} (own windows)", f"own_{name}")
     for h in horizons:
         for metric in ROLLOUT_ROWS:
             row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
@@ -181,7 +183,7 @@ def main() -> None:
         for name, config in configs.items():
             models[name], runs[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))
         torch.set_num_threads(1)  # rollouts step small batches: a second thread costs more than it gives
-        sources = {"card": WindowSource.for_experiment(val_store, card_config(configs["last"])), "sequence": WindowSource.for_experiment(val_store, configs["sequence"])}
+        sources = {"card": ExampleSource.for_experiment(val_store, card_config(configs["last"])), "sequence": ExampleSource.for_experiment(val_store, configs["sequence"])}
         starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
         for name, model in models.items():
             results[name], baselines = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)

@@ -27,12 +27,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from seq_windows import WindowSource  # noqa: E402  INTERIM: sequence batches until the fast loader lands
-
 from melee_encode import EncodeOptions, encode  # noqa: E402
+from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import load_config  # noqa: E402
-from melee_model.examples import batch_to_device  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.mamba2 import mamba_ssm_available  # noqa: E402
 from melee_model.model import build_model, count_parameters  # noqa: E402
@@ -149,7 +147,7 @@ def main() -> None:
         store = args.store or os.path.join(tmp, "shared.zarr")
         if not args.store:
             encode([args.replays], store, EncodeOptions(config=config.encoding, progress=False))
-        source = WindowSource.for_experiment(store, config)
+        source = ExampleSource.for_experiment(store, config)
         layout = source.layout
         figures = {"config": args.config}
         if not args.no_cpu:

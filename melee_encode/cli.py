@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     enc.add_argument("--stage", action="append", default=[], metavar="NAME", help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)")
     enc.add_argument("--min-frames", type=int, default=GameFilter.min_frames, help="skip games shorter than this (default %(default)s)")
     enc.add_argument("--max-games", type=int, default=None, help="stop when the store holds this many games")
+    enc.add_argument("--max-replay-mb", type=float, default=EncodeOptions.max_replay_mb, metavar="MB", help="skip a replay or archive member bigger than this, stored or decompressed, unread (default %(default)s)")
     for option in dataclasses.fields(EncodingConfig):
         enc.add_argument(f"--{option.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=option.default, help=f"encoding option (default {option.default})")
     enc.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per compressed chunk (default %(default)s)")
@@ -87,6 +88,7 @@ def _encode(args) -> int:
         storage_options=parse_storage_options(args.storage_option),
         dask=args.dask,
         dask_batch=args.dask_batch,
+        max_replay_mb=args.max_replay_mb,
     )
     summary = encode(args.inputs, args.output, options)
     print(format_summary(summary, args.output))

@@ -70,7 +70,7 @@ class FloatColumn:
     name: str  # e.g. "p0.x"
     player: int | None
     field: str  # the quantity it holds, e.g. "x", or a derived one ("facing", "hitstun")
-    group: str  # continuous | velocity | dynamics | projectile | binary | controller
+    group: str  # continuous | velocity | state_age | dynamics | projectile | binary | controller
     scale: float = 1.0
     offset: float = 0.0
     bit: int | None = None  # for bit fields (state_flags, buttons): value = (field >> bit) & 1
@@ -216,7 +216,8 @@ def _player_floats(config: EncodingConfig, player: int) -> list[FloatColumn]:
     ]
     columns += [col(v, "velocity", 0.05) for v in VELOCITIES]
     if not config.state_age_as_embed:
-        columns.append(col("state_age", "dynamics", 0.01))
+        # Its own group: an input the model reads, never a target (a rollout derives it from the action).
+        columns.append(col("state_age", "state_age", 0.01))
     columns += [col("hitlag", "dynamics", 0.1), col("stocks", "dynamics", 0.25), col("combo_count", "dynamics", 0.1)]
     if config.hitstun:
         columns.append(col("hitstun", "dynamics", 0.02))

@@ -22,8 +22,9 @@ from .encoding import encode_game
 from .errors import ReplayError
 from .filters import GameFilter
 from .format import DEFAULT_CHUNK_FRAMES, DEFAULT_PART_FRAMES, GameRecord, SkipRecord
-from .replay import one_line, read_replay
-from .sources import ReplaySource, is_transient, local_replay_path
+from .replay import one_line
+from .salvage import read_salvaging
+from .sources import UNREADABLE, OversizeError, ReplaySource, is_transient
 from .storage import open_zarr
 from .writer import PartWriter, StoreWriter
 
@@ -45,6 +46,11 @@ class EncodeOptions:
     storage_options: dict = field(default_factory=dict)  # fsspec options for every URL (never credentials)
     dask: object = None  # a Dask scheduler address or distributed.Client: encode as tasks on that cluster
     dask_batch: int = 256  # most replays per Dask task (the last ones are smaller); each task writes one part
+    max_replay_mb: float = 64  # a replay bigger than this (stored or decompressed) is skipped unread; real ones are < 15
+
+    @property
+    def max_replay_bytes(self) -> int:
+        return int(self.max_replay_mb * 2**20)
 
 
 @dataclass
@@ -92,9 +98,13 @@ class ReplayEncoder:
         self.writer: PartWriter | None = None
 
     def process(self, source: ReplaySource) -> Outcome:
+        if source.skip:  # found while listing: a broken archive, a link, a member past the size cap
+            return Outcome(source.name, skip=SkipRecord(source.name, source.skip))
         try:
-            data = source.read_bytes(self.options.storage_options)
-        except (OSError, EOFError, ValueError) as error:  # unreadable file, bad gzip or zip member
+            data = source.read_bytes(self.options.storage_options, self.options.max_replay_bytes)
+        except OversizeError as error:
+            return Outcome(source.name, skip=SkipRecord(source.name, f"too big: {error}"))
+        except UNREADABLE as error:  # unreadable file, bad gzip or zip member
             if is_transient(error, source):
                 raise
             return Outcome(source.name, skip=SkipRecord(source.name, f"unreadable: {one_line(error)}"))
@@ -102,11 +112,11 @@ class ReplayEncoder:
         if digest in self.known_hashes:
             return Outcome(source.name, digest, present=True)
         try:
-            with local_replay_path(source, data) as path:
-                raw = read_replay(path, items=self.options.config.projectiles)
+            raw = read_salvaging(source, data, items=self.options.config.projectiles)
             reason = self.options.filters.reject_reason(raw.info)
             if reason:
-                return Outcome(source.name, digest, skip=SkipRecord(source.name, f"filtered: {reason}", digest))
+                salvaged = f" ({raw.info.salvaged})" if raw.info.salvaged else ""
+                return Outcome(source.name, digest, skip=SkipRecord(source.name, f"filtered: {reason}{salvaged}", digest))
             game = encode_game(raw, self.options.config)
         except ReplayError as error:
             return Outcome(source.name, digest, skip=SkipRecord(source.name, str(error), digest))

@@ -54,6 +54,8 @@ GAME_COLUMNS: dict[str, tuple[object, tuple[int, ...]]] = {
     "slippi_version": (str, ()),
     "fields_missing": (np.uint16, ()),  # bit i set: OPTIONAL_SOURCES[i] is missing
     "start_time": (str, ()),
+    "match_id": (str, ()),  # one game's key in both players' replays (replay.match_identity); "" if none
+    "salvaged": (str, ()),  # what was repaired to read the replay (salvage); "" when it was whole
 }
 SKIPPED_COLUMNS: dict[str, tuple[object, tuple[int, ...]]] = {
     "source": (str, ()),
@@ -94,6 +96,8 @@ class GameRecord:
             "slippi_version": info.slippi_version,
             "fields_missing": fields_missing_mask(info.fields_missing),
             "start_time": info.start_time,
+            "match_id": info.match_id,
+            "salvaged": info.salvaged,
         }
 
 
@@ -104,6 +108,13 @@ class SkipRecord:
     source: str
     reason: str
     hash: str = ""
+
+
+def default_column(spec: tuple[object, tuple[int, ...]], rows: int) -> np.ndarray:
+    """`rows` rows of a table column's default value ("" or 0): what a store written before the
+    column existed holds in it."""
+    dtype, trailing = spec
+    return np.full((rows, *trailing), "" if dtype is str else 0, dtype=str if dtype is str else dtype)
 
 
 def fields_missing_mask(names: Iterable[str]) -> int:
@@ -133,6 +144,8 @@ def game_info(row: dict) -> GameInfo:
         first_frame=int(row["first_frame"]),
         fields_missing=tuple(fields_missing_names(int(row["fields_missing"]))),
         start_time=str(row["start_time"]),
+        match_id=str(row["match_id"]),
+        salvaged=str(row["salvaged"]),
     )
 
 

@@ -31,7 +31,8 @@ def encode(inputs: Iterable[str], store_path: str, options: EncodeOptions | None
     with _runner(inputs, options) as run:
         with StoreWriter(store_path, options.config, options.filters, options.chunk_frames, options.storage_options) as writer:
             coordinator = Coordinator(writer, options)
-            sources = (s for s in iter_sources(inputs, options.storage_options) if s.name not in writer.known_sources)
+            listed = iter_sources(inputs, options.storage_options, options.max_replay_bytes)
+            sources = (s for s in listed if s.name not in writer.known_sources)
             total = count_sources(inputs, options.storage_options) if options.progress else None
             with _progress(options.progress, total) as bar:
                 coordinator.bar = bar

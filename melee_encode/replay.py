@@ -9,7 +9,8 @@ Values stay in game units here; `encoding` turns them into columns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import peppi_py._peppi as _peppi
@@ -56,6 +57,21 @@ PLAYER_TREE: dict = {
     },
 }
 
+# The replay version that added each optional source (Slippi's replay spec).
+SOURCE_VERSIONS = {
+    "state_age": (0, 2),
+    "state_flags": (2, 0),
+    "misc_as": (2, 0),
+    "airborne": (2, 0),
+    "ground": (2, 0),
+    "jumps": (2, 0),
+    "l_cancel": (2, 0),
+    "hurtbox_state": (2, 1),
+    "velocities": (3, 5),
+    "hitlag": (3, 8),
+    "items": (3, 0),
+}
+
 # Source fields whose absence is recorded per game (named as in the replay), in bit order of the
 # store's `fields_missing` mask. `items` is the frame-level item list (replay >= 3.0).
 OPTIONAL_SOURCES = (
@@ -89,6 +105,8 @@ class GameInfo:
     first_frame: int  # frame id of the first kept frame (-123: countdown)
     fields_missing: tuple[str, ...]  # OPTIONAL_SOURCES this replay lacks
     start_time: str = ""
+    match_id: str = ""  # the same for both players' replays of one game (see match_identity); "" if none
+    salvaged: str = ""  # what was repaired to read the replay (see salvage); "" when it was whole
 
 
 @dataclass
@@ -158,10 +176,60 @@ def resolve_game(game, items: bool = True) -> RawGame:
         first_frame=int(frame_ids.min()),
         fields_missing=missing,
         start_time=str((game.metadata or {}).get("startAt", "")),
+        match_id=match_identity(start),
     )
     kept_ids = frame_ids if keep is None else frame_ids[keep]
     item_frames = _items(frames, keep) if items and "items" not in missing else None
     return RawGame(info=info, players=players, items=item_frames, frame_ids=kept_ids)
+
+
+def match_identity(start: dict) -> str:
+    """A key that both players' replays of one game share and other games do not; "" if none.
+
+    Both players of a netplay game may upload their own recording of it; the files differ in bytes
+    (metadata, rollback re-sends, timestamps from each machine's clock), so the content hash tells
+    them apart. What the game start holds is the same on both sides, as the game must be:
+    - Slippi >= 3.14 online games carry the matchmaking server's match id (one per set, e.g.
+      "mode.ranked-2025-02-24T00:51:18.31-0") and the game's number and tiebreaker in that set:
+      made to identify the game across both recordings.
+    - Older replays have none. There the key is the game's random seed at game start, which both
+      netplay clients must share for the game to stay in sync (the netplay replays with connect
+      codes here hold seeds below 65,536, console ones 32-bit values), with the stage and each
+      player's character (character-select id) and connect code, sorted so that port order does
+      not matter.
+    A key shared by two different games (two games of the same players, characters and stage with
+    the same 16-bit seed) only puts both on the same side of a split; two recordings of one game
+    with different keys would leak across it, so the key uses no per-machine field (start time,
+    console name, display names). Empty when the game start has no seed.
+    """
+    match = start.get("match") or {}
+    if match.get("id"):
+        return f"{match['id']} game {match.get('game', 0)}.{match.get('tiebreaker', 0)}"
+    seed = start.get("random_seed")
+    if not seed:
+        return ""
+    players = sorted(f"{_code(p) or '-'}/{p.get('character')}" for p in start.get("players", []))
+    return f"seed {seed} stage {start.get('stage', 0)} {' '.join(players)}"
+
+
+def _code(player: dict) -> str:
+    """A player's connect code as Slippi shows it ("ABCD#123"; the replay has a full-width #)."""
+    return unicodedata.normalize("NFKC", str((player.get("netplay") or {}).get("code") or ""))
+
+
+def drop_sources(raw: RawGame, sources: tuple[str, ...], version: str = "") -> RawGame:
+    """`raw` without some optional sources (dropped and recorded missing), relabelled `version` if
+    given: for a replay whose bytes were zero-padded so that peppi reads them (see `salvage`)."""
+    dropped = {key for name in sources if name != "items" for key in _raw_names(PLAYER_TREE["post"][name])}
+    players = tuple({k: v for k, v in fields.items() if k not in dropped} for fields in raw.players)
+    missing = tuple(name for name in OPTIONAL_SOURCES if name in raw.info.fields_missing or name in sources)
+    info = replace(raw.info, slippi_version=version or raw.info.slippi_version, fields_missing=missing)
+    return RawGame(info, players, None if "items" in sources else raw.items, raw.frame_ids)
+
+
+def _raw_names(target) -> list[str]:
+    """The raw field names under one PLAYER_TREE entry."""
+    return [name for sub in target.values() for name in _raw_names(sub)] if isinstance(target, dict) else [target]
 
 
 def last_versions(frame_ids: np.ndarray) -> np.ndarray | None:

@@ -24,7 +24,18 @@ from zarr.core.buffer import default_buffer_prototype
 from .config import EncodingConfig, Schema
 from .encoding import EncodedGame
 from .errors import StoreError
-from .format import ARRAYS, ATTRS_KEY, FORMAT_VERSION, GAME_COLUMNS, SKIPPED_COLUMNS, SkipRecord, game_info, part_name, table_row_json
+from .format import (
+    ARRAYS,
+    ATTRS_KEY,
+    FORMAT_VERSION,
+    GAME_COLUMNS,
+    SKIPPED_COLUMNS,
+    SkipRecord,
+    default_column,
+    game_info,
+    part_name,
+    table_row_json,
+)
 from .storage import exists, gather, open_zarr, sizes_under
 
 ChunkKey = tuple[int, str, int]  # (part, array name in format.ARRAYS, chunk index along frames)
@@ -194,10 +205,12 @@ def open_store(path: str | os.PathLike, storage_options: dict | None = None) -> 
 
 
 def read_table(group: zarr.Group, columns: dict, rows: int) -> dict[str, np.ndarray]:
-    """The first `rows` rows of a table's columns, all columns fetched at once."""
+    """The first `rows` rows of a table's columns, all columns fetched at once. A column added after
+    the store was written reads as its default (format.default_column)."""
     arrays = table_arrays(group)
-    values = gather(*(arrays[name].async_array.getitem(slice(0, rows)) for name in columns))
-    return dict(zip(columns, values))
+    present = [name for name in columns if name in arrays]
+    values = dict(zip(present, gather(*(arrays[name].async_array.getitem(slice(0, rows)) for name in present))))
+    return {name: values[name] if name in values else default_column(columns[name], rows) for name in columns}
 
 
 def table_arrays(group: zarr.Group) -> dict[str, zarr.Array]:

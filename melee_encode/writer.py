@@ -35,6 +35,7 @@ from .format import (
     ZSTD_LEVEL,
     GameRecord,
     SkipRecord,
+    default_column,
     part_name,
     utc_timestamp,
 )
@@ -137,7 +138,7 @@ class StoreWriter:
         self._lock = writer_lock(self.path, self.storage_options)
         try:
             self.root = self._open_or_create(config or EncodingConfig(), filters or GameFilter(), chunk_frames)
-            self._tables = {table: table_arrays(self.root[table]) for table in ("games", "skipped")}
+            self._tables = {table: self._complete_table(table, columns) for table, columns in (("games", GAME_COLUMNS), ("skipped", SKIPPED_COLUMNS))}
             removed = self._recover()
         except BaseException:
             self._lock.release()
@@ -223,6 +224,19 @@ class StoreWriter:
             "parts": {},
         }
         return root
+
+    def _complete_table(self, table: str, columns: dict) -> dict[str, zarr.Array]:
+        """A table's column arrays, with the columns this version added since the store was written
+        created and filled with their default for the committed rows."""
+        group = self.root[table]
+        arrays = table_arrays(group)
+        missing = {name: spec for name, spec in columns.items() if name not in arrays}
+        if missing:
+            rows = self.root.attrs[ATTRS_KEY][table]
+            created = gather(*_create_table(group, missing))
+            gather(*(_append_column(array, 0, default_column(missing[name], rows)) for name, array in zip(missing, created)))
+            arrays = table_arrays(group)
+        return arrays
 
     def _recover(self) -> list[int]:
         """Cut the tables back to the committed rows and remove uncommitted parts; return their ids."""

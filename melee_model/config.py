@@ -27,14 +27,21 @@ class DataConfig:
     context_len: int = 10  # K: context frames per example
     press_events: bool = False  # add the 16 button rising edges to next_ctrl
     lookahead: int = 0  # d: controls of t .. t+d, target frame t+d
-    val_fraction: float = 0.1  # share of games in validation, decided per game by content hash
+    # With lookahead d, delta targets are frame t+d minus: "from_context" the last context frame t-1
+    # (ours), or "from_previous" frame t+d-1 (the reference's). The same when d is 0.
+    lookahead_delta: str = "from_context"
+    val_fraction: float = 0.1  # share of games in validation, decided per match (or per game by content hash)
     # Load-time game filters (empty: all). Names or ids, as melee-encode's filters.
     end_methods: list = field(default_factory=list)
     characters: list = field(default_factory=list)
     stages: list = field(default_factory=list)
     require_fields: str = "used"  # "used": games must have every replay field the encoding uses; "none"
     batch_size: int = 4096  # examples per batch per process
-    chunks_per_group: int = 4  # decoded chunks shuffled together (memory ~ this x 20 MB per loader)
+    # Mixing: the loader decodes `pieces_per_group` pieces of `piece_frames` stored frames, drawn at random
+    # from the whole store, and shuffles their examples together (0: a piece is a whole stored chunk).
+    # Memory per loader ~ pieces_per_group x piece_frames x 600 bytes.
+    piece_frames: int = 4096
+    pieces_per_group: int = 256
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
     # Remote stores (s3://, gs://): compressed chunks kept on local disk for later epochs, shared by
@@ -99,6 +106,9 @@ class ScheduledSamplingConfig:
     noise: float = 0.1  # Gaussian scale at full anneal
     anneal_epochs: int = 3  # rate and noise grow as min(1, epoch / anneal_epochs)
     frames: int = 3  # last context frames corrupted (card objective, noise)
+    # Delta targets relative to the "clean" last context frame (the run card's), or to the "noisy" one
+    # (mode "model": the model's own frame where it replaced the real one)
+    targets: str = "clean"
 
 
 @dataclass
@@ -108,12 +118,16 @@ class TrainConfig:
     max_seconds: float | None = None  # stop once fit() has run this long (wall clock), e.g. for equal-time comparisons
     schedule_steps: int | None = None  # optimizer steps the lr schedule spans (None: epochs x steps per epoch)
     lr: float = 5e-4
+    # Cosine from lr to lr * min_lr_ratio: "per_step" (ours, smooth over every optimizer step) or
+    # "per_epoch" (the reference's CosineAnnealingLR(T_max=epochs), constant within each epoch)
+    lr_schedule: str = "per_step"
     weight_decay: float = 1e-5
+    weight_decay_all: bool = False  # decay every parameter (the reference's); else matrices and embeddings only
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
     grad_clip: float = 1.0
     grad_accum: int = 1
-    mixed_precision: str = "auto"  # "auto": bf16 on GPUs, fp32 on CPU; or "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on GPUs, fp32 on CPU; or "no" (fp32: the reference's), "bf16", "fp16"
     log_interval: int = 1000  # optimizer steps between logs
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only each epoch)
     val_batches: int | None = None  # cap on validation batches per evaluation (None: all)

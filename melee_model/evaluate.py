@@ -24,17 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melee_encode import EncodeOptions, encode
+from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
+from melee_encode.actions import action_name
 from melee_encode.errors import ConfigError
 from melee_model.checkpoint import load_weights, read_state
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.examples import ExampleSource
-from melee_model.horizons import comparison_table
+from melee_model.horizons import at_horizons, comparison_table
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model
-from melee_model.quality import card_config, rollout_starts, rollouts_with_baselines, teacher_forced
+from melee_model.quality import MODEL, card_config, rollout_starts, rollouts_with_baselines, teacher_forced
 from melee_model.rollout import RolloutResult, Trajectory
 from melee_model.sampler import SPLITS
+from melee_model.viewer import HorizonCurves, store_rollouts, write_html
 
 EVAL_SPLITS = (*SPLITS, "all")
 
@@ -48,9 +50,14 @@ class Evaluation:
     examples: int
     metrics: dict[str, float]  # MetricAccumulator's, "val_" prefix, over the card's K-frame examples
     rollout: RolloutResult | None = None
-    horizons: dict | None = None  # {predictor: {horizon: {metric: value}}}: the model's rollouts and the baselines'
+    curves: dict | None = None  # {predictor: {metric: (H,)}}: the model's rollouts and the baselines' (horizons.mean_curves)
     sequence: dict[str, float] | None = None  # sequence-trained models: the metrics over their own windows
     sequence_targets: int = 0
+
+    @property
+    def horizons(self) -> dict:
+        """{predictor: {horizon: {metric: value}}} of the rollouts and the baselines."""
+        return {name: at_horizons(curves) for name, curves in self.curves.items()}
 
     def to_json(self) -> dict:
         """The metrics, the split's size and, when run, "rollout": {horizon: {metric: value}} and
@@ -98,29 +105,29 @@ def evaluate_checkpoint(
     device=None,
     num_workers: int | None = None,
     plot: str | Path | None = None,
+    html: str | Path | None = None,
     storage_options: dict | None = None,
     stepping: str | None = None,
-    open_source=ExampleSource.for_experiment,
 ) -> Evaluation:
     """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
 
     rollouts > 0 also runs that many rollouts of `horizon` frames (`stepping`: rollout.STEPPINGS, None
     for the model's default) and the baselines on the same windows; `plot` then writes the first
-    rollout's PNG. `open_source(path, config, storage_options)` opens the store for a config.
+    rollout's PNG, `html` a page that plays them all (melee_model.viewer).
     """
     if (store is None) == (not replays):
         raise ConfigError("give a store or replays to evaluate on (one of them)")
     split = split or ("all" if replays else "val")
     if split not in EVAL_SPLITS:
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
-    if plot is not None and rollouts <= 0:
-        raise ConfigError("a plot needs rollouts (rollouts > 0)")
+    if (plot is not None or html is not None) and rollouts <= 0:
+        raise ConfigError("a plot or page needs rollouts (rollouts > 0)")
     config = checkpoint_config(checkpoint)
     device = torch.device(device) if device is not None else default_device()
-    with _store_for(store, replays, config) as path:
+    with _store_for(store, replays, config.encoding) as path:
         options = storage_options if store is not None else None
         card = card_config(config)
-        source = open_source(path, card, options)
+        source = ExampleSource.for_experiment(path, card, options)
         layout = source.layout
         games = len(source.rows_of(split))
         if not games:
@@ -129,18 +136,43 @@ def evaluate_checkpoint(
         metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers)
         evaluation = Evaluation(split, games, examples, metrics)
         if config.data.objective == "sequence":
-            windows = open_source(path, config, options)
+            windows = ExampleSource.for_experiment(path, config, options)
             evaluation.sequence, evaluation.sequence_targets = teacher_forced(model, windows, config, split, device, max_batches, num_workers)
         if rollouts > 0:
             starts = rollout_starts(source, split, rollouts, horizon, seed)
-            evaluation.rollout, evaluation.horizons = rollouts_with_baselines(model, layout, source.store, starts, horizon, device, stepping)
+            evaluation.rollout, evaluation.curves = rollouts_with_baselines(model, layout, source.store, starts, horizon, device, stepping)
+            result = evaluation.rollout
+            characters = tuple(source.store.games["characters"][result.first.start[0]])
+        if html is not None:
+            pages = store_rollouts(source.store, result.starts, horizon, result.pred_floats, result.pred_ints)
+            baselines = {name: curves for name, curves in evaluation.curves.items() if name != MODEL}
+            write_html(html, pages, rollout_curves(result, baselines), title=f"{Path(checkpoint).name}: {len(pages)} rollouts of {horizon} frames ({split})")
     if plot is not None:
-        plot_rollout(evaluation.rollout.first, plot)
+        plot_rollout(result.first, plot, characters)
     return evaluation
 
 
+def rollout_curves(result: RolloutResult, baselines: dict | None = None) -> HorizonCurves:
+    """The viewer's error-against-horizon curves of a rollout run: the model's, and the baselines' when
+    given ({name: {metric: (H,)}}, as quality.rollouts_with_baselines gives them)."""
+    metrics = ("pos_error", "action_match")
+    return HorizonCurves({metric: {"model": result.curves[metric], **{name: curves[metric] for name, curves in (baselines or {}).items()}} for metric in metrics})
+
+
+def write_replay_html(replays: Sequence[str], path: str | Path, title: str | None = None) -> int:
+    """A page of the true games of `replays` (whole games, no model), encoded with the default encoding; returns the games shown."""
+    with _store_for(None, replays, EncodingConfig()) as store_path:
+        store = open_store(store_path)
+        pages = store_rollouts(store, [(row, 0) for row in range(store.n_games)], store.games["length"][: store.n_games])
+        for page in pages:
+            page.title = Path(page.source).name
+        write_html(path, pages, title=title or f"{len(pages)} replays")
+    return len(pages)
+
+
 def metrics_table(evaluation: Evaluation) -> str:
-    """The metrics, then the rollout horizons, as aligned plain-text tables."""
+    """The metrics (beside those over the model's own windows, for a sequence model), then the rollouts
+    against horizon beside the baselines, as aligned plain-text tables."""
     lines = [f"split {evaluation.split}: {evaluation.games} games, {evaluation.examples:,} examples"]
     width = max(map(len, evaluation.metrics))
     if evaluation.sequence is None:
@@ -152,12 +184,16 @@ def metrics_table(evaluation: Evaluation) -> str:
         lines += ["", f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers; "
                       "the baselines on the same windows (* the best of each row)"]
         lines.append(comparison_table(evaluation.horizons))
-        lines.append("pos_*: game units; damage_error: percent; *_match: fraction of players")
+        lines.append("pos_error: mean |pred - true| of x and y over both players; pos_euclid: distance of (x, y) per player, averaged")
+        lines.append("over the players (the reference's pos_error_euclid); game units. damage_error: percent. *_match: fraction of players")
     return "\n".join(lines)
 
 
-def plot_rollout(trajectory: Trajectory, path: str | Path) -> None:
-    """A PNG of one rollout: x, y and action id of both players, predicted (dashed) and true (solid)."""
+def plot_rollout(trajectory: Trajectory, path: str | Path, characters: tuple[int, int] | None = None) -> None:
+    """A PNG of one rollout: x, y and action of both players, predicted (dashed) and true (solid).
+
+    The action axis names the states that occur (ids from 341 on need `characters`, internal ids).
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -170,8 +206,9 @@ def plot_rollout(trajectory: Trajectory, path: str | Path) -> None:
             draw = axis.step if field == "action" else axis.plot
             draw(frames, trajectory.true[field][:, player], color=color, label=f"p{player} true")
             draw(frames, trajectory.pred[field][:, player], color=color, linestyle="--", label=f"p{player} predicted")
-        axis.set_ylabel("action id" if field == "action" else f"{field} (game units)")
+        axis.set_ylabel("action" if field == "action" else f"{field} (game units)")
         axis.grid(alpha=0.3)
+    name_action_ticks(axes[-1], trajectory, characters)
     axes[0].legend(loc="upper right", ncol=4, fontsize="small")
     axes[-1].set_xlabel("frames after the real context")
     game, t0 = trajectory.start
@@ -181,15 +218,37 @@ def plot_rollout(trajectory: Trajectory, path: str | Path) -> None:
     plt.close(figure)
 
 
+def name_action_ticks(axis, trajectory: Trajectory, characters: tuple[int, int] | None, most: int = 24) -> None:
+    """Tick the action axis at the ids the rollout visits, labelled "id name" (both players' names when they differ).
+
+    When true and predicted states together are more than `most`, only the true ones are ticked, and
+    an id too close to the one ticked below it (a label's height) is left out.
+    """
+    true = {int(i) for i in np.ravel(trajectory.true["action"])}
+    both = true | {int(i) for i in np.ravel(trajectory.pred["action"])}
+    ids = sorted(both if len(both) <= most else true)
+    if len(ids) > most:  # too many to read: keep matplotlib's numeric ticks
+        return
+    low, high = axis.get_ylim()
+    gap, kept = (high - low) / (2 * most), []
+    for i in ids:
+        if not kept or i - kept[-1] >= gap:
+            kept.append(i)
+    ids = kept
+    players = characters if characters is not None else (None, None)
+    labels = [" / ".join(dict.fromkeys(action_name(i, c) for c in players)) for i in ids]
+    axis.set_yticks(ids, [f"{i} {label}" for i, label in zip(ids, labels)], fontsize="x-small")
+
+
 @contextlib.contextmanager
-def _store_for(store: str | None, replays: Sequence[str], config: ExperimentConfig) -> Iterator[str]:
-    """The store path to read: `store` itself, or a temporary store of `replays` in the config's encoding."""
+def _store_for(store: str | None, replays: Sequence[str], encoding: EncodingConfig) -> Iterator[str]:
+    """The store path to read: `store` itself, or a temporary store of `replays` in `encoding`."""
     if store is not None:
         yield store
         return
     with tempfile.TemporaryDirectory(prefix="melee-eval-") as directory:
         path = str(Path(directory) / "replays.zarr")
-        summary = encode(replays, path, EncodeOptions(config=config.encoding, progress=False))
+        summary = encode(replays, path, EncodeOptions(config=encoding, progress=False))
         if not summary.store_games:
             reasons = "; ".join(f"{s.source}: {s.reason}" for s in summary.skipped[:3])
             raise ConfigError(f"none of the replays could be encoded ({reasons or 'no .slp files found'})")

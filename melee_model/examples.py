@@ -1,14 +1,15 @@
 """Training examples straight from a melee-encode store: the dataset the trainer and evaluation read.
 
 An `ExampleSource` is a store opened for one experiment: its encoding checked against the config's,
-its games selected per split and its chunks planned (`sampler`). `loader(split, epoch, ...)` gives a
-DataLoader over one rank's batches of an epoch: each loader worker decodes the groups of chunks its
-share of the epoch plan covers (`reader.GroupReader`) and assembles batches by vectorized gathers
-from the decoded group (`build_batch`; no per-example Python). A remote store (an fsspec URL) has a
-group's chunks requested all at once, the next group's while the current one is batched.
+its games selected per split and its pieces planned (`sampler`). `loader(split, epoch, ...)` gives a
+DataLoader over one rank's batches of an epoch: each loader worker decodes the groups of pieces its
+share of the epoch plan covers (`reader.GroupReader`) and assembles batches from the decoded group
+(`batches`; vectorized, no per-example Python). A remote store (an fsspec URL) has a group's chunks
+requested all at once, the next group's while the current one is batched.
 
-Each batch is a dict of CPU tensors: float_ctx, int_ctx, next_ctrl, float_tgt, int_tgt (see
-`layout`) and example_id (part << 40 | target frame), which names the example across the store.
+Each batch is a dict of CPU tensors: for the card objective float_ctx, int_ctx, next_ctrl,
+float_tgt, int_tgt (see `layout`); for the sequence objective float_seq, int_seq, target_mask (see
+`batches`); and example_id (part << 40 | the item's position), which names it across the store.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from melee_encode import EncodingConfig, MeleeError, Store, open_store
 from melee_encode.storage import is_url
+from melee_model.batches import BatchAssembler
 from melee_model.config import DataConfig, ExperimentConfig
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.reader import ChunkFetcher, GroupReader
-from melee_model.sampler import SPLITS, EpochPlan, data_filter, plan_chunk_targets, round_robin_resume, select_games
+from melee_model.sampler import SPLITS, EpochPlan, data_filter, items_of, plan_pieces, round_robin_resume, select_games
 
 PART_SHIFT = 40  # example_id = part << PART_SHIFT | frame position in the part
 PREFETCH_FACTOR = 4  # batches each loader worker keeps in flight
@@ -44,37 +46,6 @@ def check_encoding(store: Store, expected: EncodingConfig) -> None:
         raise EncodingMismatch(f"{store.path} was encoded with other options than the experiment's encoding ({diff})")
 
 
-def build_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, layout: FrameLayout) -> dict[str, np.ndarray]:
-    """Examples for the given anchors (pool index of each example's first control frame t).
-
-    floats (P, n_float), ints (P, n_int), anchors (B,) -> float_ctx (B, K, n_float) float32,
-    int_ctx (B, K, n_int) int16, next_ctrl (B, ctrl_dim) float32, float_tgt (B, T) float32,
-    int_tgt (B, int_target_dim) int16. The layout's docstring defines each part.
-    """
-    K, d = layout.context_len, layout.lookahead
-    rows = anchors[:, None] + np.arange(-K, 0)  # (B, K)
-    # mode="clip": every index is valid, and "raise" would buffer the whole output once more.
-    float_ctx = np.take(floats, rows.ravel(), axis=0, mode="clip").reshape(len(anchors), K, -1)  # (B, K, F)
-    int_ctx = np.take(ints, rows.ravel(), axis=0, mode="clip").reshape(len(anchors), K, -1)  # (B, K, I)
-    controls, frame = [], float_ctx[:, -1]  # (B, F): frame t-1
-    for j in range(d + 1):
-        before, frame = frame, np.take(floats, anchors + j, axis=0, mode="clip")  # (B, F): frames t+j-1, t+j
-        controls.append(frame[:, layout.ctrl_columns])  # (B, 26)
-        if layout.press_events:
-            pressed = (frame[:, layout.button_columns] > 0.5) & (before[:, layout.button_columns] <= 0.5)  # (B, 16)
-            controls.append(pressed.astype(np.float32))
-    target = frame  # (B, F): frame t+d
-    float_tgt = target[:, layout.float_target_columns]  # (B, T)
-    float_tgt[:, layout.delta_target_positions] -= float_ctx[:, -1][:, layout.delta_target_columns]  # from frame t-1
-    return {
-        "float_ctx": float_ctx,
-        "int_ctx": int_ctx,
-        "next_ctrl": np.concatenate(controls, axis=1),  # (B, ctrl_dim)
-        "float_tgt": float_tgt,
-        "int_tgt": np.take(ints, anchors + d, axis=0, mode="clip")[:, layout.int_target_columns],  # (B, 12)
-    }
-
-
 class ExampleSource:
     """A store opened for training: encoding checked, games selected per split, chunks planned.
 
@@ -90,10 +61,13 @@ class ExampleSource:
             check_encoding(self.store, encoding)
         self.layout = layout
         self.config = config
-        game_filter = data_filter(config, self.store.config, layout.span)
+        self.items = items_of(config)
         games = self.store.games
+        game_filter = data_filter(config, self.store.config, self.items.min_frames)
         self.rows = {split: select_games(games, game_filter, split, config.val_fraction) for split in SPLITS}
-        self.chunks = {split: plan_chunk_targets(games, self.rows[split], self.store.chunk_frames, layout.context_len, layout.lookahead) for split in SPLITS}
+        piece_frames = config.piece_frames or self.store.chunk_frames
+        items = self.items
+        self.pieces = {split: plan_pieces(games, self.rows[split], piece_frames, items.first, items.last, items.stride) for split in SPLITS}
 
     @classmethod
     def for_experiment(cls, store: str, config: ExperimentConfig, storage_options: dict | None = None) -> ExampleSource:
@@ -104,7 +78,14 @@ class ExampleSource:
         return cls(opened, layout_for(config, opened.schema), config.data, storage_options=storage_options)
 
     def example_count(self, split: str) -> int:
-        return sum(c.count for c in self.chunks[split])
+        """Items (examples, or windows for the sequence objective) per epoch of a split."""
+        return sum(p.count for p in self.pieces[split])
+
+    def target_count(self, split: str) -> int:
+        """Supervised targets per epoch of a split: one per example, or per target position of the windows."""
+        if self.config.objective == "last":
+            return self.example_count(split)
+        return int(np.sum(self.store.games["length"][self.rows[split]] - self.config.warmup - 1))
 
     def rows_of(self, split: str) -> np.ndarray:
         """Game rows of "train", "val", or "all" (both), in table order."""
@@ -112,11 +93,11 @@ class ExampleSource:
 
     def plan(self, split: str, epoch: int, world: int = 1, batch_size: int | None = None) -> EpochPlan:
         return EpochPlan(
-            self.chunks[split],
+            self.pieces[split],
             seed=self.config.seed,
             epoch=epoch,
             shuffle=split == "train",
-            chunks_per_group=self.config.chunks_per_group,
+            pieces_per_group=self.config.pieces_per_group,
             batch_size=batch_size or self.config.batch_size,
             world=world,
         )
@@ -124,7 +105,8 @@ class ExampleSource:
     def loader(self, split: str, epoch: int, *, rank: int = 0, world: int = 1, start_batch: int = 0, batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
         """A DataLoader over rank `rank`'s batches of `split` in `epoch` (dicts of CPU tensors)."""
         plan = self.plan(split, epoch, world, batch_size)
-        dataset = StoreExamples(self.store_path, self.layout, plan, rank=rank, start_batch=start_batch, storage_options=self.storage_options, cache=(self.config.cache_dir, self.config.cache_mb))
+        assembler = BatchAssembler(self.layout, self.config)
+        dataset = StoreExamples(self.store_path, assembler, plan, rank=rank, start_batch=start_batch, storage_options=self.storage_options, cache=(self.config.cache_dir, self.config.cache_mb))
         workers = self.config.num_workers if num_workers is None else num_workers
         return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), prefetch_factor=PREFETCH_FACTOR if workers else None)
 
@@ -132,15 +114,15 @@ class ExampleSource:
 class StoreExamples(IterableDataset):
     """One rank's batches of an epoch plan, split over the DataLoader's workers; yields dicts of arrays.
 
-    Each batch also carries "example_id" (B,) int64 (part << 40 | target frame), which names the
-    example across the whole store. `start_batch` skips the rank's first batches (resume) without
+    Each batch also carries "example_id" (B,) int64 (part << 40 | the item's position), which names
+    the item across the whole store. `start_batch` skips the rank's first batches (resume) without
     decoding them: each worker skips its share of the DataLoader's round-robin. `cache` is the
     (directory, MB) of the disk cache of a remote store's chunks (MB 0: none).
     """
 
-    def __init__(self, store_path: str, layout: FrameLayout, plan: EpochPlan, *, rank: int = 0, start_batch: int = 0, storage_options: dict | None = None, cache: tuple[str, int] = ("", 0)):
+    def __init__(self, store_path: str, assembler: BatchAssembler, plan: EpochPlan, *, rank: int = 0, start_batch: int = 0, storage_options: dict | None = None, cache: tuple[str, int] = ("", 0)):
         self.store_path = store_path
-        self.layout = layout
+        self.assembler = assembler
         self.plan = plan
         self.rank = rank
         self.start_batch = start_batch
@@ -161,11 +143,12 @@ class StoreExamples(IterableDataset):
             return
         start, end = self.plan.stream_range(self.rank, first, stop)
         store = open_store(self.store_path, self.storage_options)
-        reader = GroupReader(store, self.layout, ChunkFetcher.for_store(store, *self.cache))
-        yield from _batches(self.plan, reader, self.layout, start, end, self.plan.batch_size)
+        items, assembler = self.assembler.items, self.assembler
+        reader = GroupReader(store, assembler.layout, items.before, items.after, assembler.frame_major, ChunkFetcher.for_store(store, *self.cache))
+        yield from _batches(self.plan, reader, assembler, start, end, self.plan.batch_size)
 
 
-def _batches(plan: EpochPlan, reader: GroupReader, layout: FrameLayout, start: int, end: int, batch_size: int) -> Iterator[dict]:
+def _batches(plan: EpochPlan, reader: GroupReader, assembler: BatchAssembler, start: int, end: int, batch_size: int) -> Iterator[dict]:
     """Batches of stream positions [start, end), decoding only the groups that overlap it.
 
     A batch that straddles two groups is completed from the next group (`carry`).
@@ -176,17 +159,17 @@ def _batches(plan: EpochPlan, reader: GroupReader, layout: FrameLayout, start: i
     carry = None
     for group, fetched in zip(groups, fetches):
         g0, g1 = int(starts[group]), int(starts[group + 1])
-        chunk_ids, positions = plan.group_examples(group)
+        slots, positions, ends = plan.group_items(group)
         take = slice(max(start, g0) - g0, min(end, g1) - g0)
-        chunk_ids, positions = chunk_ids[take], positions[take]
-        chunks = [plan.chunks[c] for c in plan.groups[group]]
-        floats, ints, bases = reader.read(chunks, fetched)
-        anchors = bases[chunk_ids] + positions  # (n,) pool index of each example's first control frame
-        ids = (np.array([c.part for c in chunks], dtype=np.int64)[chunk_ids] << PART_SHIFT) | positions
+        slots, positions, ends = slots[take], positions[take], ends[take]
+        pieces = [plan.pieces[p] for p in plan.groups[group]]
+        floats, ints, bases = reader.read(pieces, fetched)
+        anchors = bases[slots] + positions  # (n,) pool index of each item's position
+        ids = (np.array([p.part for p in pieces], dtype=np.int64)[slots] << PART_SHIFT) | positions
 
-        def examples(piece: slice) -> dict:
-            batch = build_batch(floats, ints, anchors[piece], layout)
-            batch["example_id"] = ids[piece]
+        def examples(span: slice) -> dict:
+            batch = assembler(floats, ints, anchors[span], positions[span], ends[span])
+            batch["example_id"] = ids[span]
             return batch
 
         first = 0
@@ -211,7 +194,7 @@ def _prefetched(plan: EpochPlan, reader: GroupReader, groups: list[int]) -> Iter
     while the caller batches the current one: from an object store, the requests' latency hides
     behind the work. (From local disk there is nothing worth hiding.)"""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee-prefetch") as prefetcher:
-        fetch = lambda group: prefetcher.submit(reader.fetch, [plan.chunks[c] for c in plan.groups[group]])  # noqa: E731
+        fetch = lambda group: prefetcher.submit(reader.fetch, [plan.pieces[p] for p in plan.groups[group]])  # noqa: E731
         upcoming = fetch(groups[0]) if groups else None
         for i in range(len(groups)):
             fetched = upcoming.result()
@@ -222,12 +205,3 @@ def _prefetched(plan: EpochPlan, reader: GroupReader, groups: list[int]) -> Iter
 
 def _concat(batches: list[dict]) -> dict:
     return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
-
-
-def batch_to_device(batch: dict, device: torch.device) -> dict:
-    """Move a loader batch to the device; int columns become int64 there (the loader ships int16)."""
-    moved = {}
-    for key, value in batch.items():
-        value = value.to(device, non_blocking=True)
-        moved[key] = value.long() if key in ("int_ctx", "int_tgt") else value
-    return moved

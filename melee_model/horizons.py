@@ -1,8 +1,9 @@
 """Rollout error against horizon, for models and baselines side by side.
 
-`horizon_errors` scores predicted frames (a rollout's, or a baseline's) against the replay's true
-frames and reads the per-frame means off at horizons (the h-th predicted frame, t0+h-1). Metrics,
-each averaged over rollouts (and players where it says "both"):
+`mean_curves` scores predicted frames (a rollout's, or a baseline's) against the replay's true frames,
+frame by frame, and `at_horizons` reads the curves off at horizons (the h-th predicted frame,
+t0+h-1); `horizon_errors` does both. Metrics, each averaged over rollouts (and players where it says
+"both"):
     pos_error        mean |pred - true| of x and y, both players (game units; the rollout's pos_error)
     pos_euclid       Euclidean distance of (x, y), mean of both players (game units)
     pos_euclid_p0    the same, p0 only; pos_euclid_p1 for p1
@@ -58,10 +59,20 @@ def report_at(horizon: int, horizons=HORIZONS) -> list[int]:
     return sorted({h for h in horizons if 1 <= h <= horizon} | {horizon})
 
 
+def mean_curves(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
+    """Each of HORIZON_METRICS per predicted frame, averaged over the rollouts: metric -> (H,)."""
+    return {name: values.mean(axis=0) for name, values in per_frame(layout, pred_floats, pred_ints, true_floats, true_ints).items()}
+
+
+def at_horizons(curves: dict[str, np.ndarray], horizons=HORIZONS) -> dict[int, dict[str, float]]:
+    """{h: {metric: the curve's value at the h-th predicted frame}} for the horizons that fit."""
+    length = len(next(iter(curves.values())))
+    return {h: {name: float(curves[name][h - 1]) for name in HORIZON_METRICS} for h in report_at(length, horizons)}
+
+
 def horizon_errors(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray, horizons=HORIZONS) -> dict[int, dict[str, float]]:
     """{h: {metric: mean over rollouts at the h-th predicted frame}} for the horizons that fit."""
-    curves = {name: values.mean(axis=0) for name, values in per_frame(layout, pred_floats, pred_ints, true_floats, true_ints).items()}  # (H,) each
-    return {h: {name: float(curves[name][h - 1]) for name in HORIZON_METRICS} for h in report_at(pred_floats.shape[1], horizons)}
+    return at_horizons(mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints), horizons)
 
 
 def comparison_table(errors: dict[str, dict[int, dict[str, float]]]) -> str:

@@ -11,9 +11,14 @@ An example for target frame t (spec section 3), with K = context_len and d = loo
                             by its 16 button rising edges when press_events is on
     float_tgt (112 at v3)   [p0 d(continuous), p1 d(continuous), p0 d(velocity), p1 d(velocity),
                              p0 binary, p1 binary, p0 dynamics, p1 dynamics] at frame t+d, where
-                            d(c) = value at t+d minus value at t-1 (the last context frame)
+                            d(c) = value at t+d minus value at the delta's base frame:
+                            lookahead_delta "from_context" (ours): t-1, the last context frame;
+                            "from_previous" (the reference's): t+d-1. Both are t-1 when d = 0.
     int_tgt (12)            per player: action, jumps_left, l_cancel, hurtbox_state, ground,
                             last_attack_landed at frame t+d
+
+state_age is never a target, in either encoding: the int column (state_age_as_embed) and the float
+column (state_age x0.01) are inputs only, which a rollout derives from the predicted action.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from melee_model.config import ExperimentConfig
 TARGET_FIELDS = ("action", "jumps_left", "l_cancel", "hurtbox_state", "ground", "last_attack_landed")
 # Float target blocks in float_tgt order; "delta" blocks are differences, the others absolute.
 FLOAT_BLOCKS = (("continuous", True), ("velocity", True), ("binary", False), ("dynamics", False))
+# Float fields that are inputs only, whatever group a store's schema files them under (stores
+# written before state_age had its own group have it under "dynamics").
+INPUT_ONLY_FIELDS = ("state_age",)
+LOOKAHEAD_DELTAS = ("from_context", "from_previous")
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class FrameLayout:
     context_len: int = 10
     press_events: bool = False
     lookahead: int = 0
+    lookahead_delta: str = "from_context"  # the delta's base frame with a lookahead: t-1, or t+d-1
 
     # Derived in __post_init__:
     ctrl_columns: tuple[int, ...] = field(init=False)  # float columns of one frame's controls: p0 then p1
@@ -53,6 +63,8 @@ class FrameLayout:
 
     def __post_init__(self):
         schema = self.schema
+        if self.lookahead_delta not in LOOKAHEAD_DELTAS:
+            raise ConfigError(f"data.lookahead_delta must be one of {', '.join(LOOKAHEAD_DELTAS)}, got {self.lookahead_delta!r}")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         controls = [schema.float_indices(player=p, group="controller") for p in (0, 1)]
         set_("ctrl_columns", tuple(controls[0] + controls[1]))
@@ -62,7 +74,7 @@ class FrameLayout:
         for group, delta in FLOAT_BLOCKS:
             start = len(columns)
             for player in (0, 1):
-                block = schema.float_indices(player=player, group=group)
+                block = [i for i in schema.float_indices(player=player, group=group) if schema.float_columns[i].field not in INPUT_ONLY_FIELDS]
                 columns += block
                 is_delta += [delta] * len(block)
             blocks[group] = slice(start, len(columns))
@@ -124,4 +136,4 @@ class FrameLayout:
 def layout_for(config: ExperimentConfig, schema: Schema) -> FrameLayout:
     """The layout of an experiment's examples over a store's columns."""
     data = config.data
-    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead)
+    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead, lookahead_delta=data.lookahead_delta)

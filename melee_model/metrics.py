@@ -7,17 +7,24 @@ sums, so a cross-rank sum of the two rows gives the exact global value. A batch 
 (the sequence objective's rows, `melee_model.sequence.position_rows`) counts example i weight[i]
 times: 0/1 weights select the target positions.
 
-Metrics, all over the examples seen since the last reset():
-    loss/<term>           each loss term (and total), averaged over examples
-    change_acc            among (example, player) pairs whose target action differs from the action in
-                          the last context frame, the fraction whose argmax action is the target
-    change_acc_p0         the same for p0 only (the reference's definition, for published numbers)
-    action_acc_p0, _p1    argmax action == target action
-    pos_mae               mean |pred - true| of the x/y deltas of both players, game units
-    damage_mae            mean |pred - true| of both players' percent deltas, percent units
-    velocity_mae          mean |pred - true| over the velocity-delta block, game units
-    binary_acc            sigmoid(logit) > 0.5 agrees with target > 0.5, over every binary entry
-    action_acc/<category> action accuracy among (example, player) pairs whose target is in the category
+Keys, named as the reference logged them (to wandb, and here to metrics.jsonl too); validation
+prefixes every key with "val_" (e.g. "val_loss/total", "val_metric/action_change_acc",
+"val_action/cat_edge"). All over the examples seen since the last reset():
+    loss/<term>                  each loss term and the total, averaged over examples; terms named as
+                                 the reference: continuous, velocity, dynamics, binary, action, jumps,
+                                 l_cancel, hurtbox, ground, last_attack
+    metric/action_change_acc     among examples whose p0 target action differs from p0's action in the
+                                 last context frame, the fraction whose argmax is the target: p0 only,
+                                 the reference's definition and the published figures'
+    metric/p0_action_acc, metric/p1_action_acc   argmax action == target action
+    metric/position_mae          mean |pred - true| of the x/y deltas of both players, game units
+    metric/damage_mae            mean |pred - true| of both players' percent deltas, percent units
+    metric/velocity_mae          mean |pred - true| over the velocity-delta block, game units
+    metric/binary_acc            sigmoid(logit) > 0.5 agrees with target > 0.5, over every binary entry
+    action/cat_<category>        action accuracy among (example, player) pairs whose target is in the
+                                 category (the reference logged it for validation only)
+Ours, beside them (OWN_KEYS):
+    metric/change_acc_both       change_acc over (example, player) pairs of both players
 """
 
 from __future__ import annotations
@@ -27,8 +34,8 @@ from collections.abc import Callable
 
 import torch
 
+from melee_model.batches import batch_to_device
 from melee_model.config import ScheduledSamplingConfig
-from melee_model.examples import batch_to_device
 from melee_model.layout import FrameLayout
 from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
 from melee_model.objective import LastObjective
@@ -50,16 +57,25 @@ ACTION_CATEGORIES = {
 }
 OTHER_CATEGORY = "other"
 CATEGORY_NAMES = (*ACTION_CATEGORIES, OTHER_CATEGORY)
-METRICS = (
-    "change_acc",
-    "change_acc_p0",
-    "action_acc_p0",
-    "action_acc_p1",
-    "pos_mae",
-    "damage_mae",
-    "velocity_mae",
-    "binary_acc",
+# The key of each loss term (LOSS_TERMS are named like their LossConfig weights) and of the total.
+LOSS_KEYS = {
+    **{term: f"loss/{term}" for term in LOSS_TERMS},
+    "jumps_left": "loss/jumps",
+    "hurtbox_state": "loss/hurtbox",
+    "last_attack_landed": "loss/last_attack",
+    "total": "loss/total",
+}
+REFERENCE_METRIC_KEYS = (
+    "metric/action_change_acc",
+    "metric/p0_action_acc",
+    "metric/p1_action_acc",
+    "metric/position_mae",
+    "metric/damage_mae",
+    "metric/velocity_mae",
+    "metric/binary_acc",
 )
+CATEGORY_KEYS = tuple(f"action/cat_{category}" for category in CATEGORY_NAMES)
+OWN_KEYS = ("metric/change_acc_both",)
 
 
 def action_category_table(vocab: int) -> torch.Tensor:
@@ -74,7 +90,7 @@ class MetricAccumulator:
     """Sums and counts of every metric across batches, kept on `device`.
 
     update(pred, batch, losses): pred is the model's dict ("float" (B, T), field -> (B, 2, V)), batch the
-    data dict (int_ctx (B, K, I), float_tgt, int_tgt, optionally weight (B,)), losses compute_losses' dict.
+    data dict (float_ctx, int_ctx, next_ctrl, float_tgt, int_tgt), losses compute_losses' dict.
     compute(reduce=None, prefix="") -> {key: float}; a metric whose denominator is empty (e.g. no action
     change seen, or no target in a category) is NaN.
     """
@@ -82,8 +98,7 @@ class MetricAccumulator:
     def __init__(self, layout: FrameLayout, device):
         self.layout = layout
         self.device = torch.device(device)
-        self.names = [f"loss/{term}" for term in (*LOSS_TERMS, "total")] + list(METRICS)
-        self.names += [f"action_acc/{category}" for category in CATEGORY_NAMES]
+        self.names = [*LOSS_KEYS.values(), *REFERENCE_METRIC_KEYS, *OWN_KEYS, *CATEGORY_KEYS]
         schema = layout.schema
         target_columns = [schema.float_columns[i] for i in layout.float_target_columns]
         # Dividing by a column's scale turns an encoded delta back into game units (offsets cancel).
@@ -118,7 +133,7 @@ class MetricAccumulator:
             count = torch.tensor(float(size), dtype=torch.float64, device=self.device)
         else:
             size = count = weight.double().sum()
-        return {f"loss/{term}": (losses[term].detach().double() * size, count) for term in (*LOSS_TERMS, "total")}
+        return {key: (losses[term].detach().double() * size, count) for term, key in LOSS_KEYS.items()}
 
     def _action_terms(self, pred: dict, batch: dict, weight: torch.Tensor | None) -> dict:
         target = player_targets(batch, "action")  # (B, 2)
@@ -134,13 +149,13 @@ class MetricAccumulator:
             counted = in_category * weight[:, None, None]  # (B, 2, n_categories)
             category_hits, category_counts = (counted * correct[..., None]).sum((0, 1)), counted.sum((0, 1))
         terms = {
-            "change_acc": _ratio(correct, _counted(correct, weight, changed)),
-            "change_acc_p0": _ratio(correct[:, 0], _counted(correct[:, 0], weight, changed[:, 0])),
-            "action_acc_p0": _ratio(correct[:, 0], _counted(correct[:, 0], weight)),
-            "action_acc_p1": _ratio(correct[:, 1], _counted(correct[:, 1], weight)),
+            "metric/action_change_acc": _ratio(correct[:, 0], _counted(correct[:, 0], weight, changed[:, 0])),
+            "metric/change_acc_both": _ratio(correct, _counted(correct, weight, changed)),
+            "metric/p0_action_acc": _ratio(correct[:, 0], _counted(correct[:, 0], weight)),
+            "metric/p1_action_acc": _ratio(correct[:, 1], _counted(correct[:, 1], weight)),
         }
-        for k, category in enumerate(CATEGORY_NAMES):
-            terms[f"action_acc/{category}"] = (category_hits[k].double(), category_counts[k].double())
+        for k, key in enumerate(CATEGORY_KEYS):
+            terms[key] = (category_hits[k].double(), category_counts[k].double())
         return terms
 
     def _float_terms(self, pred: dict, batch: dict, weight: torch.Tensor | None) -> dict:
@@ -149,30 +164,23 @@ class MetricAccumulator:
         velocity, binary = self.layout.float_blocks["velocity"], self.layout.float_blocks["binary"]
         binary_correct = (torch.sigmoid(pred_float[:, binary]) > 0.5) == (target[:, binary] > 0.5)  # (B, n_binary)
         return {
-            "pos_mae": _ratio(error, _counted(error, weight, self.pos_mask.expand_as(error))),
-            "damage_mae": _ratio(error, _counted(error, weight, self.damage_mask.expand_as(error))),
-            "velocity_mae": _ratio(error[:, velocity], _counted(error[:, velocity], weight)),
-            "binary_acc": _ratio(binary_correct, _counted(binary_correct, weight)),
+            "metric/position_mae": _ratio(error, _counted(error, weight, self.pos_mask.expand_as(error))),
+            "metric/damage_mae": _ratio(error, _counted(error, weight, self.damage_mask.expand_as(error))),
+            "metric/velocity_mae": _ratio(error[:, velocity], _counted(error[:, velocity], weight)),
+            "metric/binary_acc": _ratio(binary_correct, _counted(binary_correct, weight)),
         }
 
     def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, prefix: str = "") -> dict[str, float]:
-        """Every metric as a float; NaN where its denominator is zero.
+        """Every metric as a float, keyed `prefix + key` (VAL_PREFIX for validation); NaN where its
+        denominator is zero.
 
         reduce, when given, maps the (2, n_metrics) tensor of sums to its cross-rank sum (e.g.
         `lambda t: accelerator.reduce(t, "sum")`); it receives a copy, so an in-place reduction is safe
-        as long as it returns the result. Keys: "loss/<term>" and "metric/<name>" (per category
-        "metric/action_acc/<category>"); with a prefix p: "<p>loss/<term>" and "<p><name>",
-        e.g. "val_loss/total", "val_change_acc", "val_action_acc/edge".
+        as long as it returns the result.
         """
         totals = self.totals if reduce is None else reduce(self.totals.clone())
         nums, dens = totals.tolist()  # the one host transfer
-        return {self._key(name, prefix): num / den if den else math.nan for name, num, den in zip(self.names, nums, dens)}
-
-    @staticmethod
-    def _key(name: str, prefix: str) -> str:
-        if name.startswith("loss/") or prefix:
-            return prefix + name
-        return f"metric/{name}"
+        return {prefix + name: num / den if den else math.nan for name, num, den in zip(self.names, nums, dens)}
 
 
 def _counted(like: torch.Tensor, weight: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor | None:

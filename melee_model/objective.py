@@ -21,7 +21,7 @@ from melee_encode.errors import ConfigError
 from melee_model.config import ExperimentConfig, ScheduledSamplingConfig
 from melee_model.layout import FrameLayout
 from melee_model.rollout import FrameStepper
-from melee_model.scheduled_sampling import MODES, add_context_noise, add_frame_noise, noisy_columns, own_frames, strength, substitute
+from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, own_frames, substitute
 from melee_model.sequence import SequenceParts, position_rows
 
 OBJECTIVES = ("last", "sequence")
@@ -35,12 +35,11 @@ class LastObjective:
     def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
         if sampling.mode != "noise":
             raise ConfigError(f"train.scheduled_sampling.mode {sampling.mode!r} needs data.objective 'sequence'; the card objective has 'noise' only")
-        self.sampling = sampling
-        self.noisy_columns = noisy_columns(layout, device)
+        self.noise = ContextNoise(layout, sampling, device)
 
     def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
         if epoch is not None:
-            add_context_noise(batch["float_ctx"], self.noisy_columns, epoch, self.sampling, generator)
+            self.noise.apply(batch, epoch, generator)
         return model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"]), batch
 
     @staticmethod
@@ -56,7 +55,7 @@ class SequenceObjective:
     def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
         self.parts = SequenceParts(layout, device)
         self.sampling = sampling
-        self.noisy_columns = noisy_columns(layout, device)
+        self.noise = ContextNoise(layout, sampling, device)
         self.stepper = FrameStepper(layout, device) if sampling.mode == "model" else None
 
     def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
@@ -68,14 +67,12 @@ class SequenceObjective:
 
     def _sample(self, model: torch.nn.Module, parts: dict, epoch: int, generator: torch.Generator) -> dict:
         if self.stepper is None:
-            parts["float_in"] = parts["float_in"].clone()  # a view of the batch's frames
-            add_frame_noise(parts["float_in"], self.noisy_columns, epoch, self.sampling, generator)
-            return parts
-        rate = self.sampling.rate * strength(epoch, self.sampling)
+            return self.noise.apply_frames(parts, epoch, generator)
+        rate = self.sampling.rate * anneal(epoch, self.sampling)
         if rate == 0:
             return parts
         chosen = torch.rand(parts["target_mask"].shape, device=parts["float_in"].device, generator=generator) < rate  # (B, L)
-        return substitute(parts, self.parts, *own_frames(model, parts, self.stepper), chosen)
+        return substitute(parts, self.parts, *own_frames(model, parts, self.stepper), chosen, self.sampling.targets)
 
     @staticmethod
     def count(batch: dict) -> int:

@@ -1,4 +1,13 @@
-"""The optimizer and its learning-rate schedule (spec section 6: AdamW, cosine)."""
+"""The optimizer and its learning-rate schedule (spec section 6: AdamW, cosine).
+
+Two schedules, both a multiplier of `train.lr` per optimizer step (a LambdaLR stepped after every
+update, so a checkpoint's step count resumes either exactly):
+- "per_step" (ours): linear warmup, then a cosine from 1 to `min_lr_ratio` over every update of the run
+  (or over `train.schedule_steps` updates, e.g. the steps a wall-clock budget allows);
+- "per_epoch" (the reference's `CosineAnnealingLR(T_max=epochs)`, stepped once after each epoch's
+  validation): constant within an epoch, epoch e (0-based) at the cosine's value at e / epochs; for
+  2 epochs, lr then lr / 2.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +15,32 @@ import math
 
 import torch
 
+from melee_encode.errors import ConfigError
+from melee_model.config import TrainConfig
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+LR_SCHEDULES = ("per_step", "per_epoch")
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: bool = False) -> torch.optim.AdamW:
     """AdamW with decay on matrices and embeddings only, as nanoGPT; never on biases, norms, or the
-    SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D)."""
+    SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D). decay_all: every
+    parameter decays (the reference's plain AdamW(model.parameters())), in one group."""
+    if decay_all:
+        return torch.optim.AdamW([{"params": list(model.parameters()), "weight_decay": weight_decay}], lr=lr)
     decay, no_decay = [], []
     for parameter in model.parameters():
         (no_decay if parameter.dim() < 2 or getattr(parameter, "_no_weight_decay", False) else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def lr_multiplier(train: TrainConfig, updates_per_epoch: int):
+    """The multiplier of train.lr at each optimizer step (0-based) of the configured schedule."""
+    if train.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {train.lr_schedule!r}")
+    if train.lr_schedule == "per_epoch":
+        return epoch_cosine_schedule(updates_per_epoch, train.epochs, train.warmup_steps, train.min_lr_ratio)
+    return cosine_schedule(train.schedule_steps or train.epochs * updates_per_epoch, train.warmup_steps, train.min_lr_ratio)
 
 
 def cosine_schedule(total: int, warmup: int, floor: float):
@@ -24,6 +50,21 @@ def cosine_schedule(total: int, warmup: int, floor: float):
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cosine(progress, floor)
 
     return multiplier
+
+
+def epoch_cosine_schedule(updates_per_epoch: int, epochs: int, warmup: int, floor: float):
+    """lr multiplier per optimizer step, constant within each epoch: the cosine at epoch / epochs."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return _cosine(min(1.0, (step // max(1, updates_per_epoch)) / max(1, epochs)), floor)
+
+    return multiplier
+
+
+def _cosine(progress: float, floor: float) -> float:
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))

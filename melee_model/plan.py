@@ -6,9 +6,9 @@ plan's, the parameter count is the built model's. Time and cost follow from a me
 (ms per batch of `data.batch_size` on one GPU, e.g. benchmarks/train_step.py's "step_ms") and a
 price per GPU-hour; they cover training steps only, not validation or encoding.
 
-The sequence objective (data.objective "sequence") counts targets, not examples: a batch is
-data.batch_size windows of seq_len + 1 frames and up to seq_len - warmup targets each; "train_examples"
-is then the number of target positions of an epoch (each target frame once), as the loader plans it.
+The sequence objective (data.objective "sequence") plans windows: "train_examples" counts the
+windows of an epoch, "train_targets" their target positions (each target frame once), and a batch is
+data.batch_size windows of up to seq_len - warmup targets each.
 
 Memory: the reference held every encoded frame in RAM (float32 floats + int64 ints, ~520 GB at
 65K games). Here each loader worker holds one group of decoded chunks and a few batches; the plan
@@ -28,18 +28,19 @@ from melee_model.config import DataConfig, ExperimentConfig
 from melee_model.examples import PREFETCH_FACTOR, ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model, count_parameters
+from melee_model.reader import KEEP_DECODED
+from melee_model.sampler import items_of
 
 MS_PER_HOUR = 3_600_000
 # Bytes per frame in the reference's RAM: float32 floats and int64 ints.
 REFERENCE_FLOAT_BYTES, REFERENCE_INT_BYTES = 4, 8
 
 
-def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None, source: ExampleSource | None = None) -> dict:
-    """The plan's figures, as one flat dict (see plan_markdown for what each means). `source`: the
-    store already opened for this experiment (ExampleSource.for_experiment), or None."""
+def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None) -> dict:
+    """The plan's figures, as one flat dict (see plan_markdown for what each means)."""
     if gpus < 1:
         raise ConfigError(f"gpus must be at least 1, got {gpus}")
-    source = source or ExampleSource.for_experiment(store_path, config, storage_options)
+    source = ExampleSource.for_experiment(store_path, config, storage_options)
     store, layout = source.store, source.layout
     model = build_model(config.model, layout)
     data, train = config.data, config.train
@@ -53,6 +54,8 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "selected_frames": int(np.sum(store.games["length"][source.rows_of("all")])),
         "train_examples": source.example_count("train"),
         "val_examples": source.example_count("val"),
+        "train_targets": source.target_count("train"),
+        "val_targets": source.target_count("val"),
         "float_dims": layout.n_float,
         "int_dims": layout.n_int,
         "embedded_dims": model.embed.out_dim,
@@ -63,7 +66,7 @@ def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: 
         "epochs": train.epochs,
         "objective": data.objective,
         "batch_size": data.batch_size,
-        "targets_per_batch": targets_per_batch(data),
+        "targets_per_batch": data.batch_size * (data.seq_len - data.warmup) if data.objective == "sequence" else data.batch_size,
         "grad_accum": train.grad_accum,
         **batch_counts(source, gpus, train.epochs, train.grad_accum, train.max_steps),
         "log_interval": train.log_interval,
@@ -92,29 +95,26 @@ def batch_counts(source: ExampleSource, gpus: int, epochs: int, grad_accum: int,
     }
 
 
-def targets_per_batch(data: DataConfig) -> int:
-    """Targets of a full batch: one per example, or up to seq_len - warmup per sequence window."""
-    return data.batch_size * (data.seq_len - data.warmup) if data.objective == "sequence" else data.batch_size
-
-
 def memory(chunk_frames: int, layout: FrameLayout, data: DataConfig, gpus: int, frames: int) -> dict:
     """Estimated RAM of the loaders, in bytes, next to the reference's (every frame in RAM)."""
     frame_bytes = layout.n_float * 4 + layout.n_int * 2  # float32 + int16, as the loader decodes them
-    pool = data.chunks_per_group * chunk_frames * frame_bytes  # one decoded group, frame-major
-    # GroupReader also keeps the group's chunks as decoded (one more for the context before them).
-    decode = (data.chunks_per_group + 1) * chunk_frames * frame_bytes
-    if data.objective == "sequence":  # a window: its frames, a target mask entry per position, the id
-        example = (data.seq_len + 1) * frame_bytes + data.seq_len + 8
+    items = items_of(data)
+    piece_frames = data.piece_frames or chunk_frames
+    pool = data.pieces_per_group * (piece_frames + items.before + items.after) * frame_bytes  # one decoded group
+    decode = KEEP_DECODED * chunk_frames * frame_bytes  # GroupReader's last decoded chunks
+    if data.objective == "last":
+        item = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
     else:
-        example = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
-    batch = data.batch_size * example
+        item = (data.seq_len + 1) * frame_bytes + data.seq_len + 8
+    batch = data.batch_size * item
     loaders = max(1, data.num_workers)
     in_flight = PREFETCH_FACTOR * data.num_workers if data.num_workers else 1
     per_gpu = loaders * (pool + decode) + in_flight * batch
     return {
         "bytes_per_frame": frame_bytes,
         "chunk_frames": chunk_frames,
-        "chunks_per_group": data.chunks_per_group,
+        "piece_frames": piece_frames,
+        "pieces_per_group": data.pieces_per_group,
         "loader_pool_bytes": pool,
         "loader_bytes": pool + decode,
         "batch_bytes": batch,
@@ -157,7 +157,6 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
     """The plan as Markdown tables, in the run card's sections."""
     model, train, sampling = config.model, config.train, config.train.scheduled_sampling
     sequence = plan["objective"] == "sequence"
-    unit = "targets" if sequence else "examples"
     sections = {
         "Data": [
             ("Store", f"`{plan['store']}`"),
@@ -165,8 +164,8 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
             ("Selected (filters: " + _filters(config) + ")", f"{_n(plan['train_games'])} train / {_n(plan['val_games'])} val"),
             ("Frames in store", _n(plan["frames"])),
             ("Frames selected", _n(plan["selected_frames"])),
-            (f"Train {unit}", _n(plan["train_examples"])),
-            (f"Val {unit}", _n(plan["val_examples"])),
+            ("Train examples", _n(plan["train_examples"]) + (f" windows, {_n(plan['train_targets'])} targets" if sequence else "")),
+            ("Val examples", _n(plan["val_examples"]) + (f" windows, {_n(plan['val_targets'])} targets" if sequence else "")),
             ("Float dims/frame", str(plan["float_dims"])),
             ("Int dims/frame", str(plan["int_dims"])),
         ],
@@ -183,9 +182,10 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
             ("Epochs", str(plan["epochs"])),
             ("Batch size (per GPU)", _n(plan["batch_size"]) + (f" windows, up to {_n(plan['targets_per_batch'])} targets" if sequence else "")),
             ("Gradient accumulation", str(plan["grad_accum"])),
-            ("Learning rate", f"{train.lr:g}"),
-            ("Weight decay", f"{train.weight_decay:g}"),
-            ("Scheduled sampling", f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames)"),
+            ("Learning rate", f"{train.lr:g} (cosine {train.lr_schedule.replace('_', ' ')})"),
+            ("Weight decay", f"{train.weight_decay:g} ({'every parameter' if train.weight_decay_all else 'matrices and embeddings'})"),
+            ("Precision", {"auto": "bf16 autocast on GPUs", "no": "fp32"}.get(train.mixed_precision, train.mixed_precision)),
+            ("Scheduled sampling", f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames, {sampling.targets} targets)"),
             ("Optimizer updates per epoch", _n(plan["updates_per_epoch"])),
             ("Total optimizer updates", _n(plan["total_updates"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
         ],
@@ -209,7 +209,7 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
         else [("Batch time", "unknown: pass --step-ms or --step-json (benchmarks/train_step.py --json)")],
         "Memory": [
             ("Bytes per frame (float32 + int16)", str(plan["bytes_per_frame"])),
-            ("Decoded group per loader", f"{plan['chunks_per_group']} chunks x {_n(plan['chunk_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}"),
+            ("Decoded group per loader", f"{plan['pieces_per_group']} pieces x {_n(plan['piece_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}"),
             ("Per loader with decode buffers", _bytes(plan["loader_bytes"])),
             ("Batch", _bytes(plan["batch_bytes"])),
             ("Per GPU", f"{_bytes(plan['ram_bytes_per_gpu'])} ({plan['loaders_per_gpu']} loader(s), {plan['batches_in_flight']} batch(es) in flight)"),

@@ -5,7 +5,8 @@
   for a model trained with the sequence objective the same metrics over every target position of its
   own seq_len windows.
 - `rollouts_with_baselines`: autoregressive rollouts from given start points, and the baselines
-  (`melee_model.baselines`) on the very same windows, scored against horizon (`melee_model.horizons`).
+  (`melee_model.baselines`) on the very same windows, scored frame by frame (`melee_model.horizons`;
+  `at_horizons` reads the curves off at horizons).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from melee_encode import Store
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig
 from melee_model.examples import ExampleSource
-from melee_model.horizons import HORIZONS, horizon_errors
+from melee_model.horizons import mean_curves
 from melee_model.layout import FrameLayout
 from melee_model.metrics import VAL_PREFIX, score
 from melee_model.objective import build_objective
@@ -69,15 +70,15 @@ def rollout_starts(source: ExampleSource, split: str, count: int, horizon: int, 
     return pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
 
 
-def rollouts_with_baselines(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None, horizons=HORIZONS) -> tuple[RolloutResult, dict]:
-    """The model's rollouts of `horizon` frames from `starts`, and {predictor: horizon_errors} for
-    the model (key MODEL) and every baseline, all on the same real windows."""
+def rollouts_with_baselines(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None) -> tuple[RolloutResult, dict]:
+    """The model's rollouts of `horizon` frames from `starts`, and {predictor: {metric: (H,) curve}}
+    (horizons.mean_curves) for the model (key MODEL) and every baseline, all on the same real windows."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)  # (N, K+H, F), (N, K+H, I)
     result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
     K = layout.context_len
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    errors = {MODEL: horizon_errors(layout, result.pred_floats, result.pred_ints, true_floats, true_ints, horizons)}
+    curves = {MODEL: mean_curves(layout, result.pred_floats, result.pred_ints, true_floats, true_ints)}
     for name in BASELINES:
         pred_floats, pred_ints = baseline_frames(name, layout, float_windows, int_windows)
-        errors[name] = horizon_errors(layout, pred_floats, pred_ints, true_floats, true_ints, horizons)
-    return result, errors
+        curves[name] = mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints)
+    return result, curves

@@ -1,7 +1,7 @@
 """Decoding the store's chunks for the data pipeline: a group of chunks at a time, local or remote.
 
-`GroupReader` decodes the chunks a group of `ChunkTargets` reads (plus the context frames before
-them) into frame-major pools that batches are gathered from. The store itself knows how a chunk is
+`GroupReader` decodes the frames a group of pieces reads (plus the context frames around them) into
+one pool that batches are gathered from. The store itself knows how a chunk is
 found and decoded (`Store.read_chunks`); this module decides which chunks and when, and keeps
 remote stores fast: from local disk each chunk is a file read, from an object store each is a
 request with tens of milliseconds of latency, so all chunks of a group are requested at once
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 
 import numpy as np
@@ -24,9 +25,10 @@ from melee_encode.format import part_name
 from melee_encode.storage import is_url
 from melee_encode.store import ChunkKey
 from melee_model.layout import FrameLayout
-from melee_model.sampler import ChunkTargets
+from melee_model.sampler import Piece
 
 EVICT_TO = 0.8  # an eviction pass brings the cache down to this share of its bound
+KEEP_DECODED = 3  # decoded chunks kept: a segment spans at most a few, neighbouring segments share them
 
 
 class ChunkCache:
@@ -123,67 +125,93 @@ class ChunkFetcher:
 
 
 class GroupReader:
-    """Decodes a group's chunks (with the context frames around them) into frame-major pools.
+    """Decodes the frames a group of pieces reads, as one frame-major pool or as feature-major blocks.
 
-    Buffers are allocated once and reused: fresh arrays of this size cost more in page faults than
-    the copies themselves. A returned pool is valid until the next `read`.
+    Each piece's segment is its items' positions with the `before` and `after` frames they also read.
+    - frame-major (`frame_major=True`, the card's examples): the segments are copied, transposed, out
+      of the chunks they overlap into one (P, columns) pool that per-example gathers read; chunks are
+      decoded in storage order and the last few kept, so neighbouring segments share a decode;
+    - feature-major (sequence windows): every chunk the segments overlap is decoded in place into one
+      block of a (blocks, columns, chunk_frames) array, the store's own layout, with no copy at all;
+      a segment's chunks are consecutive blocks, so a window is a run of flat positions.
+    Either way `read` returns the pools and, per piece, the flat pool index of part position 0.
+    Buffers are allocated once and reused (fresh arrays of this size cost more in page faults than
+    the copies); a pool is valid until the next read.
     """
 
-    def __init__(self, store: Store, layout: FrameLayout, fetcher: ChunkFetcher | None = None):
+    def __init__(self, store: Store, layout: FrameLayout, before: int, after: int, frame_major: bool = True, fetcher: ChunkFetcher | None = None):
         self.store = store
-        self.layout = layout
+        self.before, self.after = before, after
+        self.frame_major = frame_major
         self.fetcher = fetcher or ChunkFetcher(store)
         self.chunk = store.chunk_frames
-        self.floats = torch.empty(0, layout.n_float)  # the pools, frame-major
-        self.ints = torch.empty(0, layout.n_int, dtype=torch.int16)
-        self.slots: list[tuple[np.ndarray, np.ndarray]] = []  # decoded chunks, feature-major
+        self.widths = (layout.n_float, layout.n_int)
+        self.pools = (torch.empty(0), torch.empty(0, dtype=torch.int16))  # float, int
+        self.decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (part, chunk) -> buffers, oldest first
 
-    def fetch(self, chunks: list[ChunkTargets]) -> dict[ChunkKey, np.ndarray | None]:
-        """The stored bytes of the float and int chunks a `read` of `chunks` decodes, all at once."""
-        return self.fetcher.fetch([key for part, c in self._chunks(self._segments(chunks)) for key in _keys(part, c)])
+    def fetch(self, pieces: list[Piece]) -> dict[ChunkKey, np.ndarray | None]:
+        """The stored bytes of the float and int chunks a `read` of `pieces` decodes, all at once."""
+        return self.fetcher.fetch([key for part, c in self._chunks(self._segments(pieces)) for key in _keys(part, c)])
 
-    def read(self, chunks: list[ChunkTargets], fetched: dict[ChunkKey, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """floats (P, n_float) float32, ints (P, n_int) int16, and per chunk the pool index of part position 0.
+    def read(self, pieces: list[Piece], fetched: dict[ChunkKey, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(floats, ints, bases): frame-major pools (P, n_float) float32 and (P, n_int) int16, or
+        feature-major blocks (blocks, n_float, chunk) and (blocks, n_int, chunk); and per piece the
+        flat pool index of part position 0. `fetched`: the group's stored chunks, if fetched ahead."""
+        segments = self._segments(pieces)
+        fetched = self.fetch(pieces) if fetched is None else fetched
+        return self._read_frames(segments, fetched) if self.frame_major else self._read_blocks(segments, fetched)
 
-        `fetched` holds the group's stored chunks if `fetch` got them already (ahead of time)."""
-        segments = self._segments(chunks)
-        fetched = self.fetch(chunks) if fetched is None else fetched
-        decoded = {key: self._decode(*key, slot, fetched) for slot, key in enumerate(self._chunks(segments))}  # each chunk once
+    def _read_frames(self, segments: list[tuple[int, int, int]], fetched: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         size = sum(hi - lo for _, lo, hi in segments)
-        if size > len(self.floats):
-            self.floats = torch.empty(size, self.layout.n_float)
-            self.ints = torch.empty(size, self.layout.n_int, dtype=torch.int16)
+        pools = self._pools((size, self.widths[0]), (size, self.widths[1]))
         bases, at = [], 0
         for part, lo, hi in segments:
             bases.append(at - lo)  # pool index of part position p is bases[k] + p
-            for c in range(lo // self.chunk, (hi - 1) // self.chunk + 1):
-                floats, ints = decoded[(part, c)]  # (n_float, frames), (n_int, frames)
+            for c in self._chunks_of(part, lo, hi):
                 a, b = max(lo, c * self.chunk) - c * self.chunk, min(hi, (c + 1) * self.chunk) - c * self.chunk
-                self.floats[at : at + b - a].copy_(torch.from_numpy(floats[:, a:b]).t())  # transposed in the copy
-                self.ints[at : at + b - a].copy_(torch.from_numpy(ints[:, a:b]).t())
+                for pool, chunk in zip(pools, self._decode(part, c, fetched)):  # chunk: (columns, chunk frames)
+                    pool[at : at + b - a].copy_(torch.from_numpy(chunk[:, a:b]).t())  # transposed in the copy
                 at += b - a
-        return self.floats[:size].numpy(), self.ints[:size].numpy(), np.array(bases, dtype=np.int64)
+        return *(pool.numpy() for pool in pools), np.array(bases, dtype=np.int64)
 
-    def _segments(self, chunks: list[ChunkTargets]) -> list[tuple[int, int, int]]:
-        """(part, lo, hi) per chunk: the part positions its examples read, context included."""
-        before, after = self.layout.context_len, self.layout.lookahead
-        segments = []
-        for chunk in chunks:
-            start = chunk.chunk * self.chunk
-            lo = max(0, min(int(chunk.starts.min()) - before, start))
-            hi = min(self.store.parts[chunk.part], max(int(chunk.stops.max()) + after, start + self.chunk))
-            segments.append((chunk.part, lo, hi))
-        return segments
+    def _read_blocks(self, segments: list[tuple[int, int, int]], fetched: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        chunks = self._chunks(segments)
+        block_of = {key: k for k, key in enumerate(chunks)}
+        blocks = self._pools(*((len(chunks), width, self.chunk) for width in self.widths))
+        for k, (part, c) in enumerate(chunks):
+            self.store.read_chunks(_keys(part, c), [blocks[0][k].numpy(), blocks[1][k].numpy()], fetched)
+        bases = [block_of[(part, lo // self.chunk)] * self.chunk - (lo // self.chunk) * self.chunk for part, lo, _ in segments]
+        return *(block.numpy() for block in blocks), np.array(bases, dtype=np.int64)
+
+    def _segments(self, pieces: list[Piece]) -> list[tuple[int, int, int]]:
+        """(part, lo, hi) per piece: the part positions its items read. Past the part's end (a window
+        that runs over the last game) the chunks read as their fill value."""
+        return [(p.part, max(0, int(p.starts.min()) - self.before), p.last + self.after + 1) for p in pieces]
+
+    def _chunks_of(self, part: int, lo: int, hi: int) -> range:
+        return range(lo // self.chunk, (hi - 1) // self.chunk + 1)
 
     def _chunks(self, segments: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
-        """(part, chunk) of every chunk the segments overlap, each once, in order."""
-        return list(dict.fromkeys((part, c) for part, lo, hi in segments for c in range(lo // self.chunk, (hi - 1) // self.chunk + 1)))
+        """(part, chunk) of every chunk the segments overlap, each once, in storage order."""
+        return sorted({(part, c) for part, lo, hi in segments for c in self._chunks_of(part, lo, hi)})
 
-    def _decode(self, part: int, c: int, slot: int, fetched: dict[ChunkKey, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Chunk c of a part's float and int arrays, decoded into buffer `slot`."""
-        while len(self.slots) <= slot:
-            self.slots.append((np.empty((self.layout.n_float, self.chunk), np.float32), np.empty((self.layout.n_int, self.chunk), np.int16)))
-        return tuple(self.store.read_chunks(_keys(part, c), list(self.slots[slot]), fetched))
+    def _pools(self, float_shape: tuple, int_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of the reused pool buffers with these shapes, grown when too small."""
+        if self.pools[0].numel() < math.prod(float_shape):
+            self.pools = (torch.empty(float_shape), torch.empty(int_shape, dtype=torch.int16))
+        return tuple(pool.view(-1)[: math.prod(shape)].view(shape) for pool, shape in zip(self.pools, (float_shape, int_shape)))
+
+    def _decode(self, part: int, c: int, fetched: dict[ChunkKey, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk c of a part's float and int arrays, (columns, chunk frames) each, decoded once while
+        it is among the last KEEP_DECODED."""
+        key = (part, c)
+        if key not in self.decoded:
+            if len(self.decoded) >= KEEP_DECODED:
+                buffers = self.decoded.pop(next(iter(self.decoded)))
+            else:
+                buffers = (np.empty((self.widths[0], self.chunk), np.float32), np.empty((self.widths[1], self.chunk), np.int16))
+            self.decoded[key] = tuple(self.store.read_chunks(_keys(part, c), list(buffers), fetched))
+        return self.decoded[key]
 
 
 def _keys(part: int, c: int) -> list[ChunkKey]:

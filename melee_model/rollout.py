@@ -8,10 +8,12 @@ controller input at that frame. A predicted frame is the last context frame with
     dynamics columns               := the predicted values
     controller columns             := the replay's at that frame
     TARGET_FIELDS int columns      := argmax per player
-    state_age int column (if any)  := previous + 1 while the action is unchanged, else 0 (clipped to its vocab)
+    state_age, in either encoding  := previous + 1 frame while the player's action is unchanged, else 0
+                                      (the int column clipped to its vocab; the float one, x0.01, not)
     character, stage               carried over
 then percent, x, y, shield and stocks clamped to their game ranges (converted with each column's
-scale/offset from the schema). Many rollouts run at once, as one batch, on any device.
+scale/offset from the schema). Many rollouts run at once, as one batch, on any device. Models with
+a lookahead (data.lookahead > 0) predict a frame several steps on and cannot be rolled out.
 
 Two ways to step the model (`stepping`):
 - "recurrent" (the default for FrameStackMamba2): the real context is run once (`prefill`), then each
@@ -43,9 +45,11 @@ DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
 STEPPINGS = ("recurrent", "window")
 # Game-unit ranges of the clamped fields (spec section 5).
 CLAMP_RANGES = {"percent": (0.0, 999.0), "x": (-300.0, 300.0), "y": (-200.0, 300.0), "shield": (0.0, 60.0), "stocks": (0.0, 4.0)}
-# Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units), and the
-# fraction of players whose action, and whose stock count, matches the replay.
-ROLLOUT_METRICS = ("pos_error", "action_match", "stocks_match")
+# Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units); the
+# Euclidean distance between predicted and true (x, y) per player, averaged over the players (game
+# units; the reference's rollout position error); the fraction of players whose action, and whose
+# stock count, matches the replay.
+ROLLOUT_METRICS = ("pos_error", "pos_error_euclid", "action_match", "stocks_match")
 # Per-player fields of a trajectory, in game units (action: ids).
 TRAJECTORY_FIELDS = ("x", "y", "percent", "stocks", "action")
 
@@ -97,8 +101,13 @@ class FrameStepper:
         self.ctrl_columns, self.button_columns = index(layout.ctrl_columns), index(layout.button_columns)
         self.int_columns = {f: index(schema.int_index(f"p{p}.{f}") for p in (0, 1)) for f in TARGET_FIELDS}  # field -> (2,)
         self.action_columns = index(layout.action_columns)
-        self.state_age_columns = index(layout.int_columns_of("state_age"))  # empty when state_age is no int column
+        self.state_age_columns = index(layout.int_columns_of("state_age"))  # (2,), or empty when state_age is no int column
         self.state_age_max = layout.vocab("state_age") - 1 if len(self.state_age_columns) else 0
+        ages = [(i, c) for i, c in enumerate(schema.float_columns) if c.field == "state_age"]  # p0's, then p1's
+        self.state_age_floats = index(i for i, _ in ages)  # (2,), or empty when state_age is no float column
+        # One frame older, and age 0, in the float column's encoding.
+        self.state_age_step = torch.tensor([c.scale for _, c in ages], dtype=torch.float32, device=device)
+        self.state_age_zero = torch.tensor([c.offset for _, c in ages], dtype=torch.float32, device=device)
         clamped = [(i, c) for i, c in enumerate(schema.float_columns) if c.player is not None and c.field in CLAMP_RANGES]
         bounds = np.array([[lo * c.scale + c.offset for lo in CLAMP_RANGES[c.field]] for _, c in clamped]).reshape(-1, 2)
         self.clamp_columns = index(i for i, _ in clamped)
@@ -125,10 +134,13 @@ class FrameStepper:
         ints = last_int.clone()  # (N, I)
         for field in TARGET_FIELDS:
             ints[:, self.int_columns[field]] = pred[field].argmax(-1)  # (N, 2)
+        same = ints[:, self.action_columns] == last_int[:, self.action_columns]  # (N, 2)
         if len(self.state_age_columns):
-            same = ints[:, self.action_columns] == last_int[:, self.action_columns]  # (N, 2)
             older = (last_int[:, self.state_age_columns] + 1).clamp(max=self.state_age_max)
             ints[:, self.state_age_columns] = torch.where(same, older, torch.zeros_like(older))
+        if len(self.state_age_floats):
+            older = last_float[:, self.state_age_floats] + self.state_age_step  # (N, 2)
+            floats[:, self.state_age_floats] = torch.where(same, older, self.state_age_zero.expand_as(older))
         return floats, ints
 
 
@@ -279,11 +291,12 @@ def report_horizons(horizon: int, horizons=None) -> list[int]:
 def frame_metrics(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
     """Each of ROLLOUT_METRICS per rollout and frame, (N, H), from (N, H, F) floats and (N, H, I) ints."""
     schema = layout.schema
-    position_error = np.concatenate([np.abs(player_values(schema, pred_floats, f) - player_values(schema, true_floats, f)) for f in ("x", "y")], axis=-1)  # (N, H, 4)
+    offsets = np.stack([player_values(schema, pred_floats, f) - player_values(schema, true_floats, f) for f in ("x", "y")], axis=-1)  # (N, H, 2 players, 2)
     actions = list(layout.action_columns)
     stocks_match = np.rint(player_values(schema, pred_floats, "stocks")) == np.rint(player_values(schema, true_floats, "stocks"))  # (N, H, 2)
     return {
-        "pos_error": position_error.mean(-1),
+        "pos_error": np.abs(offsets).mean((-2, -1)),
+        "pos_error_euclid": np.sqrt((offsets**2).sum(-1)).mean(-1),
         "action_match": (pred_ints[..., actions] == true_ints[..., actions]).mean(-1),
         "stocks_match": stocks_match.mean(-1),
     }

@@ -1,22 +1,29 @@
 """Which examples an epoch holds, in which order, and which rank and loader worker produces each.
 
 Everything here is index arithmetic over the per-game table (numpy only: no store, no torch):
-- games are selected (the data config's `GameFilter`, then a 90/10 train/val split decided per game
-  by its content hash, so a game stays on its side when the store grows);
-- the targets of each stored chunk become a `ChunkTargets`: the examples whose target frame lies in
-  that chunk of a part;
-- an `EpochPlan` shuffles the chunks (train), takes them `chunks_per_group` at a time as groups whose
-  examples are shuffled together, and cuts the resulting stream into contiguous ranges, one per rank
-  and loader worker, in whole batches.
+- games are selected (the data config's `GameFilter`, then a 90/10 train/val split decided per
+  match: by the game's `match_id` where the replay gave one, so that both players' uploads of one
+  netplay match land on the same side, else by its content hash; either way a game stays on its
+  side when the store grows);
+- a game's *items* are the examples it holds: for the card objective one per target frame t (it
+  reads frames t-K .. t+lookahead), for the sequence objective one per window of seq_len + 1 frames
+  (windows tile the game, seq_len - warmup apart). Items are named by their first position;
+- a store part is cut into *pieces* of `piece_frames` positions, and the items whose position lies in
+  one piece form a `Piece`: the unit the loader decodes (whole chunks are decoded, so a piece is
+  cheapest when it is a whole chunk, and mixes best when it is small);
+- an `EpochPlan` draws the train pieces in a random order, takes them `pieces_per_group` at a time as
+  groups whose items are shuffled together, so every batch mixes games from all over the store, and
+  cuts the resulting stream into contiguous ranges, one per rank and loader worker, in whole batches.
 
-Invariant: the order of an epoch's examples is a pure function of (seed, epoch, the selected games,
-the layout and the batching); every example appears exactly once per epoch across all ranks and
-workers. `round_robin_resume` says where each worker stands after a number of batches, so a resumed
-epoch continues without producing the consumed batches again.
+Invariant: the order of an epoch's items is a pure function of (seed, epoch, the selected games, the
+objective and the batching); every item appears exactly once per epoch across all ranks and workers.
+`round_robin_resume` says where each worker stands after a number of batches, so a resumed epoch
+continues without producing the consumed batches again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -32,9 +39,41 @@ SPLITS = ("train", "val")
 Table = dict[str, np.ndarray]  # the per-game table, as Store.games gives it
 
 
+@dataclass(frozen=True)
+class Items:
+    """Where a game's items lie and what each reads: items at offset + first, + stride, ... before
+    offset + length - last; an item at position p reads positions p - before .. p + after."""
+
+    first: int
+    last: int
+    stride: int
+    before: int
+    after: int
+
+    @property
+    def min_frames(self) -> int:
+        """The shortest game that holds an item."""
+        return self.first + self.last + 1
+
+
+def items_of(config: DataConfig) -> Items:
+    """The items of a data config's objective (see the module docstring)."""
+    if config.objective == "last":
+        K, d = config.context_len, config.lookahead
+        return Items(first=K, last=d, stride=1, before=K, after=d)
+    if config.objective == "sequence":
+        L, W = config.seq_len, config.warmup
+        if not 0 <= W < L:
+            raise ConfigError(f"data.warmup must be in [0, data.seq_len), got warmup {W}, seq_len {L}")
+        if config.lookahead:
+            raise ConfigError("the sequence objective predicts one frame ahead: data.lookahead must be 0")
+        return Items(first=0, last=W + 1, stride=L - W, before=0, after=L)
+    raise ConfigError(f"data.objective must be 'last' or 'sequence', got {config.objective!r}")
+
+
 def data_filter(config: DataConfig, encoding: EncodingConfig, span: int) -> GameFilter:
     """The load-time filter of a data config: its names resolved to ids, games of at least `span`
-    frames (one example), and with `require_fields: used` every replay field the encoding reads."""
+    frames (one item), and with `require_fields: used` every replay field the encoding reads."""
     if config.require_fields not in ("used", "none"):
         raise ConfigError(f"data.require_fields must be 'used' or 'none', got {config.require_fields!r}")
     return GameFilter(
@@ -46,80 +85,113 @@ def data_filter(config: DataConfig, encoding: EncodingConfig, span: int) -> Game
     )
 
 
-def is_validation(hashes: np.ndarray, val_fraction: float) -> np.ndarray:
-    """Per game: True for the validation split. Decided by the content hash alone, so stable."""
-    position = np.array([int(h[:8], 16) for h in hashes], dtype=np.float64) / 16**8  # uniform in [0, 1)
-    return position < val_fraction
+def split_positions(games: Table) -> np.ndarray:
+    """(games,) float64, uniform in [0, 1): where each game falls for the split.
+
+    A game whose table row has a non-empty "match_id" is placed by a hash of it, so the games of one
+    match share their place; any other game (and every game of a store without that column) by its
+    content hash, as stores have always been split.
+    """
+    match_ids = games.get("match_id", np.full(len(games["hash"]), ""))
+    keys = [hashlib.sha256(str(m).encode()).hexdigest() if m else h for m, h in zip(match_ids, games["hash"])]
+    return np.array([int(k[:8], 16) for k in keys], dtype=np.float64) / 16**8
+
+
+def is_validation(games: Table, val_fraction: float) -> np.ndarray:
+    """Per game: True for the validation split (a match's games all on one side; stable as the store grows)."""
+    return split_positions(games) < val_fraction
 
 
 def select_games(games: Table, game_filter: GameFilter, split: str, val_fraction: float) -> np.ndarray:
     """Rows of the per-game table in `split` that pass the filter."""
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
-    keep = is_validation(games["hash"], val_fraction) == (split == "val")
+    keep = is_validation(games, val_fraction) == (split == "val")
     return np.flatnonzero(keep & game_filter.mask(games))
 
 
 @dataclass(frozen=True)
-class ChunkTargets:
-    """The examples whose target frame lies in one stored chunk: target positions in [starts, stops)."""
+class Piece:
+    """The items whose position lies in one piece of a part: positions starts[i], starts[i] + stride,
+    ... < stops[i]; range i lies inside one game, which ends at position ends[i] (exclusive)."""
 
     part: int
-    chunk: int
-    starts: np.ndarray  # (pieces,) int64, part coordinates; one piece per game overlapping the chunk
+    index: int  # the piece's positions are [index * piece_frames, (index + 1) * piece_frames)
+    starts: np.ndarray  # (ranges,) int64, part positions
     stops: np.ndarray
+    ends: np.ndarray
+    stride: int = 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(ranges,) int64: items per range."""
+        return -(-(self.stops - self.starts) // self.stride)
 
     @property
     def count(self) -> int:
-        return int((self.stops - self.starts).sum())
+        return int(self.counts.sum())
+
+    @property
+    def last(self) -> int:
+        """The position of the last item."""
+        return int((self.starts + (self.counts - 1) * self.stride).max())
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, game ends) of every item, in position order: two (count,) int64 arrays."""
+        counts = self.counts
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(self.starts, counts) + within * self.stride, np.repeat(self.ends, counts)
 
 
-def plan_chunk_targets(games: Table, rows: np.ndarray, chunk_frames: int, context_len: int, lookahead: int) -> list[ChunkTargets]:
-    """One ChunkTargets per (part, chunk) holding examples of the selected games, in (part, chunk) order.
+def plan_pieces(games: Table, rows: np.ndarray, piece_frames: int, first: int, last: int, stride: int = 1) -> list[Piece]:
+    """The pieces holding the items of the selected games, in (part, piece) order.
 
-    An example is named by its first control frame t: it reads frames t-K .. t+lookahead, so t
-    ranges over [offset + K, offset + length - lookahead) of its game; games too short for one
-    example have none.
+    A game at [offset, offset + length) has items at offset + first, offset + first + stride, ...
+    before offset + length - last; games with none are left out. Card objective: first = K,
+    last = lookahead, stride 1 (one item per target frame). Sequence objective: first = 0,
+    last = warmup + 1, stride = seq_len - warmup (the windows that hold a target).
     """
-    rows = rows[games["length"][rows] > context_len + lookahead]
-    part = games["part"][rows].astype(np.int64)
-    first = games["offset"][rows].astype(np.int64) + context_len
-    end = games["offset"][rows].astype(np.int64) + games["length"][rows] - lookahead
-    # Split each game's range of targets at chunk boundaries.
-    first_chunk, last_chunk = first // chunk_frames, (end - 1) // chunk_frames
-    spans = last_chunk - first_chunk + 1
-    game = np.repeat(np.arange(len(rows)), spans)  # (pieces,)
-    piece_chunk = np.repeat(first_chunk, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
-    starts = np.maximum(first[game], piece_chunk * chunk_frames)
-    stops = np.minimum(end[game], (piece_chunk + 1) * chunk_frames)
-    piece_part = part[game]
-    order = np.lexsort((starts, piece_chunk, piece_part))
-    starts, stops, piece_part, piece_chunk = starts[order], stops[order], piece_part[order], piece_chunk[order]
-    keys = piece_part * (1 << 32) + piece_chunk
+    offset = games["offset"][rows].astype(np.int64)
+    end = offset + games["length"][rows]
+    a, b = offset + first, end - last  # (games,): the items' positions lie in [a, b)
+    has = b > a
+    part, a, b, end = games["part"][rows][has].astype(np.int64), a[has], b[has], end[has]
+    first_piece, last_piece = a // piece_frames, (b - 1) // piece_frames
+    spans = last_piece - first_piece + 1
+    game = np.repeat(np.arange(len(a)), spans)  # (ranges,)
+    piece = np.repeat(first_piece, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
+    lo = np.maximum(a[game], piece * piece_frames)
+    lo = a[game] + -(-(lo - a[game]) // stride) * stride  # on the game's lattice of item positions
+    hi = np.minimum(b[game], (piece + 1) * piece_frames)
+    keep = lo < hi
+    lo, hi, ends, piece, piece_part = lo[keep], hi[keep], end[game][keep], piece[keep], part[game][keep]
+    order = np.lexsort((lo, piece, piece_part))
+    lo, hi, ends, piece, piece_part = lo[order], hi[order], ends[order], piece[order], piece_part[order]
+    keys = piece_part * (1 << 32) + piece
     boundaries = np.flatnonzero(np.diff(keys)) + 1
     edges = zip(np.concatenate([[0], boundaries]), np.concatenate([boundaries, [len(keys)]]))
-    return [ChunkTargets(int(piece_part[a]), int(piece_chunk[a]), starts[a:b], stops[a:b]) for a, b in edges if b > a]
+    return [Piece(int(piece_part[i]), int(piece[i]), lo[i:j], hi[i:j], ends[i:j], stride) for i, j in edges if j > i]
 
 
 class EpochPlan:
-    """The example stream of one epoch and its split over ranks and loader workers.
+    """The item stream of one epoch and its split over ranks and loader workers.
 
-    Groups are runs of `chunks_per_group` consecutive chunks (neighbouring chunks share their edge
-    frames, so a run decodes each chunk once plus one chunk before it); for train, the order of the
-    groups is shuffled by (seed, epoch) and each group's examples by (seed, epoch, group). The stream
-    is the groups in that order. Rank r takes the r-th of `world` near-equal contiguous ranges of
-    the stream; inside it, worker w takes a contiguous run of whole batches.
+    For train, the pieces are drawn in a random order by (seed, epoch) and taken `pieces_per_group` at
+    a time; each group's items are shuffled together by (seed, epoch, group). For validation, pieces
+    stay in table order and items in position order. The stream is the groups in turn. Rank r takes
+    the r-th of `world` near-equal contiguous ranges of the stream; inside it, worker w takes a
+    contiguous run of whole batches.
     """
 
-    def __init__(self, chunks: list[ChunkTargets], *, seed: int, epoch: int, shuffle: bool, chunks_per_group: int, batch_size: int, world: int = 1):
+    def __init__(self, pieces: list[Piece], *, seed: int, epoch: int, shuffle: bool, pieces_per_group: int, batch_size: int, world: int = 1):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.batch_size, self.world = batch_size, world
-        self.chunks = chunks
-        size = max(1, chunks_per_group)
-        runs = [np.arange(a, min(a + size, len(chunks))) for a in range(0, len(chunks), size)]
-        order = np.random.default_rng([seed, epoch]).permutation(len(runs)) if shuffle else np.arange(len(runs))
-        self.groups = [runs[g] for g in order]  # chunk indices of each group, in stream order
-        counts = np.array([c.count for c in chunks], dtype=np.int64)
+        self.pieces = pieces
+        order = np.random.default_rng([seed, epoch]).permutation(len(pieces)) if shuffle else np.arange(len(pieces))
+        size = max(1, pieces_per_group)
+        # Sorted inside a group: its chunks are then decoded in storage order (the stream does not care).
+        self.groups = [np.sort(order[a : a + size]) for a in range(0, len(pieces), size)]  # piece indices of each group
+        counts = np.array([p.count for p in pieces], dtype=np.int64)
         group_counts = np.array([counts[g].sum() for g in self.groups], dtype=np.int64)
         self.group_starts = np.concatenate([[0], np.cumsum(group_counts)]).astype(np.int64)  # stream offset of each group
         self.total = int(self.group_starts[-1])
@@ -145,23 +217,22 @@ class EpochPlan:
         base, end = self.rank_starts[rank], self.rank_starts[rank + 1]
         return min(base + first_batch * self.batch_size, end), min(base + stop_batch * self.batch_size, end)
 
-    def group_examples(self, group: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk index within the group, target position) of the group's examples, in stream order."""
-        chunk_ids, positions = [], []
-        for k, c in enumerate(self.groups[group]):
-            chunk = self.chunks[c]
-            lengths = chunk.stops - chunk.starts
-            within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            positions.append(np.repeat(chunk.starts, lengths) + within)
-            chunk_ids.append(np.full(int(lengths.sum()), k))
-        chunk_ids, positions = np.concatenate(chunk_ids), np.concatenate(positions)
+    def group_items(self, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(piece slot within the group, position, game end) of the group's items, in stream order."""
+        slots, positions, ends = [], [], []
+        for k, p in enumerate(self.groups[group]):
+            where, end = self.pieces[p].items()
+            positions.append(where)
+            ends.append(end)
+            slots.append(np.full(len(where), k))
+        slots, positions, ends = np.concatenate(slots), np.concatenate(positions), np.concatenate(ends)
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch, int(group)]).permutation(len(positions))
-            chunk_ids, positions = chunk_ids[order], positions[order]
-        return chunk_ids, positions
+            slots, positions, ends = slots[order], positions[order], ends[order]
+        return slots, positions, ends
 
     def groups_in(self, start: int, end: int) -> list[int]:
-        """The groups whose examples overlap stream positions [start, end), in stream order."""
+        """The groups whose items overlap stream positions [start, end), in stream order."""
         starts = self.group_starts
         return [g for g in range(len(self.groups)) if starts[g + 1] > max(start, starts[g]) and starts[g] < end]
 

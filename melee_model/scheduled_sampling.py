@@ -1,66 +1,111 @@
 """Scheduled sampling (spec section 6): inputs made less perfect during training, from the second epoch on.
 
-From epoch index 1 on, at a strength annealed as min(1, epoch / anneal_epochs) (`strength`):
-- mode "noise" (the run card's): Gaussian noise on the continuous and velocity columns of both
-  players. The card objective perturbs the last `frames` context frames of a fraction `rate` of the
-  examples (`add_context_noise`); the sequence objective, where every frame is some position's last
-  context frame, perturbs a fraction `rate` of the input frames (`add_frame_noise`). The targets keep
-  the reference's meaning: deltas stay relative to the clean frame (the noise comes after the targets).
-- mode "model" (sequence objective only): true scheduled sampling. A first pass without gradients
-  predicts every frame of the window from the real frames before it; a fraction `rate` of the input
-  frames are then replaced by those predictions, made into frames as a rollout makes them
-  (`FrameStepper.frame`), and the delta targets are taken against the frame the model now sees, so
-  that a prediction added to it lands on the true next frame (`own_frames`, `substitute`).
+From epoch index 1 on, at a strength annealed as min(1, epoch / anneal_epochs) (`anneal`), `mode`:
+- "noise" (the run card's): Gaussian noise on the continuous and velocity columns of both players,
+  applied after the batch was built (`ContextNoise`). The card objective perturbs the last `frames`
+  context frames of a fraction `rate` of the examples; the sequence objective, where every frame is
+  some position's last context frame, perturbs a fraction `rate` of the input frames.
+- "model" (sequence objective only): true scheduled sampling. A first pass without gradients predicts
+  every frame of the window from the real frames before it; a fraction `rate` of the input frames are
+  then replaced by those predictions, made into frames as a rollout makes them (`FrameStepper.frame`;
+  `own_frames`, `substitute`).
+
+`targets` says what the delta targets are relative to:
+- "clean" (the run card's, and our default): the clean last context frame, so a noised example asks
+  the model for the true next frame minus the true last frame it no longer sees;
+- "noisy": the noised last context frame (the target becomes true next frame minus what the model
+  saw), which is what a rollout's next step needs. It requires deltas taken from the last context
+  frame (not data.lookahead_delta "from_previous" with a lookahead). In mode "model" likewise: the
+  frame the model reads, its own prediction where substituted.
+
+The generator is the caller's: the trainer seeds one per micro-batch (seed, step, micro-batch, rank),
+so every micro-batch of an accumulated step draws its own noise and mask, and a resumed run the same.
 """
 
 from __future__ import annotations
 
 import torch
 
+from melee_encode.errors import ConfigError
 from melee_model.config import ScheduledSamplingConfig
 from melee_model.layout import FrameLayout
 from melee_model.rollout import FrameStepper
 from melee_model.sequence import SequenceParts
 
 NOISY_GROUPS = ("continuous", "velocity")
+TARGET_MODES = ("clean", "noisy")
 MODES = ("noise", "model")
 
 
-def noisy_columns(layout: FrameLayout, device) -> torch.Tensor:
-    """(n,) int64: the float columns the noise perturbs, both players'."""
+def noisy_columns(layout: FrameLayout) -> list[int]:
+    """The float columns the noise perturbs, both players'."""
     schema = layout.schema
-    columns = [i for p in (0, 1) for g in NOISY_GROUPS for i in schema.float_indices(player=p, group=g)]
-    return torch.tensor(columns, device=device)
+    return [i for p in (0, 1) for g in NOISY_GROUPS for i in schema.float_indices(player=p, group=g)]
 
 
-def strength(epoch: int, config: ScheduledSamplingConfig) -> float:
-    """How much of `rate` (and of `noise`) applies in `epoch`: 0 in the first epoch or at rate 0."""
+def micro_batch_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The seed of one micro-batch's noise: distinct per (step, micro-batch within it, rank)."""
+    return hash((seed, step, micro, rank)) & (2**63 - 1)
+
+
+class ContextNoise:
+    """The run card's context noise for one layout, on one device.
+
+    apply(batch, epoch, generator) perturbs batch["float_ctx"] (B, K, F) in place and, with targets
+    "noisy", moves batch["float_tgt"] (B, T)'s deltas of the noised columns to the noised last frame.
+    """
+
+    def __init__(self, layout: FrameLayout, config: ScheduledSamplingConfig, device):
+        if config.targets not in TARGET_MODES:
+            raise ConfigError(f"train.scheduled_sampling.targets must be one of {', '.join(TARGET_MODES)}, got {config.targets!r}")
+        if config.targets == "noisy" and layout.lookahead and layout.lookahead_delta == "from_previous":
+            raise ConfigError("train.scheduled_sampling.targets 'noisy' needs deltas from the last context frame; with data.lookahead_delta 'from_previous' they are taken from frame t+d-1")
+        self.config = config
+        columns = noisy_columns(layout)
+        self.columns = torch.tensor(columns, dtype=torch.long, device=device)  # (n,)
+        # Where each noised column's delta target sits in float_tgt (every noised column has one).
+        positions = [layout.float_target_columns.index(c) for c in columns]
+        self.target_positions = torch.tensor(positions, dtype=torch.long, device=device)  # (n,)
+
+    def apply(self, batch: dict, epoch: int, generator: torch.Generator) -> None:
+        strength = anneal(epoch, self.config)
+        if strength == 0:
+            return
+        config, float_ctx = self.config, batch["float_ctx"]
+        size, device = float_ctx.shape[0], float_ctx.device
+        chosen = torch.rand(size, device=device, generator=generator) < config.rate * strength  # (B,)
+        frames = min(config.frames, float_ctx.shape[1])
+        noise = torch.randn(size, frames, len(self.columns), device=device, generator=generator) * config.noise * strength  # (B, frames, n)
+        noise = noise * chosen[:, None, None]
+        float_ctx[:, -frames:, self.columns] += noise
+        if config.targets == "noisy":
+            batch["float_tgt"][:, self.target_positions] -= noise[:, -1]  # target - (last + noise)
+
+    def apply_frames(self, parts: dict, epoch: int, generator: torch.Generator) -> dict:
+        """The sequence objective's noise: a fraction `rate` of the input frames of parts["float_in"]
+        (B, L, F) perturbed (a copy), and with targets "noisy" the deltas of those positions in
+        parts["float_tgt"] (B, L, T) moved to the noised frame. Returns the parts, changed or not."""
+        strength = anneal(epoch, self.config)
+        if strength == 0:
+            return parts
+        config, float_in = self.config, parts["float_in"].clone()  # parts["float_in"] views the batch's frames
+        (size, length), device = float_in.shape[:2], float_in.device
+        chosen = torch.rand(size, length, device=device, generator=generator) < config.rate * strength  # (B, L)
+        noise = torch.randn(size, length, len(self.columns), device=device, generator=generator) * config.noise * strength  # (B, L, n)
+        noise = noise * chosen[..., None]
+        float_in[..., self.columns] += noise
+        parts = {**parts, "float_in": float_in}
+        if config.targets == "noisy":
+            parts["float_tgt"] = parts["float_tgt"].clone()
+            parts["float_tgt"][..., self.target_positions] -= noise
+        return parts
+
+
+def anneal(epoch: int, config: ScheduledSamplingConfig) -> float:
+    """The anneal factor of `epoch` (0-based) for rate and noise; 0 means none at all."""
     if config.rate <= 0 or epoch == 0:
         return 0.0
     return min(1.0, epoch / config.anneal_epochs) if config.anneal_epochs else 1.0
-
-
-def add_context_noise(float_ctx: torch.Tensor, columns: torch.Tensor, epoch: int, config: ScheduledSamplingConfig, generator: torch.Generator) -> None:
-    """Perturb float_ctx (B, K, F) in place; nothing in the first epoch or at rate 0."""
-    scale = strength(epoch, config)
-    if scale == 0:
-        return
-    batch, device = float_ctx.shape[0], float_ctx.device
-    chosen = torch.rand(batch, device=device, generator=generator) < config.rate * scale  # (B,)
-    frames = min(config.frames, float_ctx.shape[1])
-    noise = torch.randn(batch, frames, len(columns), device=device, generator=generator) * config.noise * scale  # (B, frames, n)
-    float_ctx[:, -frames:, columns] += noise * chosen[:, None, None]
-
-
-def add_frame_noise(float_in: torch.Tensor, columns: torch.Tensor, epoch: int, config: ScheduledSamplingConfig, generator: torch.Generator) -> None:
-    """Perturb a fraction `rate` of the frames of float_in (B, L, F) in place; nothing in the first epoch."""
-    scale = strength(epoch, config)
-    if scale == 0:
-        return
-    batch, length, device = float_in.shape[0], float_in.shape[1], float_in.device
-    chosen = torch.rand(batch, length, device=device, generator=generator) < config.rate * scale  # (B, L)
-    noise = torch.randn(batch, length, len(columns), device=device, generator=generator) * config.noise * scale  # (B, L, n)
-    float_in[..., columns] += noise * chosen[..., None]
 
 
 @torch.no_grad()
@@ -75,11 +120,14 @@ def own_frames(model: torch.nn.Module, parts: dict, stepper: FrameStepper) -> tu
     return floats.unflatten(0, shape), ints.unflatten(0, shape)  # (B, L, F), (B, L, I)
 
 
-def substitute(parts: dict, builder: SequenceParts, own_float: torch.Tensor, own_int: torch.Tensor, chosen: torch.Tensor) -> dict:
+def substitute(parts: dict, builder: SequenceParts, own_float: torch.Tensor, own_int: torch.Tensor, chosen: torch.Tensor, targets: str = "noisy") -> dict:
     """parts with input frame s+j (j >= 1) replaced by the model's own frame where chosen (B, L) is set
-    (chosen[:, 0] is ignored: frame s has no prediction), and the delta targets taken against the frame
-    each position now reads. own_float (B, L, F), own_int (B, L, I): `own_frames`."""
+    (chosen[:, 0] is ignored: frame s has no prediction); with targets "noisy" the delta targets are
+    taken against the frame each position now reads. own_float (B, L, F), own_int (B, L, I): `own_frames`."""
     swap = chosen[:, 1:, None]  # (B, L-1, 1): input position j >= 1 is predicted frame j-1
     float_in = torch.cat([parts["float_in"][:, :1], torch.where(swap, own_float[:, :-1], parts["float_in"][:, 1:])], dim=1)  # (B, L, F)
     int_in = torch.cat([parts["int_in"][:, :1], torch.where(swap, own_int[:, :-1], parts["int_in"][:, 1:])], dim=1)  # (B, L, I)
-    return {**parts, "float_in": float_in, "int_in": int_in, "float_tgt": builder.float_targets(float_in, parts["float_next"])}
+    substituted = {**parts, "float_in": float_in, "int_in": int_in}
+    if targets == "noisy":
+        substituted["float_tgt"] = builder.float_targets(float_in, parts["float_next"])
+    return substituted

@@ -10,17 +10,16 @@ Exact resume: the checkpoint holds the model, the optimizer, the scheduler, ever
 unlogged metric sums, and the position in the epoch; the data order is a pure function of (seed,
 epoch), so a resumed run continues with the batches, learning rates and metrics the uninterrupted
 run would have had. `data.objective` says how batches become predictions (melee_model.objective: the
-card's K-frame examples, or every position of sequence windows), scheduled sampling included.
+card's K-frame examples, or every position of sequence windows), scheduled sampling included, which
+draws its noise per micro-batch (scheduled_sampling.py); by default its delta targets stay relative
+to the clean last context frame, as the run card's did. Figures go out through tracking.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -29,15 +28,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from melee_model.batches import batch_to_device
 from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_fingerprint
 from melee_model.config import ExperimentConfig, to_dict
-from melee_model.examples import ExampleSource, batch_to_device
+from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdict, track_patience
 from melee_model.losses import compute_losses
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score
 from melee_model.model import build_model, describe_model
 from melee_model.objective import build_objective
-from melee_model.optim import adamw, cosine_schedule
+from melee_model.optim import adamw, lr_multiplier
+from melee_model.scheduled_sampling import micro_batch_seed
+from melee_model.tracking import append_metrics, bar_postfix, progress_bar, start_trackers, truncate_metrics
 
 
 @dataclass
@@ -56,8 +58,7 @@ class Progress:
 class Trainer:
     """One training run: set-up, the epochs, evaluation, logging, checkpoints and escape hatches."""
 
-    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None, source: ExampleSource | None = None):
-        """`source`: the store already opened for this experiment (ExampleSource.for_experiment), or None."""
+    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None):
         self.config = config
         train = config.train
         mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
@@ -68,17 +69,18 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
 
-        self.source = source or ExampleSource.for_experiment(store, config, storage_options)
+        self.source = ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
         self.objective = build_objective(config, self.layout, self.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
-        self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay))
+        self.model, self.optimizer = self.accelerator.prepare(model, adamw(model, train.lr, train.weight_decay, train.weight_decay_all))
         self.batches_per_epoch = self.source.plan("train", 0, self.world).batches_per_rank  # micro-batches per rank
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, cosine_schedule(train.schedule_steps or self.total_updates, train.warmup_steps, train.min_lr_ratio))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, lr_multiplier(train, self.updates_per_epoch))
+        self.step_lr = math.nan  # the learning rate of the last optimizer step, logged as "lr"
         torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
         self.train_metrics = MetricAccumulator(self.layout, self.device)
         self.window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite batches
@@ -88,20 +90,20 @@ class Trainer:
         if resume:
             self._resume(resume)
         self.show_bar = progress_bar and self.accelerator.is_main_process
-        self._start_trackers()
+        self.wandb_id = start_trackers(self.accelerator, config, self.output_dir, self.wandb_id)
 
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict:
         """Train to the end (or an escape hatch); return the last validation metrics."""
         self._print(self.describe)
-        self._print(f"data: {self.source.example_count('train'):,} train / {self.source.example_count('val'):,} val examples; "
+        self._print(f"data: {self.source.target_count('train'):,} train / {self.source.target_count('val'):,} val targets; "
                     f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
                     f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs")
         val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})
-        bar = _bar(self.show_bar, self.total_updates, self.progress.step)
+        bar = progress_bar(self.show_bar, self.total_updates, self.progress.step)
         try:
             while self.progress.epoch < self.config.train.epochs:
                 self._train_epoch(bar)
@@ -132,7 +134,7 @@ class Trainer:
             batch = next(batches, None)  # None: this rank's share of the epoch has run out
             sync = (index + 1) % train.grad_accum == 0 or index + 1 == self.batches_per_epoch
             examples += 0 if batch is None else self.objective.count(batch)
-            self._micro_step(batch, epoch, sync)
+            self._micro_step(batch, epoch, sync, micro=index % train.grad_accum)
             if not sync:
                 continue
             self.progress.batch_in_epoch = index + 1
@@ -153,7 +155,8 @@ class Trainer:
                 raise StopTraining(f"ran train.max_seconds={train.max_seconds:g}")
         self._check_window()
 
-    def _micro_step(self, batch: dict | None, epoch: int, sync: bool) -> None:
+    def _micro_step(self, batch: dict | None, epoch: int, sync: bool, micro: int = 0) -> None:
+        """One micro-batch (`micro`: its index within the optimizer step); the step itself when `sync`."""
         train = self.config.train
         with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
             if batch is None:  # one example of the last batch, weighted 0: the gradients still sync
@@ -163,7 +166,7 @@ class Trainer:
                 loss = compute_losses(pred, rows, self.layout, self.config.loss)["total"] * 0.0
             else:
                 batch = self.last_batch = batch_to_device(batch, self.device)
-                generator = torch.Generator(device=self.device).manual_seed(hash((self.config.train.seed, self.progress.step, self.rank)) & (2**63 - 1))
+                generator = torch.Generator(device=self.device).manual_seed(micro_batch_seed(train.seed, self.progress.step, micro, self.rank))
                 with self.accelerator.autocast():
                     pred, rows = self.objective.outputs(self.model, batch, epoch, generator)
                 losses = compute_losses(pred, rows, self.layout, self.config.loss)
@@ -175,6 +178,7 @@ class Trainer:
         if sync:
             self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
             self.optimizer.step()
+            self.step_lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -192,17 +196,15 @@ class Trainer:
     def _log_train(self, rate: float, bar) -> None:
         metrics = self.train_metrics.compute(reduce=self._sum)
         self.train_metrics.reset()
-        metrics.update({"lr": self.scheduler.get_last_lr()[0], "examples_per_s": rate, "epoch": self.progress.step / self.updates_per_epoch})
-        bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", change_acc=f"{metrics['metric/change_acc']:.3f}", ex_s=f"{rate:,.0f}", refresh=False)
+        metrics.update({"lr": self.step_lr, "examples_per_s": rate, "epoch": self.progress.step / self.updates_per_epoch})
+        bar.set_postfix(bar_postfix(metrics, rate), refresh=False)
         self._emit(metrics)
 
     def _emit(self, metrics: dict) -> None:
         """To the trackers (wandb) and to OUTPUT/metrics.jsonl, from the main process."""
         self.accelerator.log(metrics, step=self.progress.step)
         if self.accelerator.is_main_process:
-            record = {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics}
-            with open(self.output_dir / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record, allow_nan=True) + "\n")
+            append_metrics(self.output_dir / "metrics.jsonl", {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics})
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
@@ -210,17 +212,6 @@ class Trainer:
     def _print(self, text: str) -> None:
         if self.accelerator.is_main_process:
             print(text, flush=True)
-
-    def _start_trackers(self) -> None:
-        if not self.config.wandb.enabled:
-            return
-        wandb = self.config.wandb
-        mode = wandb.mode if wandb.mode != "auto" else ("online" if _wandb_logged_in() else "offline")
-        self.wandb_id = self.wandb_id or _new_run_id(self.config.name)
-        init = {"name": self.config.name, "id": self.wandb_id, "resume": "allow", "mode": mode, "dir": str(self.output_dir), "tags": wandb.tags}
-        if wandb.entity:
-            init["entity"] = wandb.entity
-        self.accelerator.init_trackers(wandb.project, config=to_dict(self.config), init_kwargs={"wandb": init})
 
     # ------------------------------------------------------------------ escape hatches
 
@@ -301,7 +292,7 @@ class Trainer:
         self.progress = Progress(**{**state["progress"], "stop_reason": ""})
         self.wandb_id = state["wandb_id"]
         if self.accelerator.is_main_process:
-            _truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
+            truncate_metrics(self.output_dir / "metrics.jsonl", self.progress.step)
         self._print(f"resumed from {path} at step {self.progress.step} (epoch {self.progress.epoch}, batch {self.progress.batch_in_epoch})")
 
 
@@ -312,27 +303,3 @@ def _gather(obj: dict, world: int) -> list[dict]:
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint a run resumes from: they will be logged again."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
-
-
-def _wandb_logged_in() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
-
-
-def _new_run_id(name: str) -> str:
-    return f"{name[:40]}-{int(time.time())}-{os.getpid() % 10000}"
-
-
-def _bar(enabled: bool, total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, disable=not enabled)

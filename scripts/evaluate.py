@@ -3,12 +3,16 @@
     python scripts/evaluate.py --checkpoint runs/tiny/best --store data/replays.zarr
     python scripts/evaluate.py --checkpoint runs/tiny/best --store data/replays.zarr --rollout --plot rollout.png
     python scripts/evaluate.py --checkpoint runs/tiny/best --replays games/ one.slp --json
+    python scripts/evaluate.py --checkpoint runs/tiny/best --store data/replays.zarr --html rollouts.html
+    python scripts/evaluate.py --replays game.slp --html replay.html    # no model: the replay itself
 
 Metrics are the trainer's validation metrics ("val_" keys) over the split (val by default; "all" for
 --replays: every game the checkpoint's data filters select), over the card's K-frame examples, and for
 a model trained with the sequence objective also over its own windows. --rollout adds autoregressive
 rollouts from start points spread over the split's games (the same for the same --seed), with the
 baselines copy_last and constant_velocity on the same windows, error against horizon side by side.
+--html writes one self-contained page that plays them (predicted against true); without --checkpoint
+it plays the --replays' games as recorded.
 """
 
 import argparse
@@ -17,13 +21,13 @@ import sys
 
 from melee_encode.errors import run_command
 from melee_encode.storage import add_storage_option_argument, parse_storage_options
-from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table
+from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table, write_replay_html
 from melee_model.rollout import STEPPINGS
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory or link, e.g. runs/<name>/best")
+    parser.add_argument("--checkpoint", help="a checkpoint directory or link, e.g. runs/<name>/best (optional with --replays --html)")
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--store", help="a melee-encode store in the checkpoint's encoding")
     data.add_argument("--replays", nargs="+", metavar="DIR_OR_FILE", help="replays (.slp files or folders) to encode and evaluate on")
@@ -37,21 +41,29 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
     parser.add_argument("--stepping", choices=STEPPINGS, help="rollouts: recurrent state (Mamba-2's default) or a K-frame window per frame")
     parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
+    parser.add_argument("--html", metavar="HTML", help="write a page that plays the rollouts here (implies --rollout); without --checkpoint, the replays' games")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_storage_option_argument(parser)
     args = parser.parse_args()
+    if args.checkpoint is None:
+        if not (args.html and args.replays):
+            parser.error("--checkpoint is required, except for a replay page (--replays ... --html PAGE)")
+        games = write_replay_html(args.replays, args.html)
+        print(f"page: {args.html} ({games} games)")
+        return 0
     evaluation = evaluate_checkpoint(
             args.checkpoint,
             args.store,
             args.replays or (),
             split=args.split,
             max_batches=args.batches,
-            rollouts=args.rollouts if args.rollout or args.plot else 0,
+            rollouts=args.rollouts if args.rollout or args.plot or args.html else 0,
             horizon=args.horizon,
             seed=args.seed,
             device=args.device,
             num_workers=args.workers,
             plot=args.plot,
+            html=args.html,
             storage_options=parse_storage_options(args.storage_option),
             stepping=args.stepping,
         )
@@ -61,6 +73,8 @@ def main() -> int:
         print(metrics_table(evaluation))
         if args.plot:
             print(f"plot: {args.plot}")
+        if args.html:
+            print(f"page: {args.html}")
     return 0
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
+from melee_model.batches import batch_to_device, build_batch
 from melee_model.config import DataConfig
 from melee_model.examples import PART_SHIFT, EncodingMismatch, ExampleSource
 from melee_model.layout import FrameLayout
@@ -14,13 +15,13 @@ from melee_model.sampler import is_validation
 
 from conftest import SHARED_GAMES, recompressed_copy, replay
 
-SMALL = dict(batch_size=512, chunks_per_group=3, require_fields="none", num_workers=0)
+SMALL = dict(batch_size=512, pieces_per_group=3, piece_frames=2048, require_fields="none", num_workers=0)
 
 
 def source(path, **overrides) -> ExampleSource:
     store = open_store(path)
     config = DataConfig(**{**SMALL, **overrides})
-    layout = FrameLayout(store.schema, context_len=config.context_len, press_events=config.press_events, lookahead=config.lookahead)
+    layout = FrameLayout(store.schema, context_len=config.context_len, press_events=config.press_events, lookahead=config.lookahead, lookahead_delta=config.lookahead_delta)
     return ExampleSource(path, layout, config)
 
 
@@ -73,7 +74,8 @@ def check_example(src: ExampleSource, batch: dict, i: int) -> None:
             controls.append(((floats[t + j, buttons] == 1) & (floats[t + j - 1, buttons] == 0)).astype(np.float32))
     assert np.array_equal(batch["next_ctrl"][i].numpy(), np.concatenate(controls))
     columns = list(layout.float_target_columns)
-    target = floats[t + d, columns] - np.where(layout.float_target_is_delta, floats[t - 1, columns], 0)
+    base = t - 1 if layout.lookahead_delta == "from_context" else t + d - 1
+    target = floats[t + d, columns] - np.where(layout.float_target_is_delta, floats[base, columns], 0)
     assert np.allclose(batch["float_tgt"][i].numpy(), target, rtol=0, atol=0)
     assert np.array_equal(batch["int_tgt"][i].numpy(), ints[t + d, list(layout.int_target_columns)])
 
@@ -97,7 +99,7 @@ def test_examples_match_the_store_value_by_value(shared_store):
 
 
 def test_examples_at_game_edges_and_in_a_rollback_game(shared_store):
-    src = source(shared_store, chunks_per_group=1)
+    src = source(shared_store, pieces_per_group=1)
     games = src.store.games
     rollback = int(np.flatnonzero([s.endswith("duplicate_game_end.slp") for s in games["source"]])[0])
     split = "val" if rollback in src.rows["val"] else "train"
@@ -112,13 +114,29 @@ def test_examples_at_game_edges_and_in_a_rollback_game(shared_store):
     assert seen == wanted  # the first and last examples of the game, and one in the middle
 
 
-@pytest.mark.parametrize("options", [dict(press_events=True), dict(lookahead=2), dict(context_len=4, press_events=True, lookahead=1)])
+@pytest.mark.parametrize("options", [dict(press_events=True), dict(lookahead=2), dict(lookahead=2, lookahead_delta="from_previous"), dict(context_len=4, press_events=True, lookahead=1)])
 def test_example_variants(shared_store, options):
     src = source(shared_store, **options)
     batch = next(iter(src.loader("train", 0)))
     assert batch["next_ctrl"].shape[1] == src.layout.ctrl_dim
     for i in range(0, 512, 37):
         check_example(src, batch, i)
+
+
+@pytest.mark.parametrize("lookahead, lookahead_delta, delta", [(0, "from_context", 19), (0, "from_previous", 19), (2, "from_context", 63), (2, "from_previous", 23)])
+def test_delta_targets_with_a_lookahead(lookahead, lookahead_delta, delta):
+    # Every column of frame f holds f**2; the example's first control frame is t = 10, its target t+d.
+    # From the last context frame: (t+d)**2 - (t-1)**2 = 19 (d 0) or 63 (d 2); from the frame before
+    # the target: (t+d)**2 - (t+d-1)**2 = 19 or 23.
+    layout = FrameLayout(EncodingConfig().schema(), lookahead=lookahead, lookahead_delta=lookahead_delta)
+    floats = np.repeat((np.arange(20.0) ** 2)[:, None], layout.n_float, axis=1).astype(np.float32)  # (20, F)
+    ints = np.zeros((20, layout.n_int), np.int16)
+    float_tgt = build_batch(floats, ints, np.array([10]), layout)["float_tgt"][0]  # (T,)
+    assert set(float_tgt[list(layout.delta_target_positions)].tolist()) == {delta}
+    absolute = [j for j in range(layout.float_target_dim) if not layout.float_target_is_delta[j]]
+    assert set(float_tgt[absolute].tolist()) == {(10 + lookahead) ** 2}
+    with pytest.raises(ValueError, match="lookahead_delta must be one of"):
+        FrameLayout(EncodingConfig().schema(), lookahead_delta="from_t")
 
 
 def test_every_example_once_across_2_ranks_and_2_workers(shared_store):
@@ -163,7 +181,7 @@ def test_split_is_by_game_and_stable_when_the_store_grows(replays_dir, tmp_path)
         src = source(path)
         train, val = set(src.rows["train"]), set(src.rows["val"])
         assert not train & val
-    side = lambda path: {h: bool(v) for h, v in zip(open_store(path).games["hash"], is_validation(open_store(path).games["hash"], 0.1))}  # noqa: E731
+    side = lambda path: {h: bool(v) for h, v in zip(open_store(path).games["hash"], is_validation(open_store(path).games, 0.1))}  # noqa: E731
     small_side, big_side = side(small), side(big)
     assert all(big_side[h] == v for h, v in small_side.items())
     assert 0.02 < np.mean(list(big_side.values())) < 0.3
@@ -196,3 +214,59 @@ def test_a_store_of_other_codecs_gives_the_same_batches(shared_store, tmp_path):
     for mine, other in zip(ours.loader("train", 0), theirs.loader("train", 0)):
         for key in mine:
             assert np.array_equal(mine[key].numpy(), other[key].numpy()), key
+
+
+# ---------------------------------------------------------------- the sequence objective's windows
+
+SEQ = dict(objective="sequence", seq_len=48, warmup=5, batch_size=16, pieces_per_group=3, piece_frames=2048)
+
+
+def window_targets(src: ExampleSource, batch: dict) -> list[tuple[int, int]]:
+    """(game row, target frame t within the game) of every target position of a batch's windows."""
+    out = []
+    for i, example_id in enumerate(batch["example_id"].tolist()):
+        row, s = locate(src, example_id)
+        out += [(row, s + j + 1) for j in np.flatnonzero(batch["target_mask"][i].numpy())]
+    return out
+
+
+def test_windows_are_the_stored_frames_and_mask_only_their_own_game(shared_store):
+    src = source(shared_store, **SEQ)
+    L, W = SEQ["seq_len"], SEQ["warmup"]
+    batch = next(iter(src.loader("train", 0)))
+    assert batch["float_seq"].shape == (16, 138, L + 1) and batch["int_seq"].shape == (16, 17, L + 1)  # feature-major
+    assert batch["target_mask"].shape == (16, L) and batch["target_mask"].dtype == torch.bool
+    for i, example_id in enumerate(batch["example_id"].tolist()):
+        row, s = locate(src, example_id)
+        floats, ints, _ = game_frames(src.store_path, row)
+        inside = min(L + 1, len(floats) - s)  # frames past the game's end are the next game's: never targets
+        assert np.array_equal(batch["float_seq"][i].numpy()[:, :inside], floats[s : s + inside].T)
+        assert np.array_equal(batch["int_seq"][i].numpy()[:, :inside], ints[s : s + inside].T)
+        mask = batch["target_mask"][i].numpy()
+        assert not mask[:W].any() and mask[W : inside - 1].all() and not mask[inside - 1 :].any()
+
+
+def test_every_target_frame_once_across_2_ranks_and_2_workers(shared_store):
+    src = source(shared_store, **SEQ)
+    for split in ("train", "val"):
+        seen = []
+        for rank in range(2):
+            for batch in src.loader(split, 1, rank=rank, world=2, num_workers=2):
+                seen += window_targets(src, batch)
+        games = src.store.games
+        expected = [(int(r), t) for r in src.rows[split] for t in range(SEQ["warmup"] + 1, int(games["length"][r]))]
+        assert len(seen) == len(set(seen)) == src.target_count(split) and set(seen) == set(expected)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_gives_the_same_windows(shared_store, workers):
+    src = source(shared_store, **SEQ)
+    full = [b["example_id"].numpy() for b in src.loader("train", 2, num_workers=workers)]
+    for start in (1, len(full) // 2, len(full) - 1):
+        resumed = [b["example_id"].numpy() for b in src.loader("train", 2, num_workers=workers, start_batch=start)]
+        assert [r.tolist() for r in resumed] == [f.tolist() for f in full[start:]], start
+
+
+def test_sequence_batches_reach_the_device_frame_major(shared_store):
+    batch = batch_to_device(next(iter(source(shared_store, **SEQ).loader("train", 0))), torch.device("cpu"))
+    assert batch["float_seq"].shape == (16, SEQ["seq_len"] + 1, 138) and batch["int_seq"].dtype == torch.int64

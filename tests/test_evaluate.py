@@ -11,13 +11,24 @@ import pytest
 import torch
 
 from melee_encode import EncodeOptions, EncodingConfig, encode, open_store
+from melee_model.batches import build_batch
 from melee_model.checkpoint import save_checkpoint
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint
-from melee_model.examples import EncodingMismatch, build_batch
+from melee_model.examples import EncodingMismatch
 from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
 from melee_model.model import build_model
-from melee_model.rollout import CLAMP_RANGES, ROLLOUT_METRICS, FrameStepper, pick_starts, report_horizons, rollout, rollout_store
+from melee_model.rollout import (
+    CLAMP_RANGES,
+    ROLLOUT_METRICS,
+    FrameStepper,
+    frame_metrics,
+    pick_starts,
+    report_horizons,
+    rollout,
+    rollout_store,
+)
+from melee_model.sampler import is_validation
 
 from conftest import ROOT, replay
 
@@ -198,6 +209,41 @@ def test_state_age_resets_on_a_change_and_stops_at_its_vocab(layout):
     assert ages == [149, 149, 149, 0, 1]
 
 
+def test_state_age_as_a_float_follows_the_same_rule():
+    # state_age_as_embed off: a float column, state_age x0.01, that the model never predicts.
+    layout = FrameLayout(EncodingConfig(state_age_as_embed=False).schema())
+    stepper = FrameStepper(layout, "cpu")
+    schema = layout.schema
+    action, ages = schema.int_index("p0.action"), [schema.float_index("p0.state_age"), schema.float_index("p1.state_age")]
+    floats, ints = torch.zeros(1, layout.n_float), torch.zeros(1, layout.n_int, dtype=torch.long)
+    floats[0, ages] = torch.tensor([1.48, 0.05])  # 148 and 5 frames
+    seen = []
+    for predicted in (0, 0, 7, 7):  # p0's predicted action per step; p1 keeps action 0
+        pred = {"float": torch.full((1, layout.float_target_dim), 9.0)}  # every float head says 9
+        for field in TARGET_FIELDS:
+            pred[field] = torch.zeros(1, 2, layout.vocab(field))
+        pred["action"][0, 0, predicted] = 1.0
+        floats, ints = stepper.frame(floats, ints, pred, floats)
+        assert ints[0, action] == predicted
+        seen.append([round(v, 4) for v in floats[0, ages].tolist()])
+    # +1 frame (0.01) while the action holds, past the int column's 149 (no vocab here); 0 on a change.
+    assert seen == [[1.49, 0.06], [1.50, 0.07], [0.0, 0.08], [0.01, 0.09]]
+
+
+def test_position_errors_per_coordinate_and_euclidean():
+    layout = FrameLayout(EncodingConfig().schema())
+    schema = layout.schema
+    true_floats = np.zeros((1, 2, layout.n_float), np.float32)
+    pred_floats = true_floats.copy()
+    for name, units in (("p0.x", 3.0), ("p0.y", 4.0), ("p1.x", -6.0), ("p1.y", 8.0)):  # frame 1 only
+        column = schema.float_columns[schema.float_index(name)]
+        pred_floats[0, 1, schema.float_index(name)] = units * column.scale + column.offset
+    ints = np.zeros((1, 2, layout.n_int), np.int16)
+    metrics = frame_metrics(layout, pred_floats, ints, true_floats, ints)
+    assert metrics["pos_error"][0].tolist() == pytest.approx([0.0, (3 + 4 + 6 + 8) / 4])
+    assert metrics["pos_error_euclid"][0].tolist() == pytest.approx([0.0, (5 + 10) / 2])  # the reference's
+
+
 @pytest.mark.parametrize("encoding", [EncodingConfig(state_age_as_embed=False), EncodingConfig(projectiles=True, state_flags=False)])
 def test_steps_in_other_encodings(encoding):
     layout = FrameLayout(encoding.schema())
@@ -264,8 +310,9 @@ def evaluate_script(*args) -> dict:
 def test_evaluate_script_metrics_rollouts_and_plot(shared_store, checkpoint, tmp_path):
     plot = tmp_path / "rollout.png"
     out = evaluate_script("--checkpoint", checkpoint, "--store", shared_store, "--batches", "3", "--rollout", "--rollouts", "4", "--horizon", "60", "--plot", str(plot))
-    assert out["split"] == "val" and out["games"] == 5 and out["examples"] == 3 * 256
-    for key in ("val_loss/total", "val_change_acc", "val_change_acc_p0", "val_pos_mae", "val_action_acc_p0", "val_binary_acc"):
+    val_games = int(is_validation(open_store(shared_store).games, 0.1).sum())
+    assert out["split"] == "val" and out["games"] == val_games and out["examples"] == 3 * 256
+    for key in ("val_loss/total", "val_metric/action_change_acc", "val_metric/change_acc_both", "val_metric/position_mae", "val_metric/p0_action_acc", "val_metric/binary_acc", "val_action/cat_idle"):
         assert isinstance(out[key], float), key
     assert out["rollouts"] == 4 and set(out["rollout"]) == {"10", "50", "60"}
     assert set(out["rollout"]["60"]) == set(ROLLOUT_METRICS)

@@ -10,7 +10,7 @@ from melee_encode.config import EncodingConfig
 from melee_model.config import LossConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
-from melee_model.metrics import ACTION_CATEGORIES, CATEGORY_NAMES, METRICS, MetricAccumulator
+from melee_model.metrics import ACTION_CATEGORIES, MetricAccumulator
 
 V3 = FrameLayout(EncodingConfig().schema())
 BLOCKS = V3.float_blocks
@@ -155,34 +155,34 @@ def metrics_of(pred, batch, **compute_kwargs) -> dict:
     return accumulator.compute(**compute_kwargs)
 
 
-def test_change_acc_counts_changed_pairs_of_both_players():
+def test_change_acc_of_p0_as_the_reference_and_of_both_players():
     m = metrics_of(*hand_made_metric_example())
     # Changed pairs: p0 ex 1 (right), p0 ex 2 (wrong), p1 ex 2 (right), p1 ex 3 (right).
-    assert m["metric/change_acc"] == pytest.approx(3 / 4)
-    assert m["metric/change_acc_p0"] == pytest.approx(1 / 2)
+    assert m["metric/action_change_acc"] == pytest.approx(1 / 2)  # p0 only: the reference's
+    assert m["metric/change_acc_both"] == pytest.approx(3 / 4)
 
 
 def test_action_accuracy_per_player():
     m = metrics_of(*hand_made_metric_example())
-    assert m["metric/action_acc_p0"] == pytest.approx(2 / 4)
-    assert m["metric/action_acc_p1"] == pytest.approx(3 / 4)
+    assert m["metric/p0_action_acc"] == pytest.approx(2 / 4)
+    assert m["metric/p1_action_acc"] == pytest.approx(3 / 4)
 
 
 def test_per_category_action_accuracy():
     m = metrics_of(*hand_made_metric_example())
     # Targets: idle 14 x2 (both right); movement 15 (right), 21 (wrong); ground_attack 44 (wrong),
     # 50 (wrong), 60 (right); edge 251 (right). No target in the other categories: NaN.
-    assert m["metric/action_acc/idle"] == 1.0
-    assert m["metric/action_acc/movement"] == pytest.approx(1 / 2)
-    assert m["metric/action_acc/ground_attack"] == pytest.approx(1 / 3)
-    assert m["metric/action_acc/edge"] == 1.0
+    assert m["action/cat_idle"] == 1.0
+    assert m["action/cat_movement"] == pytest.approx(1 / 2)
+    assert m["action/cat_ground_attack"] == pytest.approx(1 / 3)
+    assert m["action/cat_edge"] == 1.0
     for category in ("aerial", "aerial_attack", "damage", "shield_dodge", "grab", "special", "other"):
-        assert math.isnan(m[f"metric/action_acc/{category}"]), category
+        assert math.isnan(m[f"action/cat_{category}"]), category
 
 
 def test_float_errors_are_in_game_units():
     m = metrics_of(*hand_made_metric_example())
-    assert m["metric/pos_mae"] == pytest.approx((1 + 2 + 1) / (4 * 4))  # 4 columns x 4 examples
+    assert m["metric/position_mae"] == pytest.approx((1 + 2 + 1) / (4 * 4))  # 4 columns x 4 examples
     assert m["metric/damage_mae"] == pytest.approx(25 / (2 * 4))
     assert m["metric/velocity_mae"] == pytest.approx(10 / (10 * 4))
 
@@ -195,16 +195,17 @@ def test_loss_means_match_compute_losses():
     pred, batch = hand_made_metric_example()
     losses = compute_losses(pred, batch, V3, LossConfig())
     m = metrics_of(pred, batch)
+    reference_names = {"jumps_left": "jumps", "hurtbox_state": "hurtbox", "last_attack_landed": "last_attack"}
     for term in (*LOSS_TERMS, "total"):
-        assert m[f"loss/{term}"] == pytest.approx(losses[term].item(), rel=1e-6), term
+        assert m[f"loss/{reference_names.get(term, term)}"] == pytest.approx(losses[term].item(), rel=1e-6), term
 
 
 def test_empty_denominators_give_nan():
     assert all(math.isnan(v) for v in MetricAccumulator(V3, "cpu").compute().values())
     pred, batch = zero_pred(2), zero_batch(2)  # every action 0, both in context and target: no change
     m = metrics_of(pred, batch)
-    assert math.isnan(m["metric/change_acc"]) and math.isnan(m["metric/change_acc_p0"])
-    assert m["metric/action_acc_p0"] == 1.0
+    assert math.isnan(m["metric/change_acc_both"]) and math.isnan(m["metric/action_change_acc"])
+    assert m["metric/p0_action_acc"] == 1.0
 
 
 def test_two_batches_accumulate_like_one_batch_of_both():
@@ -216,7 +217,7 @@ def test_two_batches_accumulate_like_one_batch_of_both():
     batch = {k: torch.cat([batch_a[k], batch_b[k]]) for k in batch_a}
     expected = metrics_of(pred, batch)
     assert accumulator.compute() == pytest.approx(expected, rel=1e-6, nan_ok=True)
-    assert not math.isnan(expected["metric/change_acc"])  # the comparison covers a real ratio
+    assert not math.isnan(expected["metric/change_acc_both"])  # the comparison covers a real ratio
 
 
 def test_reset_forgets_everything():
@@ -233,14 +234,23 @@ def test_a_cross_rank_sum_leaves_ratios_unchanged():
     assert metrics_of(pred, batch, reduce=lambda t: 2 * t) == pytest.approx(plain, rel=1e-12, nan_ok=True)
 
 
-def test_key_names_with_and_without_prefix():
+# The reference's keys (its metrics.py EpochMetrics.averaged and ActionBreakdown.summary_metrics),
+# written out by hand: training logs them bare, validation with "val_".
+REFERENCE_KEYS = {
+    "loss/total", "loss/continuous", "loss/velocity", "loss/dynamics", "loss/binary", "loss/action", "loss/jumps",
+    "loss/l_cancel", "loss/hurtbox", "loss/ground", "loss/last_attack",
+    "metric/position_mae", "metric/velocity_mae", "metric/damage_mae", "metric/p0_action_acc", "metric/p1_action_acc",
+    "metric/binary_acc", "metric/action_change_acc",
+    *(f"action/cat_{c}" for c in ("idle", "movement", "aerial", "ground_attack", "aerial_attack", "damage", "shield_dodge", "grab", "edge", "special", "other")),
+}
+
+
+def test_key_names_are_the_reference_s_plus_ours():
     pred, batch = hand_made_metric_example()
-    losses = [f"loss/{t}" for t in (*LOSS_TERMS, "total")]
-    names = [*METRICS, *(f"action_acc/{c}" for c in CATEGORY_NAMES)]
-    assert set(metrics_of(pred, batch)) == {*losses, *(f"metric/{n}" for n in names)}
+    assert set(metrics_of(pred, batch)) == REFERENCE_KEYS | {"metric/change_acc_both"}
     val = metrics_of(pred, batch, prefix="val_")
-    assert set(val) == {*(f"val_{k}" for k in losses), *(f"val_{n}" for n in names)}
-    assert {"val_loss/total", "val_change_acc", "val_pos_mae", "val_action_acc/edge"} <= set(val)
+    assert set(val) == {f"val_{key}" for key in REFERENCE_KEYS | {"metric/change_acc_both"}}
+    assert {"val_loss/total", "val_metric/action_change_acc", "val_metric/position_mae", "val_action/cat_edge"} <= set(val)
 
 
 def test_action_categories_are_disjoint_and_inside_the_vocabulary():

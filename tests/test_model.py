@@ -1,5 +1,7 @@
 """Tests for melee_model.model: parameter counts, output shapes, embeddings, statelessness, gradients, autocast."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,6 +91,19 @@ def test_float_heads_follow_the_float_target_blocks():
     sizes = {name: head.out_features for name, head in heads.items()}
     assert sizes == {"continuous": 8, "velocity": 10, "binary": 86, "dynamics": 8}
     assert list(heads) == list(V3.float_blocks)
+
+
+def test_state_age_as_a_float_is_an_input_and_never_a_target():
+    schema = EncodingConfig(state_age_as_embed=False).schema()
+    layout = FrameLayout(schema)
+    ages = [schema.float_index("p0.state_age"), schema.float_index("p1.state_age")]
+    assert not set(ages) & set(layout.float_target_columns)
+    assert layout.n_float == 140 and layout.float_target_dim == 112  # the v3 targets, state_age only an input
+    sizes = {name: head.out_features for name, head in small_model("mamba2", layout).heads.float_heads.items()}
+    assert sizes == {"continuous": 8, "velocity": 10, "binary": 86, "dynamics": 8}
+    # A store written when state_age's float column was filed under "dynamics" gives the same layout.
+    older = dataclasses.replace(schema, float_columns=tuple(dataclasses.replace(c, group="dynamics") if c.field == "state_age" else c for c in schema.float_columns))
+    assert FrameLayout(older).float_target_columns == layout.float_target_columns
 
 
 # ---------------------------------------------------------------- embedding

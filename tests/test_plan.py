@@ -25,7 +25,7 @@ RUN_CARD = {
     "train": {"epochs": 2, "log_interval": 1000},
 }
 # Every shared game, small batches, so the counts are worth checking.
-SMALL = {"name": "small", "data": {"require_fields": "none", "batch_size": 512, "chunks_per_group": 3, "num_workers": 0}, "train": {"epochs": 3}}
+SMALL = {"name": "small", "data": {"require_fields": "none", "batch_size": 512, "pieces_per_group": 3, "piece_frames": 2048, "num_workers": 0}, "train": {"epochs": 3}}
 REQUIRED_KEYS = {
     "parameters", "float_dims", "int_dims", "games", "frames", "train_examples", "val_examples", "batches_per_epoch",
     "train_games", "val_games", "epochs", "gpus", "batch_size", "total_updates",
@@ -91,9 +91,8 @@ def test_time_and_cost_arithmetic(shared_store):
 
 def test_memory_estimate_is_the_loaders(shared_store):
     plan = plan_run(config(SMALL), shared_store)
-    store = open_store(shared_store)
     assert plan["bytes_per_frame"] == 138 * 4 + 17 * 2
-    assert plan["loader_pool_bytes"] == 3 * store.chunk_frames * plan["bytes_per_frame"]
+    assert plan["loader_pool_bytes"] == 3 * (2048 + 10) * plan["bytes_per_frame"]  # 3 pieces of 2048 frames and their context
     assert plan["loader_pool_bytes"] < plan["ram_bytes"] < plan["reference_ram_bytes"]
 
 

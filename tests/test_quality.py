@@ -9,13 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from seq_windows import WindowSource
 
 from melee_encode import open_store
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
-from melee_model.horizons import HORIZON_METRICS, comparison_table, horizon_errors, report_at
+from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, report_at
 from melee_model.layout import layout_for
 from melee_model.model import build_model
 from melee_model.quality import MODEL, card_config, rollouts_with_baselines
@@ -130,11 +129,11 @@ def test_rollouts_and_baselines_share_the_windows(shared_store, layout, windows)
     starts, floats, ints = windows
     torch.manual_seed(0)
     model = build_model(seq_config().model, layout).eval()
-    result, errors = rollouts_with_baselines(model, layout, open_store(shared_store), starts, H, "cpu")
-    assert list(errors) == [MODEL, *BASELINES]
-    assert errors[MODEL] == horizon_errors(layout, result.pred_floats, result.pred_ints, floats[:, K:], ints[:, K:])
+    result, curves = rollouts_with_baselines(model, layout, open_store(shared_store), starts, H, "cpu")
+    assert list(curves) == [MODEL, *BASELINES] and all(len(c) == H for series in curves.values() for c in series.values())
+    assert at_horizons(curves[MODEL]) == horizon_errors(layout, result.pred_floats, result.pred_ints, floats[:, K:], ints[:, K:])
     for name in BASELINES:
-        assert errors[name] == horizon_errors(layout, *baseline_frames(name, layout, floats, ints), floats[:, K:], ints[:, K:])
+        assert at_horizons(curves[name]) == horizon_errors(layout, *baseline_frames(name, layout, floats, ints), floats[:, K:], ints[:, K:])
 
 
 # ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
@@ -144,7 +143,7 @@ def test_rollouts_and_baselines_share_the_windows(shared_store, layout, windows)
 def sequence_checkpoint(shared_store, tmp_path_factory) -> str:
     output = tmp_path_factory.mktemp("seq-run")
     config = seq_config()
-    trainer = Trainer(config, shared_store, output_dir=str(output), progress_bar=False, source=WindowSource.for_experiment(shared_store, config))
+    trainer = Trainer(config, shared_store, output_dir=str(output), progress_bar=False)
     trainer.fit()
     assert trainer.progress.step == 24
     return str(output / "latest")
@@ -157,7 +156,7 @@ def test_sequence_training_learns(sequence_checkpoint):
 
 
 def test_a_sequence_checkpoint_evaluates_on_card_examples_and_its_own_windows(shared_store, sequence_checkpoint):
-    evaluation = evaluate_checkpoint(sequence_checkpoint, shared_store, max_batches=2, rollouts=4, horizon=H, open_source=WindowSource.for_experiment)
+    evaluation = evaluate_checkpoint(sequence_checkpoint, shared_store, max_batches=2, rollouts=4, horizon=H)
     config = seq_config()
     assert evaluation.examples == 2 * card_config(config).data.batch_size == 2 * 8 * 32  # K-frame examples, same targets per batch
     assert evaluation.sequence_targets == 2 * 8 * 32
@@ -165,7 +164,7 @@ def test_a_sequence_checkpoint_evaluates_on_card_examples_and_its_own_windows(sh
     out = evaluation.to_json()
     assert set(out["horizons"]) == {MODEL, *BASELINES} and set(out["horizons"][MODEL]) == {"1", "10", "60"}
     assert set(out["horizons"]["copy_last"]["60"]) == set(HORIZON_METRICS)
-    assert out["sequence"]["targets"] == 2 * 8 * 32 and isinstance(out["sequence"]["val_change_acc"], float)
+    assert out["sequence"]["targets"] == 2 * 8 * 32 and isinstance(out["sequence"]["val_metric/change_acc_both"], float)
     text = metrics_table(evaluation)
     assert "own windows" in text and "constant_velocity" in text
 

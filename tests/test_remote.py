@@ -17,15 +17,16 @@ from melee_encode import EncodeOptions, StoreError, encode, open_store
 from melee_encode.cli import main as cli_main
 from melee_encode.format import SkipRecord
 from melee_encode.writer import StoreWriter
+from melee_model.batches import batch_to_device
 from melee_model.config import DataConfig, LossConfig, ModelConfig
-from melee_model.examples import ExampleSource, batch_to_device
+from melee_model.examples import ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.losses import compute_losses
 from melee_model.model import build_model
 
 from conftest import SHARED_GAMES, SHARED_SKIPPED, SOME, games_by_hash, replay, temp_replays, zip_of_gzipped
 
-SMALL = dict(batch_size=512, chunks_per_group=3, require_fields="none", num_workers=0)
+SMALL = dict(batch_size=512, pieces_per_group=3, piece_frames=2048, require_fields="none", num_workers=0)
 
 
 def assert_same_games(path, storage_options, reference) -> None:

@@ -4,10 +4,11 @@ import numpy as np
 import peppi_py
 import pytest
 
+from melee_encode.errors import ReplayError
 from melee_encode.ids import END_METHOD_NONE
-from melee_encode.replay import ReplayError, last_versions, read_replay
+from melee_encode.replay import last_versions, read_replay
 
-from conftest import NOT_1V1, UNREADABLE, replay
+from conftest import NOT_1V1, TRUNCATED, UNREADABLE, replay
 
 
 def test_rollback_keeps_each_frame_id_once_from_its_last_version():
@@ -93,7 +94,7 @@ def test_old_replays_record_their_missing_fields(name, missing):
     assert read_replay(replay(name)).info.fields_missing == missing
 
 
-@pytest.mark.parametrize("name", UNREADABLE)
+@pytest.mark.parametrize("name", UNREADABLE + TRUNCATED)  # read_replay does not salvage: the encoder does
 def test_unreadable_replays_raise_a_one_line_reason(name):
     with pytest.raises(ReplayError, match=r"^unreadable replay: OSError: I/O error: failed to fill whole buffer$"):
         read_replay(replay(name))
@@ -103,3 +104,26 @@ def test_unreadable_replays_raise_a_one_line_reason(name):
 def test_games_with_more_players_are_not_1v1(name, players):
     with pytest.raises(ReplayError, match=f"^not a 1v1 game: {players} players$"):
         read_replay(replay(name))
+
+
+def test_match_identity_names_a_game_not_a_file():
+    import peppi_py._peppi as raw_peppi
+
+    from melee_encode.replay import match_identity
+
+    from conftest import all_replays
+
+    keys = {}
+    for path in all_replays():
+        try:
+            start = raw_peppi.read_slippi(path, True).start  # game start and metadata only
+        except BaseException:  # noqa: BLE001 - peppi panics on some (see salvage)
+            continue
+        keys.setdefault(match_identity(start), []).append(path.split("/replays/")[1])
+    assert "" not in keys and sum(len(v) for v in keys.values()) > 50
+    # One game recorded twice: the same frames, different bytes (one has an extra event type).
+    assert [names for names in keys.values() if len(names) > 1] == [["peppi/game.slp", "peppi/unknown_event.slp"]]
+    named = {names[0]: key for key, names in keys.items()}
+    assert named["peppi/v3.16.slp"] == "mode.unranked-2024-02-15T14:37:23.22-0 game 1.0"  # Slippi >= 3.14 online
+    assert named["peppi/ics2.slp"] == "seed 24473 stage 28 XX#111/14 YYYY#222/20"  # older netplay
+    assert named["peppi/v2.0.slp"] == "seed 226073034 stage 8 -/15 -/2"  # no connect codes before 3.9; character-select ids

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from numerics import STEP_TOL, rel_err
-from seq_windows import WindowSource, tile
 
 from melee_encode import open_store
 from melee_encode.errors import ConfigError
+from melee_model.batches import batch_to_device, build_batch
 from melee_model.config import ExperimentConfig, LossConfig, from_dict, load_config
-from melee_model.examples import build_batch
+from melee_model.examples import PART_SHIFT, ExampleSource
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
 from melee_model.metrics import MetricAccumulator, score
@@ -97,14 +97,28 @@ def test_every_position_is_the_cards_example_at_the_same_frames(shared_store, pr
         assert flat["next_ctrl"][:, 26:].any()
 
 
-def test_tiling_covers_each_target_frame_once():
-    lengths, rows = np.array([L, L + 1, 5 * L + 7, 3 * L + 1]), np.arange(4)
-    for warmup in (0, 5):
-        tiled = tile(lengths, rows, L, warmup)
-        for row, n in zip(rows, lengths):
-            mine = tiled.rows == row
-            covered = [s + j + 1 for s, first in zip(tiled.starts[mine], tiled.first_targets[mine]) for j in range(first, L)]
-            assert sorted(covered) == (list(range(warmup + 1, n)) if n > L else []), (row, warmup)
+def test_the_loaders_windows_are_the_cards_examples_on_the_device(shared_store):
+    """A batch of the sequence loader, moved to the device: each target position is build_batch's
+    example at the same frames of its game (example_id names frame s)."""
+    seq = config(batch_size=8)
+    source = ExampleSource.for_experiment(shared_store, seq)
+    batch = next(iter(source.loader("train", 0)))
+    parts = SequenceParts(source.layout, "cpu")(batch_to_device(batch, torch.device("cpu")))
+    games, store = source.store.games, source.store
+    checked = 0
+    for i, example_id in enumerate(batch["example_id"].tolist()):
+        part, position = example_id >> PART_SHIFT, example_id & ((1 << PART_SHIFT) - 1)
+        row = int(np.flatnonzero((games["part"] == part) & (games["offset"] <= position) & (position < games["offset"] + games["length"]))[0])
+        floats, ints, _ = store.read_frames(row)
+        s = position - int(games["offset"][row])
+        positions = np.flatnonzero(parts["target_mask"][i].numpy())
+        card = build_batch(floats, ints, s + positions + 1, source.layout)
+        assert np.array_equal(parts["float_tgt"][i, positions].numpy(), card["float_tgt"])
+        assert np.array_equal(parts["int_tgt"][i, positions].numpy(), card["int_tgt"])
+        assert np.array_equal(parts["next_ctrl"][i, positions].numpy(), card["next_ctrl"])
+        assert np.array_equal(parts["float_in"][i, positions].numpy(), card["float_ctx"][:, -1])
+        checked += len(positions)
+    assert checked == int(batch["target_mask"].sum()) > 0
 
 
 # ---------------------------------------------------------------- the model
@@ -128,8 +142,8 @@ def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layo
     model = small_model(layout)
     seq_config = config(batch_size=8)
     card_config = dataclasses.replace(seq_config, data=dataclasses.replace(seq_config.data, objective="last", batch_size=64))
-    source = WindowSource.for_experiment(shared_store, seq_config)
-    card_source = WindowSource.for_experiment(shared_store, card_config)
+    source = ExampleSource.for_experiment(shared_store, seq_config)
+    card_source = ExampleSource.for_experiment(shared_store, card_config)
     loaded = small_model(layout, seed=1)
     loaded.load_state_dict(model.state_dict())
     nothing = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
@@ -137,7 +151,7 @@ def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layo
     card_metrics, card_examples = score(loaded, list(card_source.loader("val", 0))[:2], layout, LossConfig(), torch.device("cpu"), nothing)
     assert seq_targets == 2 * 8 * L and card_examples == 2 * 64
     for values in (seq_metrics.compute(), card_metrics.compute()):
-        assert np.isfinite(values["loss/total"]) and 0 <= values["metric/action_acc_p0"] <= 1
+        assert np.isfinite(values["loss/total"]) and 0 <= values["metric/p0_action_acc"] <= 1
 
 
 def test_recurrent_step_equals_the_full_forward(shared_store, layout):
@@ -279,14 +293,13 @@ def test_model_sampling_changes_the_inputs_from_the_second_epoch(shared_store, l
 
 def test_plan_counts_targets_and_windows(shared_store):
     seq = load_config(ROOT / "experiments" / "mamba2-v3-seq.yaml", ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "data.warmup=16"])
-    source = WindowSource.for_experiment(shared_store, seq)
-    plan = plan_run(seq, shared_store, step_ms=100.0, source=source)
-    lengths = source.store.games["length"][source.rows["train"]]
+    source = ExampleSource.for_experiment(shared_store, seq)
+    plan = plan_run(seq, shared_store, step_ms=100.0)
     L, W = seq.data.seq_len, seq.data.warmup
-    assert plan["train_examples"] == int(sum(n - 1 - W for n in lengths if n >= L + 1))  # every target frame t >= W+1 once
+    assert plan["train_targets"] == source.target_count("train") and plan["val_targets"] == source.target_count("val")
+    assert plan["train_examples"] == source.example_count("train")  # windows
     assert plan["objective"] == "sequence" and plan["targets_per_batch"] == seq.data.batch_size * (L - W)
-    assert plan["batches_per_epoch"] == plan["batches_per_epoch_total"] == -(-len(source.windows["train"].starts) // seq.data.batch_size)
+    assert plan["batches_per_epoch"] == plan["batches_per_epoch_total"] == -(-plan["train_examples"] // seq.data.batch_size)
     assert plan["epoch_hours"] == pytest.approx(plan["batches_per_epoch"] * 0.1 / 3600)
-    assert plan["batch_bytes"] == seq.data.batch_size * ((L + 1) * (138 * 4 + 17 * 2) + L + 8)
     text = plan_markdown(plan, seq)
-    assert "| Train targets |" in text and f"windows, up to {plan['targets_per_batch']:,} targets" in text
+    assert f"windows, {plan['train_targets']:,} targets |" in text and f"windows, up to {plan['targets_per_batch']:,} targets" in text
