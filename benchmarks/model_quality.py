@@ -11,7 +11,7 @@ small width (d_model 128, 2 layers) or the card's, then evaluates both on the sa
 val split. Both train without scheduled sampling (the card's noise starts after a whole epoch, which
 a short budget may not reach for one objective and pass for the other); --sampling RATE trains a
 third model, "sequence_sampled", with the model's own predictions as inputs (scheduled_sampling.mode
-model, full rate from the second epoch). Batches at the small width: 256 examples ("last") and 32
+model, full rate from the second epoch, delta targets from the frame it reads). Batches at the small width: 256 examples ("last") and 32
 windows of 64 positions ("sequence"); --last-set / --sequence-set override any config value.
 
 Figures per model: the card's teacher-forced metrics at K = 10 context frames (val_*), the same over
@@ -65,7 +65,7 @@ BATCHES = {"small": {"last": ["data.batch_size=256"], "sequence": ["data.batch_s
 RUN = ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "wandb.enabled=false", "train.epochs=100000",
        "train.min_val_change_acc=null", "train.patience_batches=0", "train.val_batches=2", "train.log_interval=100000",
        "train.checkpoint_every=0", "train.scheduled_sampling.rate=0", "train.mixed_precision='no'"]
-SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0"]
+SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
 # The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
 # reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss.
 TEACHER_FORCED = {"change_acc": "metric/change_acc_both", "change_acc_p0": "metric/action_change_acc", "pos_mae": "metric/position_mae",

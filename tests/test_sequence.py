@@ -13,7 +13,7 @@ from numerics import STEP_TOL, rel_err
 from melee_encode import open_store
 from melee_encode.errors import ConfigError
 from melee_model.batches import batch_to_device, build_batch
-from melee_model.config import ExperimentConfig, LossConfig, from_dict, load_config
+from melee_model.config import ExperimentConfig, LossConfig, ScheduledSamplingConfig, from_dict, load_config
 from melee_model.examples import PART_SHIFT, ExampleSource
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
@@ -22,7 +22,7 @@ from melee_model.model import build_model
 from melee_model.objective import SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import FrameStepper, rollout
-from melee_model.scheduled_sampling import own_frames, substitute
+from melee_model.scheduled_sampling import ContextNoise, own_frames, substitute
 from melee_model.sequence import SequenceParts, position_rows
 
 from conftest import ROOT
@@ -303,3 +303,26 @@ def test_plan_counts_targets_and_windows(shared_store):
     assert plan["epoch_hours"] == pytest.approx(plan["batches_per_epoch"] * 0.1 / 3600)
     text = plan_markdown(plan, seq)
     assert f"windows, {plan['train_targets']:,} targets |" in text and f"windows, up to {plan['targets_per_batch']:,} targets" in text
+
+
+@pytest.mark.parametrize("targets", ["clean", "noisy"])
+def test_sequence_noise_perturbs_input_frames_and_its_targets_follow_when_noisy(shared_store, layout, targets):
+    sampling = ScheduledSamplingConfig(rate=0.5, noise=0.1, anneal_epochs=1, targets=targets)
+    noise = ContextNoise(layout, sampling, "cpu")
+    floats, ints = game(shared_store)
+    batch = windows(floats, ints, [1500, 7500])
+    parts = SequenceParts(layout, "cpu")(batch)
+    float_seq = batch["float_seq"].clone()
+    assert noise.apply_frames(parts, 0, torch.Generator().manual_seed(0)) is parts  # nothing in the first epoch
+    noisy = noise.apply_frames(parts, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(batch["float_seq"], float_seq)  # the batch's frames are not touched
+    moved = (noisy["float_in"] != parts["float_in"]).any(-1)  # (B, L): the perturbed input frames
+    assert 0.3 < moved.float().mean() < 0.7
+    columns = list(noise.columns.tolist())
+    others = [c for c in range(layout.n_float) if c not in columns]
+    assert torch.equal(noisy["float_in"][..., others], parts["float_in"][..., others])
+    if targets == "clean":
+        assert torch.equal(noisy["float_tgt"], parts["float_tgt"])
+    else:  # each target's delta leads from the frame the model reads
+        assert torch.allclose(noisy["float_tgt"], SequenceParts(layout, "cpu").float_targets(noisy["float_in"], parts["float_next"]), atol=1e-6)
+        assert not torch.equal(noisy["float_tgt"][moved], parts["float_tgt"][moved])
