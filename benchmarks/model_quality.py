@@ -49,7 +49,7 @@ from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.horizons import HORIZONS, at_horizons  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
-from melee_model.metrics import VAL_PREFIX  # noqa: E402
+from melee_model.metrics import VAL_PREFIX, MetricAccumulator  # noqa: E402
 from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
@@ -73,26 +73,31 @@ TEACHER_FORCED = {"change_acc": "metric/change_acc_both", "change_acc_p0": "metr
 ROLLOUT_ROWS = ("pos_error", "pos_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
-def step_seconds(config: ExperimentConfig, source, repeats: int = 3) -> float:
-    """Median seconds of the config's training step on a real batch, with a throwaway model."""
+def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:
+    """Median seconds of one training step as the trainer takes it (next batch from the loader, to
+    the device, forward, loss, backward, clipping, AdamW, the metric sums), with a throwaway model."""
     torch.manual_seed(0)
     model = build_model(config.model, source.layout)
     optimizer = adamw(model, config.train.lr, config.train.weight_decay)
     objective = build_objective(config, source.layout, "cpu")
-    batch = batch_to_device(next(iter(source.loader("train", 0, num_workers=0))), torch.device("cpu"))
+    metrics = MetricAccumulator(source.layout, "cpu")
+    batches = iter(source.loader("train", 0, num_workers=0))
 
     def step():
-        pred, rows = objective.outputs(model, batch)
-        compute_losses(pred, rows, source.layout, config.loss)["total"].backward()
+        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")))
+        losses = compute_losses(pred, rows, source.layout, config.loss)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        metrics.update(pred, rows, losses)
 
     return statistics.median(time_calls(step, repeats))
 
 
 def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
     """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
-    planned = max(1, int(seconds / step_seconds(config, ExampleSource.for_experiment(store, config))))  # the raw step: an upper bound on the steps
+    planned = max(1, int(seconds / step_seconds(config, ExampleSource.for_experiment(store, config))))
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds, schedule_steps=planned))
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
