@@ -8,7 +8,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-from numerics import STEP_TOL, rel_err
+from numerics import CUDA_TOL, STEP_TOL, rel_err
 
 from melee_encode import open_store
 from melee_encode.errors import ConfigError
@@ -326,3 +326,31 @@ def test_sequence_noise_perturbs_input_frames_and_its_targets_follow_when_noisy(
     else:  # each target's delta leads from the frame the model reads
         assert torch.allclose(noisy["float_tgt"], SequenceParts(layout, "cpu").float_targets(noisy["float_in"], parts["float_next"]), atol=1e-6)
         assert not torch.equal(noisy["float_tgt"][moved], parts["float_tgt"][moved])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "cuda"])
+def test_recurrent_step_equals_the_full_forward_on_cuda(backend):
+    """The model-level step on a GPU, with either Mamba2 backend (mamba-ssm's kernels for "cuda")."""
+    from melee_encode.config import EncodingConfig
+    from melee_model.mamba2 import mamba_ssm_available
+
+    if backend == "cuda" and not mamba_ssm_available():
+        pytest.skip("needs mamba-ssm")
+    layout = FrameLayout(EncodingConfig().schema())
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(config().model, backend=backend, d_model=64, headdim=32), layout).cuda().eval()
+    g = torch.Generator("cuda").manual_seed(0)
+    vocabs = torch.tensor([c.vocab for c in layout.schema.int_columns], device="cuda")
+    float_seq = torch.randn(3, 40, layout.n_float, device="cuda", generator=g)
+    int_seq = (torch.rand(3, 40, layout.n_int, device="cuda", generator=g) * vocabs).long()
+    ctrl = torch.rand(3, 40, layout.ctrl_dim, device="cuda", generator=g)
+    with torch.no_grad():
+        full = model(float_seq, int_seq, ctrl)
+        x, state = model.prefill(float_seq[:, :10], int_seq[:, :10])
+        stepped = [model.predict(x, ctrl[:, 9])["float"]]
+        for i in range(10, 40):
+            x, state = model.step(float_seq[:, i], int_seq[:, i], state)
+            stepped.append(model.predict(x, ctrl[:, i])["float"])
+    tolerance = CUDA_TOL[torch.float32] if backend == "cuda" else STEP_TOL[torch.float32]
+    assert rel_err(torch.stack(stepped, 1), full["float"][:, 9:]) < tolerance
