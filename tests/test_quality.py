@@ -22,6 +22,7 @@ from melee_model.rollout import CLAMP_RANGES, pick_starts, store_windows
 from melee_model.train import Trainer
 
 from conftest import ROOT
+from servers import free_port
 
 K, H = 10, 60
 
@@ -185,3 +186,32 @@ def test_model_quality_script_short_budget(shared_store):
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
+
+
+# ---------------------------------------------------------------- two ranks, resumed
+
+
+def torchrun_sequence(store: str, output, *options: str) -> subprocess.CompletedProcess:
+    """scripts/train.py on 2 CPU ranks with the tiny model and the sequence objective."""
+    sequence = ["data.objective=sequence", "data.seq_len=32", "data.batch_size=8", "data.warmup=4", "train.epochs=1", "train.log_interval=10",
+                "train.check_every=10", "train.eval_at_start=false", "train.val_batches=2", "wandb.enabled=false"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "experiments" / "tiny.yaml"), "--store", store,
+               "--output-dir", str(output), "--no-progress", *(arg for o in sequence for arg in ("--set", o)), *options]
+    done = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_sequence_objective_and_resume_exactly(shared_store, tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    torchrun_sequence(shared_store, whole, "--set", "train.max_steps=40")
+    stopped = torchrun_sequence(shared_store, cut, "--set", "train.max_steps=20")
+    assert "stopped: reached train.max_steps=20" in stopped.stdout
+    resumed = torchrun_sequence(shared_store, cut, "--set", "train.max_steps=40", "--resume", str(cut / "latest"))
+    assert "resumed from" in resumed.stdout and "at step 20" in resumed.stdout
+    read = lambda path: [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in (path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    lines = read(whole)
+    assert [line["step"] for line in lines] == [10, 20, 30, 40] and lines[-1]["loss/total"] < lines[0]["loss/total"]
+    assert read(cut) == lines
