@@ -9,8 +9,15 @@ import time
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process, in MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process, in MB.
+
+    Linux's VmHWM where there is one: ru_maxrss carries a parent's peak over fork and exec (a
+    benchmark's subprocess would report the larger RSS of the process that started it)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def time_calls(fn, repeats: int, sync=lambda: None) -> list[float]:
