@@ -75,7 +75,9 @@ def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workd
     store = open_store(local)
     layout = FrameLayout(store.schema)
     config = DataConfig(batch_size=batch_size, require_fields="none", num_workers=0)
-    cached = DataConfig(batch_size=batch_size, require_fields="none", num_workers=0, cache_dir=os.path.join(workdir, "cache"), cache_mb=4096)
+    cached = DataConfig(
+        batch_size=batch_size, require_fields="none", num_workers=0, cache_dir=os.path.join(workdir, "cache"), cache_mb=4096
+    )
     with S3Server() as s3:
         url = s3.put_store(local, "loader.zarr")
         sources = (
@@ -85,7 +87,11 @@ def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workd
         )
         epoch_rate(sources[1], 0)  # fills the cache
         results = [tuple(epoch_rate(source, trial + 1) for source in sources) for trial in range(trials)]
-    figures = {"frames": store.n_frames, "chunks": sum(-(-f // store.chunk_frames) for f in store.parts.values()), "train_examples": sources[2].example_count("train")}
+    figures = {
+        "frames": store.n_frames,
+        "chunks": sum(-(-f // store.chunk_frames) for f in store.parts.values()),
+        "train_examples": sources[2].example_count("train"),
+    }
     return results, figures
 
 
@@ -122,15 +128,34 @@ def main() -> None:
         "batch_size": args.batch_size,
         "loader_store": store,
         "cpus": os.cpu_count(),
-        "per_trial": {"encode": [{"dask": d, "pool": p} for d, p in encodes], "loader": [{"s3": s, "s3_cached": c, "disk": d} for s, c, d in loads]},
+        "per_trial": {
+            "encode": [{"dask": d, "pool": p} for d, p in encodes],
+            "loader": [{"s3": s, "s3_cached": c, "disk": d} for s, c, d in loads],
+        },
         "targets": {"dask_to_pool": ENCODE_TARGET, "s3_to_disk": LOADER_TARGET},
     }
     rows = [
-        ("encode, Dask LocalCluster 2x1 thread", f"{dask_rate:,.0f} frames/s", f"{encode_ratio:.2f}x the local pool (target >= {ENCODE_TARGET})"),
-        ("encode, local pool, 2 workers", f"{pool_rate:,.0f} frames/s", f"shared replays x{args.repeat}, local disk, median of {args.trials} trials"),
-        ("loader, S3 on loopback (moto)", f"{s3_rate:,.0f} examples/s", f"{s3_ratio:.2f}x local disk (target >= {LOADER_TARGET}); no cache"),
+        (
+            "encode, Dask LocalCluster 2x1 thread",
+            f"{dask_rate:,.0f} frames/s",
+            f"{encode_ratio:.2f}x the local pool (target >= {ENCODE_TARGET})",
+        ),
+        (
+            "encode, local pool, 2 workers",
+            f"{pool_rate:,.0f} frames/s",
+            f"shared replays x{args.repeat}, local disk, median of {args.trials} trials",
+        ),
+        (
+            "loader, S3 on loopback (moto)",
+            f"{s3_rate:,.0f} examples/s",
+            f"{s3_ratio:.2f}x local disk (target >= {LOADER_TARGET}); no cache",
+        ),
         ("loader, S3, warm disk cache", f"{cached_rate:,.0f} examples/s", f"{cached_ratio:.2f}x local disk"),
-        ("loader, local disk", f"{disk_rate:,.0f} examples/s", f"1 process, batch {args.batch_size}, {store['frames']:,} frames in {store['chunks']} chunks"),
+        (
+            "loader, local disk",
+            f"{disk_rate:,.0f} examples/s",
+            f"1 process, batch {args.batch_size}, {store['frames']:,} frames in {store['chunks']} chunks",
+        ),
     ]
     emit(figures, args.json, f"distributed throughput ({os.cpu_count()} CPUs)", rows)
 

@@ -107,7 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="*", default=["../shared/replays"])
     parser.add_argument("--workers", type=int, default=2, help="workers for the scaling run (default 2)")
-    parser.add_argument("--repeat", type=int, default=20, help="corpus repetitions for the long runs (default 20: amortizes the ~1 s start of the helpers)")
+    parser.add_argument(
+        "--repeat", type=int, default=20, help="corpus repetitions for the long runs (default 20: amortizes the ~1 s start of the helpers)"
+    )
     parser.add_argument("--trials", type=int, default=5, help="trials of peppi, one worker and the pool, back to back (default 5)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -154,11 +156,27 @@ def main() -> None:
         "per_trial": [{"peppi": t[0], "one_worker": rate_of(t[1]), "workers": rate_of(t[2]), "peppi_speedup": t[3]} for t in trials],
     }
     rows = [
-        ("peppi read_slippi (parse only)", f"{peppi_rate:,.0f} frames/s", f"{long['frames']:,} frames encoded, {args.repeat}x corpus, median of {args.trials} trials"),
-        ("encode, 1 worker", f"{rate:,.0f} frames/s", f"{figures['ratio_to_peppi']:.2f}x peppi (target >= 0.50); reference pipeline ~{REFERENCE_FRAMES_PER_S:,}"),
+        (
+            "peppi read_slippi (parse only)",
+            f"{peppi_rate:,.0f} frames/s",
+            f"{long['frames']:,} frames encoded, {args.repeat}x corpus, median of {args.trials} trials",
+        ),
+        (
+            "encode, 1 worker",
+            f"{rate:,.0f} frames/s",
+            f"{figures['ratio_to_peppi']:.2f}x peppi (target >= 0.50); reference pipeline ~{REFERENCE_FRAMES_PER_S:,}",
+        ),
         ("encode, 1 worker, corpus once", f"{figures['frames_per_s_once']:,.0f} frames/s", "includes store creation and commit"),
-        (f"encode, {args.workers} workers", f"{pool_rate:,.0f} frames/s", f"{figures['speedup_workers']:.2f}x one worker (target >= 1.7 at 2)"),
-        (f"bare parse, {args.workers} processes at once", f"{figures['peppi_speedup_workers']:.2f}x", "one process: this machine's own scaling, the ceiling"),
+        (
+            f"encode, {args.workers} workers",
+            f"{pool_rate:,.0f} frames/s",
+            f"{figures['speedup_workers']:.2f}x one worker (target >= 1.7 at 2)",
+        ),
+        (
+            f"bare parse, {args.workers} processes at once",
+            f"{figures['peppi_speedup_workers']:.2f}x",
+            "one process: this machine's own scaling, the ceiling",
+        ),
         ("bytes/frame (float+int+state_age)", f"{figures['bytes_per_frame']:.2f}", "target <= 20; reference 688 in RAM, ~350 as .slp"),
         ("bytes/frame (whole store)", f"{figures['store_bytes_per_frame']:.2f}", "with the per-game table and metadata"),
         ("peak RSS, corpus once", f"{once['peak_rss_mb']:.0f} MB", ""),

@@ -74,7 +74,13 @@ def measure(store_path: str, data: dict, min_items: int) -> dict:
                 distinct.append(len(np.unique(game_rows(source.store, batch["example_id"].numpy()))))
         seconds += time.perf_counter() - started
         epoch += 1
-    return {"items_per_s": items / seconds, "targets_per_s": targets / seconds, "distinct_games_per_batch": float(np.mean(distinct)) if distinct else math.nan, "peak_rss_mb": peak_rss_mb(), "items": items}
+    return {
+        "items_per_s": items / seconds,
+        "targets_per_s": targets / seconds,
+        "distinct_games_per_batch": float(np.mean(distinct)) if distinct else math.nan,
+        "peak_rss_mb": peak_rss_mb(),
+        "items": items,
+    }
 
 
 def in_child(store_path: str, data: dict, min_items: int) -> dict:
@@ -143,7 +149,9 @@ def main() -> None:
         configs = {
             "mixed": dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group),
             "chunk_groups": dict(batch_size=args.batch_size, piece_frames=0, pieces_per_group=4),
-            "sequence": dict(batch_size=args.seq_batch_size, objective="sequence", seq_len=args.seq_len, piece_frames=0, pieces_per_group=16),
+            "sequence": dict(
+                batch_size=args.seq_batch_size, objective="sequence", seq_len=args.seq_len, piece_frames=0, pieces_per_group=16
+            ),
         }
         budget = {"mixed": args.min_examples, "chunk_groups": args.min_examples, "sequence": args.min_examples // args.seq_len * 4}
         trials = {name: [] for name in configs}
@@ -162,9 +170,18 @@ def main() -> None:
         "peak_rss_mb": mixed["peak_rss_mb"],
         "distinct_games_per_batch": mixed["distinct_games_per_batch"],
         "uniform_distinct_games_per_batch": uniform,
-        "chunk_groups": {"samples_per_s": chunks["items_per_s"], "distinct_games_per_batch": chunks["distinct_games_per_batch"], "peak_rss_mb": chunks["peak_rss_mb"]},
+        "chunk_groups": {
+            "samples_per_s": chunks["items_per_s"],
+            "distinct_games_per_batch": chunks["distinct_games_per_batch"],
+            "peak_rss_mb": chunks["peak_rss_mb"],
+        },
         "targets_per_s": {"last": mixed["targets_per_s"], "sequence": sequence["targets_per_s"]},
-        "sequence": {"windows_per_s": sequence["items_per_s"], "peak_rss_mb": sequence["peak_rss_mb"], "seq_len": args.seq_len, "batch_size": args.seq_batch_size},
+        "sequence": {
+            "windows_per_s": sequence["items_per_s"],
+            "peak_rss_mb": sequence["peak_rss_mb"],
+            "seq_len": args.seq_len,
+            "batch_size": args.seq_batch_size,
+        },
         "per_window_zarr_samples_per_s": baseline,
         "in_memory_gather_samples_per_s": ceiling,
         "batch_size": args.batch_size,
@@ -178,12 +195,24 @@ def main() -> None:
     }
     goal = min(TARGETS["distinct_games_per_batch"], 0.5 * uniform)
     rows = [
-        ("card objective, mixed: examples/s", f"{mixed['items_per_s']:,.0f}", f"target >= {TARGETS['samples_per_s']:,}; {mixed['items_per_s'] / REFERENCE_PER_PROCESS:,.0f}x the reference's ~{REFERENCE_PER_PROCESS:,}/s"),
-        ("  distinct games per batch", f"{mixed['distinct_games_per_batch']:,.1f}", f"target >= {goal:,.0f} (256, or half of uniform's {uniform:,.1f})"),
+        (
+            "card objective, mixed: examples/s",
+            f"{mixed['items_per_s']:,.0f}",
+            f"target >= {TARGETS['samples_per_s']:,}; {mixed['items_per_s'] / REFERENCE_PER_PROCESS:,.0f}x the reference's ~{REFERENCE_PER_PROCESS:,}/s",
+        ),
+        (
+            "  distinct games per batch",
+            f"{mixed['distinct_games_per_batch']:,.1f}",
+            f"target >= {goal:,.0f} (256, or half of uniform's {uniform:,.1f})",
+        ),
         ("  peak RSS", f"{mixed['peak_rss_mb']:,.0f} MB", f"target <= {TARGETS['peak_rss_mb']:,} MB"),
         ("baseline, 4 whole chunks a group: examples/s", f"{chunks['items_per_s']:,.0f}", "the grouping before this loader"),
         ("  distinct games per batch", f"{chunks['distinct_games_per_batch']:,.1f}", f"peak RSS {chunks['peak_rss_mb']:,.0f} MB"),
-        (f"sequence objective, windows of {args.seq_len}: targets/s", f"{sequence['targets_per_s']:,.0f}", f"target >= {TARGETS['targets_per_s']:,}; peak RSS {sequence['peak_rss_mb']:,.0f} MB"),
+        (
+            f"sequence objective, windows of {args.seq_len}: targets/s",
+            f"{sequence['targets_per_s']:,.0f}",
+            f"target >= {TARGETS['targets_per_s']:,}; peak RSS {sequence['peak_rss_mb']:,.0f} MB",
+        ),
         ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
         ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),
     ]

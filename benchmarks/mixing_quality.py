@@ -42,10 +42,20 @@ REPORTED = ("val_loss/total", "val_change_acc", "val_change_acc_p0", "val_pos_ma
 
 def small_run(steps: int, batch_size: int) -> list[str]:
     return [
-        "model.d_model=128", "model.n_layers=2", f"data.batch_size={batch_size}", "data.num_workers=0",
-        "data.end_methods=[]", "data.require_fields=none", "data.val_fraction=0.0", "train.epochs=1",
-        f"train.max_steps={steps}", f"train.log_interval={max(1, steps // 10)}", "train.checkpoint_every=0",
-        "train.min_val_change_acc=null", "train.patience_batches=0", "wandb.enabled=false",
+        "model.d_model=128",
+        "model.n_layers=2",
+        f"data.batch_size={batch_size}",
+        "data.num_workers=0",
+        "data.end_methods=[]",
+        "data.require_fields=none",
+        "data.val_fraction=0.0",
+        "train.epochs=1",
+        f"train.max_steps={steps}",
+        f"train.log_interval={max(1, steps // 10)}",
+        "train.checkpoint_every=0",
+        "train.min_val_change_acc=null",
+        "train.patience_batches=0",
+        "wandb.enabled=false",
     ]
 
 
@@ -74,12 +84,21 @@ def main() -> None:
             if given is None:
                 encode([os.path.join(ROOT, replays)], stores[name], EncodeOptions(progress=False, workers=2))
         results = {
-            name: train_and_score(name, small_run(args.steps, args.batch_size) + extra, stores["train"], stores["val"], os.path.join(tmp, name))
+            name: train_and_score(
+                name, small_run(args.steps, args.batch_size) + extra, stores["train"], stores["val"], os.path.join(tmp, name)
+            )
             for name, extra in GROUPINGS.items()
         }
     mixed, full = results["mixed"]["val_loss/total"], results["one_group"]["val_loss/total"]
     figures = {**results, "mixed_over_one_group": mixed / full, "steps": args.steps, "batch_size": args.batch_size, "target_ratio": 1.03}
-    rows = [(f"{name}: held-out val_loss/total", f"{r['val_loss/total']:.4f}", f"change_acc {r['val_change_acc']:.3f}, pos_mae {r['val_pos_mae']:.3f}, {r['train_s']:.0f} s") for name, r in results.items()]
+    rows = [
+        (
+            f"{name}: held-out val_loss/total",
+            f"{r['val_loss/total']:.4f}",
+            f"change_acc {r['val_change_acc']:.3f}, pos_mae {r['val_pos_mae']:.3f}, {r['train_s']:.0f} s",
+        )
+        for name, r in results.items()
+    ]
     rows.append(("mixed / one_group", f"{mixed / full:.3f}", "target <= 1.03"))
     emit(figures, args.json, f"mixing and model quality ({args.steps} steps of {args.batch_size}, d_model 128, 2 layers)", rows)
 

@@ -60,16 +60,35 @@ from _report import time_calls  # noqa: E402
 
 CONFIGS = {"last": ROOT / "experiments" / "mamba2-v3-65k-ranked.yaml", "sequence": ROOT / "experiments" / "mamba2-v3-seq.yaml"}
 WIDTHS = {"small": ["model.d_model=128", "model.n_layers=2"], "card": []}
-BATCHES = {"small": {"last": ["data.batch_size=256"], "sequence": ["data.batch_size=32", "data.seq_len=64"]}, "card": {"last": [], "sequence": []}}
+BATCHES = {
+    "small": {"last": ["data.batch_size=256"], "sequence": ["data.batch_size=32", "data.seq_len=64"]},
+    "card": {"last": [], "sequence": []},
+}
 # Every run: all games of the store, loading in the training process, no early stops, no logging services.
-RUN = ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "wandb.enabled=false", "train.epochs=100000",
-       "train.min_val_change_acc=null", "train.patience_batches=0", "train.val_batches=2", "train.log_interval=100000",
-       "train.checkpoint_every=0", "train.scheduled_sampling.rate=0", "train.mixed_precision='no'"]
+RUN = [
+    "data.require_fields=none",
+    "data.end_methods=[]",
+    "data.num_workers=0",
+    "wandb.enabled=false",
+    "train.epochs=100000",
+    "train.min_val_change_acc=null",
+    "train.patience_batches=0",
+    "train.val_batches=2",
+    "train.log_interval=100000",
+    "train.checkpoint_every=0",
+    "train.scheduled_sampling.rate=0",
+    "train.mixed_precision='no'",
+]
 SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
 # The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
 # reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss.
-TEACHER_FORCED = {"change_acc": "metric/change_acc_both", "change_acc_p0": "metric/action_change_acc", "pos_mae": "metric/position_mae",
-                  "action_acc_p0": "metric/p0_action_acc", "loss": "loss/total"}
+TEACHER_FORCED = {
+    "change_acc": "metric/change_acc_both",
+    "change_acc_p0": "metric/action_change_acc",
+    "pos_mae": "metric/position_mae",
+    "action_acc_p0": "metric/p0_action_acc",
+    "loss": "loss/total",
+}
 ROLLOUT_ROWS = ("pos_error", "pos_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
@@ -103,7 +122,12 @@ def train_for(config: ExperimentConfig, store: str, seconds: float, output: str)
     started = time.perf_counter()
     trainer.fit()
     per_step = config.data.batch_size * (config.data.seq_len - config.data.warmup if config.data.objective == "sequence" else 1)
-    run = {"steps": trainer.progress.step, "train_s": time.perf_counter() - started, "planned_steps": planned, "targets": trainer.progress.step * per_step}
+    run = {
+        "steps": trainer.progress.step,
+        "train_s": time.perf_counter() - started,
+        "planned_steps": planned,
+        "targets": trainer.progress.step * per_step,
+    }
     return trainer.accelerator.unwrap_model(trainer.model).eval(), run
 
 
@@ -137,7 +161,10 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
 
     def row(label: str, key: str, fmt: str = ".4f"):
         cells = [columns[n].get(key) for n in names]
-        lines.append(f"{label:<30}" + "".join(f"{'-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt):>{width}}" for v in cells))
+        lines.append(
+            f"{label:<30}"
+            + "".join(f"{'-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt):>{width}}" for v in cells)
+        )
 
     row("steps", "steps", ",d")
     row("train seconds", "train_s", ".0f")
@@ -169,18 +196,32 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=64, help="rollouts of --horizon frames (default 64)")
     parser.add_argument("--horizon", type=int, default=300)
     parser.add_argument("--val-batches", type=int, help="at most this many batches per teacher-forced evaluation (default: all)")
-    parser.add_argument("--sampling", type=float, help="also train 'sequence_sampled': scheduled sampling with the model's own frames at this rate")
+    parser.add_argument(
+        "--sampling", type=float, help="also train 'sequence_sampled': scheduled sampling with the model's own frames at this rate"
+    )
     parser.add_argument("--last-set", action="append", default=[], metavar="KEY=VALUE", help="override the card objective's config")
-    parser.add_argument("--sequence-set", action="append", default=[], metavar="KEY=VALUE", help="override the sequence objective's config (and sequence_sampled's)")
+    parser.add_argument(
+        "--sequence-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the sequence objective's config (and sequence_sampled's)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1; evaluation always uses 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     common = RUN + WIDTHS[args.width]
-    configs = {name: load_config(CONFIGS[name], common + BATCHES[args.width][name] + (args.last_set if name == "last" else args.sequence_set)) for name in CONFIGS}
+    configs = {
+        name: load_config(CONFIGS[name], common + BATCHES[args.width][name] + (args.last_set if name == "last" else args.sequence_set))
+        for name in CONFIGS
+    }
     if args.sampling is not None:
-        configs["sequence_sampled"] = load_config(CONFIGS["sequence"], common + BATCHES[args.width]["sequence"] + SAMPLED + [f"train.scheduled_sampling.rate={args.sampling}"] + args.sequence_set)
+        configs["sequence_sampled"] = load_config(
+            CONFIGS["sequence"],
+            common + BATCHES[args.width]["sequence"] + SAMPLED + [f"train.scheduled_sampling.rate={args.sampling}"] + args.sequence_set,
+        )
     val_store, split = (args.val_store, "all") if args.val_store else (args.store, "val")
     results, runs = {}, {}
     with tempfile.TemporaryDirectory(prefix="model-quality-") as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -188,14 +229,27 @@ def main() -> None:
         for name, config in configs.items():
             models[name], runs[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))
         torch.set_num_threads(1)  # rollouts step small batches: a second thread costs more than it gives
-        sources = {"card": ExampleSource.for_experiment(val_store, card_config(configs["last"])), "sequence": ExampleSource.for_experiment(val_store, configs["sequence"])}
+        sources = {
+            "card": ExampleSource.for_experiment(val_store, card_config(configs["last"])),
+            "sequence": ExampleSource.for_experiment(val_store, configs["sequence"]),
+        }
         starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
         for name, model in models.items():
             results[name], baselines = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)
             results[name].update(runs[name])
-    setup = {"store": args.store, "val_store": val_store, "split": split, "val_games": len(sources["card"].rows_of(split)), "minutes": args.minutes,
-             "width": args.width, "rollouts": len(starts), "horizon": args.horizon, "threads": args.threads,
-             "seq_len": configs["sequence"].data.seq_len, "batch_size": {name: c.data.batch_size for name, c in configs.items()}}
+    setup = {
+        "store": args.store,
+        "val_store": val_store,
+        "split": split,
+        "val_games": len(sources["card"].rows_of(split)),
+        "minutes": args.minutes,
+        "width": args.width,
+        "rollouts": len(starts),
+        "horizon": args.horizon,
+        "threads": args.threads,
+        "seq_len": configs["sequence"].data.seq_len,
+        "batch_size": {name: c.data.batch_size for name, c in configs.items()},
+    }
     if args.json:
         json.dump(_finite({**results, "baselines": baselines, "setup": setup}), sys.stdout, indent=1)
         print()

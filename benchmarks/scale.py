@@ -55,12 +55,22 @@ def corpus_games(path: str) -> list[tuple]:
 
     store = open_store(path)
     table = store.games
-    arrays = {part: gather(*(a.async_array.getitem(slice(None)) for a in store.part_arrays(part))) for part in store.parts}  # (columns, frames) each
+    arrays = {
+        part: gather(*(a.async_array.getitem(slice(None)) for a in store.part_arrays(part))) for part in store.parts
+    }  # (columns, frames) each
     games = []
     for i in range(len(store)):
         row = {name: values[i] for name, values in table.items()}
-        floats, ints, state_age = (a[:, row["offset"] : row["offset"] + row["length"]].T for a in arrays[int(row["part"])])  # (frames, columns) views
-        games.append((EncodedGame(game_info(row), store.config, floats, ints, state_age, int(row["nonfinite_replaced"])), str(row["hash"]), str(row["source"])))
+        floats, ints, state_age = (
+            a[:, row["offset"] : row["offset"] + row["length"]].T for a in arrays[int(row["part"])]
+        )  # (frames, columns) views
+        games.append(
+            (
+                EncodedGame(game_info(row), store.config, floats, ints, state_age, int(row["nonfinite_replaced"])),
+                str(row["hash"]),
+                str(row["source"]),
+            )
+        )
     return games
 
 
@@ -172,7 +182,9 @@ def uniform_distinct(counts: np.ndarray, batch: int) -> float:
     total = float(n.sum())
     batch = min(batch, total)
     gammaln = torch.special.gammaln
-    log_absent = gammaln(total - n + 1) - gammaln((total - n - batch + 1).clamp(min=1)) - math.lgamma(total + 1) + math.lgamma(total - batch + 1)
+    log_absent = (
+        gammaln(total - n + 1) - gammaln((total - n - batch + 1).clamp(min=1)) - math.lgamma(total + 1) + math.lgamma(total - batch + 1)
+    )
     absent = torch.where(total - n >= batch, log_absent.exp(), 0.0)  # a game holding more than N - B examples is always drawn
     return float((1 - absent).sum())
 
@@ -263,8 +275,26 @@ def measure(args, work: str, created: list[str]) -> dict:
     figures.update(build(store_path, corpus, args.games))
     del corpus
     figures["info_s"], info = timed_json([sys.executable, "-m", "melee_encode.cli", "info", store_path, "--json"])
-    figures.update(frames=info["frames"], bytes_on_disk=info["bytes_on_disk"], bytes_per_frame=info["bytes_per_frame"], data_bytes_per_frame=info["data_bytes_per_frame"], parts=info["parts"])
-    figures["plan_s"], plan = timed_json([sys.executable, os.path.join(ROOT, "scripts", "plan_run.py"), "--config", CONFIG, "--store", store_path, "--gpus", str(RANKS), "--json"])
+    figures.update(
+        frames=info["frames"],
+        bytes_on_disk=info["bytes_on_disk"],
+        bytes_per_frame=info["bytes_per_frame"],
+        data_bytes_per_frame=info["data_bytes_per_frame"],
+        parts=info["parts"],
+    )
+    figures["plan_s"], plan = timed_json(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "plan_run.py"),
+            "--config",
+            CONFIG,
+            "--store",
+            store_path,
+            "--gpus",
+            str(RANKS),
+            "--json",
+        ]
+    )
     figures.update(plan_train_examples=plan["train_examples"], plan_batches_per_gpu=plan["batches_per_epoch"])
     figures.update(run_phase("loader", store_path, str(args.loader_batches)))
     figures.update(run_phase("epoch", store_path, args.epoch_split))
@@ -276,16 +306,45 @@ def report(figures: dict, as_json: bool) -> None:
     f = figures
     build_rate = f"{f['build_frames_per_s']:,.0f} frames/s" if f["build_frames_per_s"] else "reused"
     rows = [
-        ("build", build_rate, f"{f['built_games']:,} games ({f['built_frames']:,} frames) in {f['build_s']:,.0f} s; peak RSS {f['build_peak_rss_mb']:,.0f} MB"),
-        ("bytes per frame", f"{f['bytes_per_frame']:.2f}", f"{f['bytes_on_disk'] / 1e9:,.2f} GB for {f['frames']:,} frames in {f['parts']} parts"),
+        (
+            "build",
+            build_rate,
+            f"{f['built_games']:,} games ({f['built_frames']:,} frames) in {f['build_s']:,.0f} s; peak RSS {f['build_peak_rss_mb']:,.0f} MB",
+        ),
+        (
+            "bytes per frame",
+            f"{f['bytes_per_frame']:.2f}",
+            f"{f['bytes_on_disk'] / 1e9:,.2f} GB for {f['frames']:,} frames in {f['parts']} parts",
+        ),
         ("melee-encode info", f"{f['info_s']:.2f} s", "wall, interpreter start included"),
         ("open store + table", f"{f['open_s']:.2f} s", ""),
-        ("plan_run.py", f"{f['plan_s']:.2f} s", f"wall; {f['plan_train_examples']:,} train examples, {f['plan_batches_per_gpu']:,} batches per GPU"),
-        ("loader, 1 process", f"{f['loader_samples_per_s']:,.0f} examples/s", f"{f['loader_examples']:,} examples; peak RSS {f['loader_peak_rss_mb']:,.0f} MB"),
-        ("distinct games per batch", f"{f['distinct_games_per_batch']:,.1f}", f"the same batches; uniform sampling: {f['uniform_distinct_games_per_batch']:,.1f} ({f['train_games']:,} train games)"),
-        (f"{f['epoch_split']} epoch exactly once", str(f["epoch_exactly_once"]), f"{f['epoch_examples']:,} of {f['epoch_expected_examples']:,} examples, {RANKS} ranks x {WORKERS} workers: {f['epoch_samples_per_s']:,.0f} examples/s"),
+        (
+            "plan_run.py",
+            f"{f['plan_s']:.2f} s",
+            f"wall; {f['plan_train_examples']:,} train examples, {f['plan_batches_per_gpu']:,} batches per GPU",
+        ),
+        (
+            "loader, 1 process",
+            f"{f['loader_samples_per_s']:,.0f} examples/s",
+            f"{f['loader_examples']:,} examples; peak RSS {f['loader_peak_rss_mb']:,.0f} MB",
+        ),
+        (
+            "distinct games per batch",
+            f"{f['distinct_games_per_batch']:,.1f}",
+            f"the same batches; uniform sampling: {f['uniform_distinct_games_per_batch']:,.1f} ({f['train_games']:,} train games)",
+        ),
+        (
+            f"{f['epoch_split']} epoch exactly once",
+            str(f["epoch_exactly_once"]),
+            f"{f['epoch_examples']:,} of {f['epoch_expected_examples']:,} examples, {RANKS} ranks x {WORKERS} workers: {f['epoch_samples_per_s']:,.0f} examples/s",
+        ),
     ]
-    emit(figures, as_json, f"scale: {f['games']:,} games (load {f['uptime_load_1min']:.1f} at start, {f['uptime_load_1min_after']:.1f} at end)", rows)
+    emit(
+        figures,
+        as_json,
+        f"scale: {f['games']:,} games (load {f['uptime_load_1min']:.1f} at start, {f['uptime_load_1min_after']:.1f} at end)",
+        rows,
+    )
 
 
 def main() -> None:
@@ -294,8 +353,15 @@ def main() -> None:
     parser.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus"))
     parser.add_argument("--dir", help="work folder for the corpus encode and the store (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep what this run creates in the work folder")
-    parser.add_argument("--loader-batches", type=int, default=100, help="train batches the one-process loader is timed over (default %(default)s)")
-    parser.add_argument("--epoch-split", choices=("train", "val"), default="train", help="the split whose full epoch is checked exactly-once (default %(default)s)")
+    parser.add_argument(
+        "--loader-batches", type=int, default=100, help="train batches the one-process loader is timed over (default %(default)s)"
+    )
+    parser.add_argument(
+        "--epoch-split",
+        choices=("train", "val"),
+        default="train",
+        help="the split whose full epoch is checked exactly-once (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--phase", nargs="+", help=argparse.SUPPRESS)  # internal: NAME STORE [ARG]
     args = parser.parse_args()

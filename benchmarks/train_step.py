@@ -100,8 +100,14 @@ def cpu_figures(config, source, layout, batch_size: int, threads: int, repeats: 
     gemm, gflop = projections_only(linear_shapes(model, batch, build_objective(config, layout, device)), device)
     gemm_times = time_calls(gemm, repeats)
     step_s, gemm_s = statistics.median(step_times), statistics.median(gemm_times)
-    return {"cpu_step_s": step_s, "cpu_projections_s": gemm_s, "cpu_projection_gflop": gflop, "cpu_gflops": gflop / gemm_s,
-            "outside_projections_share": max(0.0, 1 - gemm_s / step_s), "parameters": count_parameters(model)}
+    return {
+        "cpu_step_s": step_s,
+        "cpu_projections_s": gemm_s,
+        "cpu_projection_gflop": gflop,
+        "cpu_gflops": gflop / gemm_s,
+        "outside_projections_share": max(0.0, 1 - gemm_s / step_s),
+        "parameters": count_parameters(model),
+    }
 
 
 def gpu_figures(config, source, layout, batch_size: int, repeats: int) -> dict:
@@ -124,8 +130,12 @@ def gpu_figures(config, source, layout, batch_size: int, repeats: int) -> dict:
         step(batch_to_device(batch, device))
 
     streamed_times = time_calls(streamed, repeats, sync)
-    return {"gpu": torch.cuda.get_device_name(0), "gpu_step_ms": 1e3 * statistics.median(resident_times),
-            "gpu_step_with_data_ms": 1e3 * statistics.median(streamed_times), "backend": "mamba-ssm kernels" if mamba_ssm_available() else "pure PyTorch"}
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_step_ms": 1e3 * statistics.median(resident_times),
+        "gpu_step_with_data_ms": 1e3 * statistics.median(streamed_times),
+        "backend": "mamba-ssm kernels" if mamba_ssm_available() else "pure PyTorch",
+    }
 
 
 def main() -> None:
@@ -161,17 +171,34 @@ def main() -> None:
     rows = []
     if "cpu_step_s" in figures:
         rows += [
-            (f"CPU step, batch {args.cpu_batch}, {args.threads} threads", f"{figures['cpu_step_s']:.2f} s",
-             f"target < {REFERENCE['cpu_target_s']:.0f} s; reference implementation {REFERENCE['cpu_reference_impl_s'][0]}-{REFERENCE['cpu_reference_impl_s'][1]} s"),
-            ("CPU projections alone (baseline)", f"{figures['cpu_projections_s']:.2f} s",
-             f"{figures['cpu_projection_gflop']:.0f} GFLOP at {figures['cpu_gflops']:.0f} GFLOP/s (issue: ~{REFERENCE['cpu_matmul_s']:.0f} s, 231 GFLOP)"),
-            ("share of the step outside the projections", f"{100 * figures['outside_projections_share']:.0f}%", f"{figures['parameters']:,} parameters"),
+            (
+                f"CPU step, batch {args.cpu_batch}, {args.threads} threads",
+                f"{figures['cpu_step_s']:.2f} s",
+                f"target < {REFERENCE['cpu_target_s']:.0f} s; reference implementation {REFERENCE['cpu_reference_impl_s'][0]}-{REFERENCE['cpu_reference_impl_s'][1]} s",
+            ),
+            (
+                "CPU projections alone (baseline)",
+                f"{figures['cpu_projections_s']:.2f} s",
+                f"{figures['cpu_projection_gflop']:.0f} GFLOP at {figures['cpu_gflops']:.0f} GFLOP/s (issue: ~{REFERENCE['cpu_matmul_s']:.0f} s, 231 GFLOP)",
+            ),
+            (
+                "share of the step outside the projections",
+                f"{100 * figures['outside_projections_share']:.0f}%",
+                f"{figures['parameters']:,} parameters",
+            ),
         ]
     if "gpu_step_ms" in figures:
         rows += [
-            (f"GPU step, batch {args.gpu_batch}, bf16 ({figures['gpu']})", f"{figures['gpu_step_ms']:.1f} ms", f"Mamba2 backend: {figures['backend']}"),
-            ("GPU step with data from the store", f"{figures['gpu_step_with_data_ms']:.1f} ms",
-             f"target < {REFERENCE['gpu_target_ms']:.0f} ms; run card planned {REFERENCE['run_card_ms']:.0f} ms"),
+            (
+                f"GPU step, batch {args.gpu_batch}, bf16 ({figures['gpu']})",
+                f"{figures['gpu_step_ms']:.1f} ms",
+                f"Mamba2 backend: {figures['backend']}",
+            ),
+            (
+                "GPU step with data from the store",
+                f"{figures['gpu_step_with_data_ms']:.1f} ms",
+                f"target < {REFERENCE['gpu_target_ms']:.0f} ms; run card planned {REFERENCE['run_card_ms']:.0f} ms",
+            ),
         ]
     else:
         rows.append(("GPU", "none", "no CUDA device here: run benchmarks/gpu_check.sh on a GPU machine"))

@@ -56,14 +56,25 @@ def open_offline(page: Path) -> tuple[float, list] | None:
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     with tempfile.TemporaryDirectory(prefix="melee-chromium-") as profile:
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"):
+        for flag in (
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+        ):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
             driver.execute_cdp_cmd("Network.enable", {})
-            driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+            driver.execute_cdp_cmd(
+                "Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0}
+            )
             started = time.perf_counter()
             driver.get(page.resolve().as_uri())  # returns once the page has loaded and its scripts ran
             driver.execute_script("return window.viewer.frame")
@@ -103,8 +114,13 @@ def main() -> None:
         size = page.stat().st_size
         opened = open_offline(page)
     figures = {
-        "rollouts": args.rollouts, "horizon": args.horizon, "page_bytes": size, "read_s": read, "write_s": write,
-        "open_offline_s": None if opened is None else opened[0], "console_errors": None if opened is None else opened[1],
+        "rollouts": args.rollouts,
+        "horizon": args.horizon,
+        "page_bytes": size,
+        "read_s": read,
+        "write_s": write,
+        "open_offline_s": None if opened is None else opened[0],
+        "console_errors": None if opened is None else opened[1],
     }
     frames = args.rollouts * args.horizon
     rows = [

@@ -40,20 +40,61 @@ def _parser() -> argparse.ArgumentParser:
 
     enc = commands.add_parser("encode", help="encode replays (files, folders, archives) into a store")
     enc.add_argument("inputs", nargs="+", metavar="INPUT", help=".slp/.slp.gz files, folders, .zip/.tar(.gz)/.7z archives")
-    enc.add_argument("-o", "--output", required=True, metavar="STORE", help="the store to create or extend: a folder or a URL (s3://bucket/ranked.zarr)")
+    enc.add_argument(
+        "-o", "--output", required=True, metavar="STORE", help="the store to create or extend: a folder or a URL (s3://bucket/ranked.zarr)"
+    )
     enc.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
-    enc.add_argument("--dask", metavar="SCHEDULER", help="run the encode as tasks on this Dask cluster (tcp://host:8786); needs the dask extra")
-    enc.add_argument("--dask-batch", type=int, default=EncodeOptions.dask_batch, metavar="N", help="most replays per Dask task, each written as one part; the last tasks get fewer (default %(default)s)")
-    enc.add_argument("--end-method", action="append", default=[], metavar="METHOD", help="keep only games that ended so: game, time, no_contest, resolved, unresolved, none, or an id (repeatable)")
-    enc.add_argument("--character", action="append", default=[], metavar="NAME", help="keep games where a player is this character, by name or internal id (repeatable)")
-    enc.add_argument("--stage", action="append", default=[], metavar="NAME", help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)")
+    enc.add_argument(
+        "--dask", metavar="SCHEDULER", help="run the encode as tasks on this Dask cluster (tcp://host:8786); needs the dask extra"
+    )
+    enc.add_argument(
+        "--dask-batch",
+        type=int,
+        default=EncodeOptions.dask_batch,
+        metavar="N",
+        help="most replays per Dask task, each written as one part; the last tasks get fewer (default %(default)s)",
+    )
+    enc.add_argument(
+        "--end-method",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="keep only games that ended so: game, time, no_contest, resolved, unresolved, none, or an id (repeatable)",
+    )
+    enc.add_argument(
+        "--character",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep games where a player is this character, by name or internal id (repeatable)",
+    )
+    enc.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="keep games on this stage, by name (battlefield, fd, ...) or id (repeatable)",
+    )
     enc.add_argument("--min-frames", type=int, default=GameFilter.min_frames, help="skip games shorter than this (default %(default)s)")
     enc.add_argument("--max-games", type=int, default=None, help="stop when the store holds this many games")
-    enc.add_argument("--max-replay-mb", type=float, default=EncodeOptions.max_replay_mb, metavar="MB", help="skip a replay or archive member bigger than this, stored or decompressed, unread (default %(default)s)")
+    enc.add_argument(
+        "--max-replay-mb",
+        type=float,
+        default=EncodeOptions.max_replay_mb,
+        metavar="MB",
+        help="skip a replay or archive member bigger than this, stored or decompressed, unread (default %(default)s)",
+    )
     for option in dataclasses.fields(EncodingConfig):
-        enc.add_argument(f"--{option.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=option.default, help=f"encoding option (default {option.default})")
+        enc.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            action=argparse.BooleanOptionalAction,
+            default=option.default,
+            help=f"encoding option (default {option.default})",
+        )
     enc.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="frames per compressed chunk (default %(default)s)")
-    enc.add_argument("--part-frames", type=int, default=DEFAULT_PART_FRAMES, help="frames per part before a worker commits it (default %(default)s)")
+    enc.add_argument(
+        "--part-frames", type=int, default=DEFAULT_PART_FRAMES, help="frames per part before a worker commits it (default %(default)s)"
+    )
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     add_storage_option_argument(enc)
     enc.set_defaults(run=_encode)

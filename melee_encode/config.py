@@ -114,9 +114,7 @@ class Schema:
     def float_indices(self, *, player: int | None = None, group: str | None = None) -> list[int]:
         """Indices of the float columns of one player and/or group, in column order."""
         return [
-            i
-            for i, c in enumerate(self.float_columns)
-            if (player is None or c.player == player) and (group is None or c.group == group)
+            i for i, c in enumerate(self.float_columns) if (player is None or c.player == player) and (group is None or c.group == group)
         ]
 
     def int_indices(self, *, player: int | None = None, fields: tuple[str, ...] | None = None) -> list[int]:

@@ -52,7 +52,9 @@ def dask_runner(inputs: list[str], options: EncodeOptions) -> Iterator[Callable[
     """Check the inputs, connect to the cluster, and give the runner `encode` calls with the store open."""
     for given in inputs:
         if sequential_archive(given):
-            raise SourceError(f"{given}: tar and 7z archives can only be read in order, not spread over Dask tasks; give a zip archive or a folder, or encode without Dask")
+            raise SourceError(
+                f"{given}: tar and 7z archives can only be read in order, not spread over Dask tasks; give a zip archive or a folder, or encode without Dask"
+            )
     if options.dask_batch < 1:
         raise ConfigError(f"dask_batch must be at least 1, got {options.dask_batch}")
     client, owned = _connect(options.dask)
@@ -87,7 +89,17 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
                 if not batch:
                     break
                 part = writer.allocate_part()
-                future = client.submit(encode_batch, writer.path, task_options, part, batch, known, key=f"melee-encode-{run_id}-part-{part:08d}", retries=TASK_RETRIES, pure=False)
+                future = client.submit(
+                    encode_batch,
+                    writer.path,
+                    task_options,
+                    part,
+                    batch,
+                    known,
+                    key=f"melee-encode-{run_id}-part-{part:08d}",
+                    retries=TASK_RETRIES,
+                    pure=False,
+                )
                 queued[future] = len(batch)
                 in_flight += len(batch)
                 finished.add(future)
@@ -111,7 +123,9 @@ def run(client: Client, coordinator: Coordinator, sources: Iterator[ReplaySource
         client.cancel(list(queued))
 
 
-def encode_batch(store_path: str, options: EncodeOptions, part: int, sources: list[ReplaySource], known_hashes: set[str]) -> tuple[list[Outcome], tuple[int, int] | None]:
+def encode_batch(
+    store_path: str, options: EncodeOptions, part: int, sources: list[ReplaySource], known_hashes: set[str]
+) -> tuple[list[Outcome], tuple[int, int] | None]:
     """One task: encode `sources` into part `part` (created afresh), return the outcomes and the part."""
     encoder = ReplayEncoder(store_path, options, known_hashes, allocate_part=lambda: part)
     outcomes = [encoder.process(source) for source in sources]
@@ -137,4 +151,6 @@ def _result(future):
     try:
         return future.result()
     except Exception as error:
-        raise RuntimeError(f"a Dask encode task failed after {TASK_RETRIES} retries; committed games are kept, re-run to resume: {one_line(error)}") from error
+        raise RuntimeError(
+            f"a Dask encode task failed after {TASK_RETRIES} retries; committed games are kept, re-run to resume: {one_line(error)}"
+        ) from error

@@ -187,7 +187,12 @@ class Coordinator:
         if self.bar is not None:
             self.bar.update(1)
             elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
-            self.bar.set_postfix(games=self.summary.games, skipped=len(self.summary.skipped), frames_per_s=f"{self.summary.frames / elapsed:,.0f}", refresh=False)
+            self.bar.set_postfix(
+                games=self.summary.games,
+                skipped=len(self.summary.skipped),
+                frames_per_s=f"{self.summary.frames / elapsed:,.0f}",
+                refresh=False,
+            )
 
     def close_part(self, closed: tuple[int, int] | None) -> None:
         if closed is not None:

@@ -57,12 +57,27 @@ class GameFilter:
         """(table -> (games,) bool, info -> reason) for each active criterion."""
         checks = [(lambda t: t["length"] >= self.min_frames, lambda i: f"too short: {i.frames} frames < {self.min_frames}")]
         if self.end_methods:
-            checks.append((lambda t: np.isin(t["end_method"], self.end_methods), lambda i: f"end method {i.end_method} not in {list(self.end_methods)}"))
+            checks.append(
+                (
+                    lambda t: np.isin(t["end_method"], self.end_methods),
+                    lambda i: f"end method {i.end_method} not in {list(self.end_methods)}",
+                )
+            )
         if self.stages:
             checks.append((lambda t: np.isin(t["stage"], self.stages), lambda i: f"stage {i.stage} not in {list(self.stages)}"))
         if self.characters:
-            checks.append((lambda t: np.isin(t["characters"], self.characters).any(axis=1), lambda i: f"characters {list(i.characters)} not in {list(self.characters)}"))
+            checks.append(
+                (
+                    lambda t: np.isin(t["characters"], self.characters).any(axis=1),
+                    lambda i: f"characters {list(i.characters)} not in {list(self.characters)}",
+                )
+            )
         if self.required_fields:
             required = fields_missing_mask(self.required_fields)
-            checks.append((lambda t: (t["fields_missing"] & required) == 0, lambda i: f"lacks replay fields {sorted(set(i.fields_missing) & set(self.required_fields))}"))
+            checks.append(
+                (
+                    lambda t: (t["fields_missing"] & required) == 0,
+                    lambda i: f"lacks replay fields {sorted(set(i.fields_missing) & set(self.required_fields))}",
+                )
+            )
         return checks

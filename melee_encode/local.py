@@ -122,7 +122,9 @@ class _WorkerPool:
             except queue.Empty:
                 dead = [p for p in self.processes if p.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(f"an encode worker died (exit code {dead[0].exitcode}); committed games are kept, re-run to resume") from None
+                    raise RuntimeError(
+                        f"an encode worker died (exit code {dead[0].exitcode}); committed games are kept, re-run to resume"
+                    ) from None
 
     @staticmethod
     def _unwrap(message):

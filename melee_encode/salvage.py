@@ -39,11 +39,29 @@ EMPTY_FRAME_END = "A StructArray must contain at least one field"  # arrow2's, i
 # Payload sizes (bytes after the command byte) from the version that set each, as peppi reads the
 # events: Slippi's spec and peppi's frames.json, checked against every replay in ../shared.
 PAYLOAD_SIZES = {
-    GAME_START: (((0, 1, 0), 320), ((1, 0, 0), 352), ((1, 3, 0), 416), ((1, 5, 0), 417), ((2, 0, 0), 418),
-                 ((3, 7, 0), 420), ((3, 9, 0), 584), ((3, 11, 0), 700), ((3, 12, 0), 701), ((3, 14, 0), 760)),
+    GAME_START: (
+        ((0, 1, 0), 320),
+        ((1, 0, 0), 352),
+        ((1, 3, 0), 416),
+        ((1, 5, 0), 417),
+        ((2, 0, 0), 418),
+        ((3, 7, 0), 420),
+        ((3, 9, 0), 584),
+        ((3, 11, 0), 700),
+        ((3, 12, 0), 701),
+        ((3, 14, 0), 760),
+    ),
     PRE: (((0, 1, 0), 58), ((1, 2, 0), 59), ((1, 4, 0), 63), ((3, 15, 0), 64), ((3, 17, 0), 66)),
-    POST: (((0, 1, 0), 33), ((0, 2, 0), 37), ((2, 0, 0), 51), ((2, 1, 0), 52), ((3, 5, 0), 72),
-           ((3, 8, 0), 76), ((3, 11, 0), 80), ((3, 16, 0), 84)),
+    POST: (
+        ((0, 1, 0), 33),
+        ((0, 2, 0), 37),
+        ((2, 0, 0), 51),
+        ((2, 1, 0), 52),
+        ((3, 5, 0), 72),
+        ((3, 8, 0), 76),
+        ((3, 11, 0), 80),
+        ((3, 16, 0), 84),
+    ),
     GAME_END: (((0, 1, 0), 1), ((2, 0, 0), 2), ((3, 13, 0), 6)),
     FRAME_START: (((2, 2, 0), 8), ((3, 10, 0), 12)),
     ITEM: (((3, 0, 0), 37), ((3, 2, 0), 41), ((3, 6, 0), 42), ((3, 16, 0), 44)),
@@ -137,7 +155,9 @@ def cut_truncated(data: bytes) -> Repair:
     if game_end and stream.closed:
         raise SalvageError("not truncated: the stream has its Game End and the file is closed")
     if game_end:
-        return Repair(_container(stream.data[: game_end[0]]), "cut_truncated", "truncated after Game End: metadata dropped, every frame kept")
+        return Repair(
+            _container(stream.data[: game_end[0]]), "cut_truncated", "truncated after Game End: metadata dropped, every frame kept"
+        )
     has_bookends = stream.version >= (3, 0, 0) and BOOKEND in stream.sizes
     complete = _bookend_ends(stream) if has_bookends else _post_frame_ends(stream)
     if not complete:

@@ -46,7 +46,13 @@ class StageGeometry:
         }
 
 
-def _symmetric(stage: int, edge: float, sides: tuple[float, float, float] | None, top: tuple[float, float] | None, blast: tuple[float, float, float, float]) -> StageGeometry:
+def _symmetric(
+    stage: int,
+    edge: float,
+    sides: tuple[float, float, float] | None,
+    top: tuple[float, float] | None,
+    blast: tuple[float, float, float, float],
+) -> StageGeometry:
     """A left-right symmetric stage: sides (inner x, outer x, height) mirrored, top (half width, height)."""
     platforms = []
     if sides is not None:
@@ -60,16 +66,26 @@ def _symmetric(stage: int, edge: float, sides: tuple[float, float, float] | None
 
 STAGE_GEOMETRY: dict[int, StageGeometry] = {
     2: StageGeometry(  # Fountain of Dreams (side platforms move)
-        2, -63.3475, 63.3475,
+        2,
+        -63.3475,
+        63.3475,
         (Platform(-49.5, -21.0, 16.125), Platform(21.0, 49.5, 22.125), Platform(-14.25, 14.25, 42.7501)),
-        -198.75, 198.75, 202.5, -146.25,
+        -198.75,
+        198.75,
+        202.5,
+        -146.25,
     ),
     3: _symmetric(3, 87.75, (25.0, 55.0, 25.0001), None, (-230.0, 230.0, 180.0, -111.0)),  # Pokemon Stadium
     8: _symmetric(8, 56.0, (28.0, 59.5, 23.4501), (15.75, 42.0001), (-175.7, 173.6, 168.0, -91.0)),  # Yoshi's Story
     28: StageGeometry(  # Dream Land (its side platforms are not quite mirror images)
-        28, -77.2713, 77.2713,
+        28,
+        -77.2713,
+        77.2713,
         (Platform(-61.3929, -31.7254, 30.1422), Platform(31.7036, 63.0745, 30.2426), Platform(-19.0181, 19.0171, 51.4254)),
-        -255.0, 255.0, 250.0, -123.0,
+        -255.0,
+        255.0,
+        250.0,
+        -123.0,
     ),
     31: _symmetric(31, 68.4, (20.0, 57.6, 27.2001), (18.8, 54.4001), (-224.0, 224.0, 200.0, -108.8)),  # Battlefield
     32: _symmetric(32, 85.5657, None, None, (-246.0, 246.0, 188.0, -140.0)),  # Final Destination

@@ -109,7 +109,13 @@ def sizes_under(path: str, storage_options: dict | None = None) -> dict[str, int
 
 def add_storage_option_argument(parser) -> None:
     """The repeatable `--storage-option KEY=VALUE` of every command that takes a URL (see parse_storage_options)."""
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option for URLs, e.g. endpoint_url=http://minio:9000 (repeatable; never credentials)")
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec option for URLs, e.g. endpoint_url=http://minio:9000 (repeatable; never credentials)",
+    )
 
 
 def parse_storage_options(pairs: list[str]) -> dict:

@@ -41,6 +41,7 @@ from .storage import exists, gather, open_zarr, sizes_under
 ChunkKey = tuple[int, str, int]  # (part, array name in format.ARRAYS, chunk index along frames)
 _ZSTD = Zstd()
 
+
 class Store:
     """A read view of an encoded store: its schema, per-game table and frames."""
 
@@ -140,7 +141,9 @@ class Store:
 
     # ------------------------------------------------------------ whole chunks
 
-    def read_chunks(self, keys: list[ChunkKey], outs: list[np.ndarray], stored: dict[ChunkKey, np.ndarray | None] | None = None) -> list[np.ndarray]:
+    def read_chunks(
+        self, keys: list[ChunkKey], outs: list[np.ndarray], stored: dict[ChunkKey, np.ndarray | None] | None = None
+    ) -> list[np.ndarray]:
         """Chunks decoded into their buffers, each `out` (columns, chunk_frames), and returned.
 
         `stored` may hold chunks' stored bytes fetched earlier (`stored_chunks`, or a cache of them);

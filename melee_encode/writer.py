@@ -108,7 +108,12 @@ class PartWriter:
         end = self.written + self.filled
         if end > self.capacity:
             self._resize(self.capacity + GROW_CHUNKS * self.chunk_frames)
-        gather(*(array.setitem((slice(None), slice(self.written, end)), buffer[:, : self.filled]) for array, buffer in zip(self.arrays, self.buffers)))
+        gather(
+            *(
+                array.setitem((slice(None), slice(self.written, end)), buffer[:, : self.filled])
+                for array, buffer in zip(self.arrays, self.buffers)
+            )
+        )
         self.written, self.filled = end, 0
 
     def _resize(self, frames: int) -> None:
@@ -138,7 +143,9 @@ class StoreWriter:
         self._lock = writer_lock(self.path, self.storage_options)
         try:
             self.root = self._open_or_create(config or EncodingConfig(), filters or GameFilter(), chunk_frames)
-            self._tables = {table: self._complete_table(table, columns) for table, columns in (("games", GAME_COLUMNS), ("skipped", SKIPPED_COLUMNS))}
+            self._tables = {
+                table: self._complete_table(table, columns) for table, columns in (("games", GAME_COLUMNS), ("skipped", SKIPPED_COLUMNS))
+            }
             removed = self._recover()
         except BaseException:
             self._lock.release()
@@ -256,7 +263,11 @@ class StoreWriter:
 
 def _check_same(path: str, what: str, stored: dict, requested: dict) -> None:
     if stored != requested:
-        diff = ", ".join(f"{k}: store has {stored.get(k)!r}, asked {requested.get(k)!r}" for k in sorted(set(stored) | set(requested)) if stored.get(k) != requested.get(k))
+        diff = ", ".join(
+            f"{k}: store has {stored.get(k)!r}, asked {requested.get(k)!r}"
+            for k in sorted(set(stored) | set(requested))
+            if stored.get(k) != requested.get(k)
+        )
         raise StoreError(f"{path} was encoded with other {what} ({diff}); use the same options or a new store")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from melee_encode.errors import ConfigError
 from melee_model.layout import FrameLayout
-from melee_model.rollout import CLAMP_RANGES
+from melee_model.stepper import CLAMP_RANGES
 
 BASELINES = ("copy_last", "constant_velocity")
 MOVING_FIELDS = ("x", "y")

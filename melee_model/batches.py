@@ -31,7 +31,9 @@ class BatchAssembler:
         self.items = items_of(config)
         self.frame_major = config.objective == "last"
 
-    def __call__(self, floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, positions: np.ndarray, ends: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(
+        self, floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, positions: np.ndarray, ends: np.ndarray
+    ) -> dict[str, np.ndarray]:
         if self.frame_major:
             return build_batch(floats, ints, anchors, self.layout)
         return window_batch(floats, ints, anchors, positions, ends, self.config.seq_len, self.config.warmup)
@@ -69,7 +71,9 @@ def build_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, layou
     }
 
 
-def window_batch(floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, positions: np.ndarray, ends: np.ndarray, seq_len: int, warmup: int) -> dict[str, np.ndarray]:
+def window_batch(
+    floats: np.ndarray, ints: np.ndarray, anchors: np.ndarray, positions: np.ndarray, ends: np.ndarray, seq_len: int, warmup: int
+) -> dict[str, np.ndarray]:
     """Windows of seq_len + 1 frames from feature-major blocks floats (blocks, n_float, C) and ints
     (blocks, n_int, C), a window being a run of flat positions (block * C + frame) from its anchor.
 

@@ -47,7 +47,9 @@ def store_fingerprint(store: Store, rows: np.ndarray) -> dict:
     }
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, model: dict, optimizer: dict, ranks: list[dict], state: dict, links: tuple[str, ...] = ("latest",)) -> Path:
+def save_checkpoint(
+    output_dir: str | Path, step: int, *, model: dict, optimizer: dict, ranks: list[dict], state: dict, links: tuple[str, ...] = ("latest",)
+) -> Path:
     """Write checkpoint `step-{step}` and point each of `links` ("latest", "best") at it."""
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)

@@ -193,7 +193,9 @@ def from_dict(cls, values: dict, where: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; known in {where or 'top level'}: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; known in {where or 'top level'}: {', '.join(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

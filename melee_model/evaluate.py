@@ -137,7 +137,9 @@ def evaluate_checkpoint(
         evaluation = Evaluation(split, games, examples, metrics)
         if config.data.objective == "sequence":
             windows = ExampleSource.for_experiment(path, config, options)
-            evaluation.sequence, evaluation.sequence_targets = teacher_forced(model, windows, config, split, device, max_batches, num_workers)
+            evaluation.sequence, evaluation.sequence_targets = teacher_forced(
+                model, windows, config, split, device, max_batches, num_workers
+            )
         if rollouts > 0:
             starts = rollout_starts(source, split, rollouts, horizon, seed)
             evaluation.rollout, evaluation.curves = rollouts_with_baselines(model, layout, source.store, starts, horizon, device, stepping)
@@ -146,7 +148,12 @@ def evaluate_checkpoint(
         if html is not None:
             pages = store_rollouts(source.store, result.starts, horizon, result.pred_floats, result.pred_ints)
             baselines = {name: curves for name, curves in evaluation.curves.items() if name != MODEL}
-            write_html(html, pages, rollout_curves(result, baselines), title=f"{Path(checkpoint).name}: {len(pages)} rollouts of {horizon} frames ({split})")
+            write_html(
+                html,
+                pages,
+                rollout_curves(result, baselines),
+                title=f"{Path(checkpoint).name}: {len(pages)} rollouts of {horizon} frames ({split})",
+            )
     if plot is not None:
         plot_rollout(result.first, plot, characters)
     return evaluation
@@ -156,7 +163,12 @@ def rollout_curves(result: RolloutResult, baselines: dict | None = None) -> Hori
     """The viewer's error-against-horizon curves of a rollout run: the model's, and the baselines' when
     given ({name: {metric: (H,)}}, as quality.rollouts_with_baselines gives them)."""
     metrics = ("pos_error", "action_match")
-    return HorizonCurves({metric: {"model": result.curves[metric], **{name: curves[metric] for name, curves in (baselines or {}).items()}} for metric in metrics})
+    return HorizonCurves(
+        {
+            metric: {"model": result.curves[metric], **{name: curves[metric] for name, curves in (baselines or {}).items()}}
+            for metric in metrics
+        }
+    )
 
 
 def write_replay_html(replays: Sequence[str], path: str | Path, title: str | None = None) -> int:
@@ -179,10 +191,16 @@ def metrics_table(evaluation: Evaluation) -> str:
         lines += [f"  {name:<{width}}  {value:.4f}" for name, value in evaluation.metrics.items()]
     else:
         lines.append(f"  {'':<{width}}  {'K-frame':>9}  {'own windows':>11}   ({evaluation.sequence_targets:,} targets)")
-        lines += [f"  {name:<{width}}  {value:>9.4f}  {evaluation.sequence.get(name, math.nan):>11.4f}" for name, value in evaluation.metrics.items()]
+        lines += [
+            f"  {name:<{width}}  {value:>9.4f}  {evaluation.sequence.get(name, math.nan):>11.4f}"
+            for name, value in evaluation.metrics.items()
+        ]
     if evaluation.rollout is not None:
-        lines += ["", f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers; "
-                      "the baselines on the same windows (* the best of each row)"]
+        lines += [
+            "",
+            f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers; "
+            "the baselines on the same windows (* the best of each row)",
+        ]
         lines.append(comparison_table(evaluation.horizons))
         lines.append("pos_error: mean |pred - true| of x and y over both players; pos_euclid: distance of (x, y) per player, averaged")
         lines.append("over the players (the reference's pos_error_euclid); game units. damage_error: percent. *_match: fraction of players")

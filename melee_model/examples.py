@@ -52,7 +52,14 @@ class ExampleSource:
     Built once per run; `loader(split, epoch, ...)` then gives each epoch's DataLoader cheaply.
     """
 
-    def __init__(self, store: str | Store, layout: FrameLayout, config: DataConfig, encoding: EncodingConfig | None = None, storage_options: dict | None = None):
+    def __init__(
+        self,
+        store: str | Store,
+        layout: FrameLayout,
+        config: DataConfig,
+        encoding: EncodingConfig | None = None,
+        storage_options: dict | None = None,
+    ):
         """`store`: a path or URL, or a store already opened (with these storage options)."""
         self.storage_options = dict(storage_options or {})
         self.store = store if isinstance(store, Store) else open_store(str(store), self.storage_options)
@@ -102,13 +109,37 @@ class ExampleSource:
             world=world,
         )
 
-    def loader(self, split: str, epoch: int, *, rank: int = 0, world: int = 1, start_batch: int = 0, batch_size: int | None = None, num_workers: int | None = None) -> DataLoader:
+    def loader(
+        self,
+        split: str,
+        epoch: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        start_batch: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> DataLoader:
         """A DataLoader over rank `rank`'s batches of `split` in `epoch` (dicts of CPU tensors)."""
         plan = self.plan(split, epoch, world, batch_size)
         assembler = BatchAssembler(self.layout, self.config)
-        dataset = StoreExamples(self.store_path, assembler, plan, rank=rank, start_batch=start_batch, storage_options=self.storage_options, cache=(self.config.cache_dir, self.config.cache_mb))
+        dataset = StoreExamples(
+            self.store_path,
+            assembler,
+            plan,
+            rank=rank,
+            start_batch=start_batch,
+            storage_options=self.storage_options,
+            cache=(self.config.cache_dir, self.config.cache_mb),
+        )
         workers = self.config.num_workers if num_workers is None else num_workers
-        return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), prefetch_factor=PREFETCH_FACTOR if workers else None)
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=PREFETCH_FACTOR if workers else None,
+        )
 
 
 class StoreExamples(IterableDataset):
@@ -120,7 +151,17 @@ class StoreExamples(IterableDataset):
     (directory, MB) of the disk cache of a remote store's chunks (MB 0: none).
     """
 
-    def __init__(self, store_path: str, assembler: BatchAssembler, plan: EpochPlan, *, rank: int = 0, start_batch: int = 0, storage_options: dict | None = None, cache: tuple[str, int] = ("", 0)):
+    def __init__(
+        self,
+        store_path: str,
+        assembler: BatchAssembler,
+        plan: EpochPlan,
+        *,
+        rank: int = 0,
+        start_batch: int = 0,
+        storage_options: dict | None = None,
+        cache: tuple[str, int] = ("", 0),
+    ):
         self.store_path = store_path
         self.assembler = assembler
         self.plan = plan
@@ -144,7 +185,9 @@ class StoreExamples(IterableDataset):
         start, end = self.plan.stream_range(self.rank, first, stop)
         store = open_store(self.store_path, self.storage_options)
         items, assembler = self.assembler.items, self.assembler
-        reader = GroupReader(store, assembler.layout, items.before, items.after, assembler.frame_major, ChunkFetcher.for_store(store, *self.cache))
+        reader = GroupReader(
+            store, assembler.layout, items.before, items.after, assembler.frame_major, ChunkFetcher.for_store(store, *self.cache)
+        )
         yield from _batches(self.plan, reader, assembler, start, end, self.plan.batch_size)
 
 

@@ -25,12 +25,24 @@ from melee_model.layout import FrameLayout
 from melee_model.rollout import player_values
 
 HORIZONS = (1, 10, 60, 300)
-HORIZON_METRICS = ("pos_error", "pos_euclid", "pos_euclid_p0", "pos_euclid_p1", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
+HORIZON_METRICS = (
+    "pos_error",
+    "pos_euclid",
+    "pos_euclid_p0",
+    "pos_euclid_p1",
+    "action_match",
+    "on_ground_match",
+    "facing_match",
+    "stocks_match",
+    "damage_error",
+)
 # Where a lower value is better (errors); the others are match fractions, higher is better.
 LOWER_IS_BETTER = {"pos_error", "pos_euclid", "pos_euclid_p0", "pos_euclid_p1", "damage_error"}
 
 
-def per_frame(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
+def per_frame(
+    layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each of HORIZON_METRICS per rollout and frame, (N, H), from (N, H, F) floats and (N, H, I) ints."""
     schema = layout.schema
     decoded = lambda floats, field: player_values(schema, floats, field)  # noqa: E731  (N, H, 2), game units
@@ -59,7 +71,9 @@ def report_at(horizon: int, horizons=HORIZONS) -> list[int]:
     return sorted({h for h in horizons if 1 <= h <= horizon} | {horizon})
 
 
-def mean_curves(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
+def mean_curves(
+    layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each of HORIZON_METRICS per predicted frame, averaged over the rollouts: metric -> (H,)."""
     return {name: values.mean(axis=0) for name, values in per_frame(layout, pred_floats, pred_ints, true_floats, true_ints).items()}
 
@@ -70,7 +84,9 @@ def at_horizons(curves: dict[str, np.ndarray], horizons=HORIZONS) -> dict[int, d
     return {h: {name: float(curves[name][h - 1]) for name in HORIZON_METRICS} for h in report_at(length, horizons)}
 
 
-def horizon_errors(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray, horizons=HORIZONS) -> dict[int, dict[str, float]]:
+def horizon_errors(
+    layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray, horizons=HORIZONS
+) -> dict[int, dict[str, float]]:
     """{h: {metric: mean over rollouts at the h-th predicted frame}} for the horizons that fit."""
     return at_horizons(mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints), horizons)
 

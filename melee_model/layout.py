@@ -74,7 +74,9 @@ class FrameLayout:
         for group, delta in FLOAT_BLOCKS:
             start = len(columns)
             for player in (0, 1):
-                block = [i for i in schema.float_indices(player=player, group=group) if schema.float_columns[i].field not in INPUT_ONLY_FIELDS]
+                block = [
+                    i for i in schema.float_indices(player=player, group=group) if schema.float_columns[i].field not in INPUT_ONLY_FIELDS
+                ]
                 columns += block
                 is_delta += [delta] * len(block)
             blocks[group] = slice(start, len(columns))
@@ -83,7 +85,10 @@ class FrameLayout:
         set_("delta_target_positions", tuple(j for j, delta in enumerate(is_delta) if delta))
         set_("delta_target_columns", tuple(columns[j] for j in self.delta_target_positions))
         set_("float_blocks", blocks)
-        set_("int_target_columns", tuple(schema.int_indices(player=0, fields=TARGET_FIELDS) + schema.int_indices(player=1, fields=TARGET_FIELDS)))
+        set_(
+            "int_target_columns",
+            tuple(schema.int_indices(player=0, fields=TARGET_FIELDS) + schema.int_indices(player=1, fields=TARGET_FIELDS)),
+        )
         set_("action_columns", (schema.int_index("p0.action"), schema.int_index("p1.action")))
         set_("embedded_fields", tuple(dict.fromkeys(c.field for c in schema.int_columns)))
         if len(self.button_columns) != 2 * N_BUTTONS:
@@ -136,4 +141,6 @@ class FrameLayout:
 def layout_for(config: ExperimentConfig, schema: Schema) -> FrameLayout:
     """The layout of an experiment's examples over a store's columns."""
     data = config.data
-    return FrameLayout(schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead, lookahead_delta=data.lookahead_delta)
+    return FrameLayout(
+        schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead, lookahead_delta=data.lookahead_delta
+    )

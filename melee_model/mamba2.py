@@ -163,9 +163,7 @@ class Mamba2(nn.Module):
 
         # in_proj rows: z (d_inner) | x (d_inner) | B (d_state) | C (d_state) | dt (nheads)
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.nheads, bias=False)
-        self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1
-        )
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim, padding=d_conv - 1)
         dt_bias, A_log = init_dt_bias_and_A_log(ssm_init, self.nheads, dt_min, dt_max, dt_init_floor, A_init_range)
         self.dt_bias = nn.Parameter(dt_bias)
         self.A_log = nn.Parameter(A_log)
@@ -215,9 +213,18 @@ class Mamba2(nn.Module):
 
         if kernels:
             scan = kernels.chunk_scan(
-                x, dt, A, B[:, :, None], C[:, :, None],  # B, C: (b, l, 1, n), i.e. ngroups=1
-                chunk_size=self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias, dt_softplus=True,
-                initial_states=initial, return_final_states=return_state,
+                x,
+                dt,
+                A,
+                B[:, :, None],
+                C[:, :, None],  # B, C: (b, l, 1, n), i.e. ngroups=1
+                chunk_size=self.chunk_size,
+                D=self.D,
+                z=None,
+                dt_bias=self.dt_bias,
+                dt_softplus=True,
+                initial_states=initial,
+                return_final_states=return_state,
             )  # y (b, l, h, p)[, final state (b, h, p, n)]
         else:
             dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, l, h)
@@ -252,8 +259,15 @@ class Mamba2(nn.Module):
             h, p, n = self.nheads, self.headdim, self.d_state
             ssm_state = state.ssm.clone()  # (b, h, p, n)
             y = kernels.state_update(
-                ssm_state, x, dt[..., None].expand(-1, h, p), A[:, None, None].expand(h, p, n), B, C,
-                D=self.D[:, None].expand(h, p), z=None, dt_bias=self.dt_bias[:, None].expand(h, p),
+                ssm_state,
+                x,
+                dt[..., None].expand(-1, h, p),
+                A[:, None, None].expand(h, p, n),
+                B,
+                C,
+                D=self.D[:, None].expand(h, p),
+                z=None,
+                dt_bias=self.dt_bias[:, None].expand(h, p),
                 dt_softplus=True,
             )  # (b, h, p)
         else:

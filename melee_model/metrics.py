@@ -121,7 +121,11 @@ class MetricAccumulator:
     @torch.no_grad()
     def update(self, pred: dict, batch: dict, losses: dict) -> None:
         weight = batch.get("weight")
-        terms = {**self._loss_terms(batch, losses, weight), **self._action_terms(pred, batch, weight), **self._float_terms(pred, batch, weight)}
+        terms = {
+            **self._loss_terms(batch, losses, weight),
+            **self._action_terms(pred, batch, weight),
+            **self._float_terms(pred, batch, weight),
+        }
         nums = torch.stack([terms[name][0] for name in self.names])  # (n_metrics,)
         dens = torch.stack([terms[name][1] for name in self.names])  # (n_metrics,)
         self.totals += torch.stack([nums, dens])  # (2, n_metrics)
@@ -202,7 +206,9 @@ def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[t
 
 
 @torch.no_grad()
-def score(model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast, objective=None) -> tuple[MetricAccumulator, int]:
+def score(
+    model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast, objective=None
+) -> tuple[MetricAccumulator, int]:
     """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
     and how many targets they held. `objective`: how batches become predictions (default: the card's)."""
     objective = objective or LastObjective(layout, ScheduledSamplingConfig(), device)

@@ -61,12 +61,8 @@ class PredictionHeads(nn.Module):
 
     def __init__(self, layout: FrameLayout, d_in: int):
         super().__init__()
-        self.float_heads = nn.ModuleDict(
-            {name: nn.Linear(d_in, block.stop - block.start) for name, block in layout.float_blocks.items()}
-        )
-        self.int_heads = nn.ModuleDict(
-            {f: nn.ModuleList([nn.Linear(d_in, layout.vocab(f)) for _ in (0, 1)]) for f in TARGET_FIELDS}
-        )
+        self.float_heads = nn.ModuleDict({name: nn.Linear(d_in, block.stop - block.start) for name, block in layout.float_blocks.items()})
+        self.int_heads = nn.ModuleDict({f: nn.ModuleList([nn.Linear(d_in, layout.vocab(f)) for _ in (0, 1)]) for f in TARGET_FIELDS})
 
     def forward(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         # float_blocks is in float_tgt order, so concatenating the blocks rebuilds float_tgt's layout.
@@ -89,7 +85,6 @@ class FrameStackMamba2(nn.Module):
     each returning the residual stream of its last frame (B, D) and the state; `predict(x, next_ctrl)`
     applies the heads. Together they equal the full forward over the same frames.
     """
-
 
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
@@ -173,7 +168,6 @@ class FrameStackMLP(nn.Module):
     layout.context_len, since the first layer's width depends on it.
     """
 
-
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
         if len(config.mlp_hidden) != 2:
@@ -194,7 +188,9 @@ class FrameStackMLP(nn.Module):
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         if next_ctrl.dim() != 2:
-            raise ConfigError("FrameStackMLP predicts from a whole K-frame context only: it trains with data.objective 'last', not 'sequence'")
+            raise ConfigError(
+                "FrameStackMLP predicts from a whole K-frame context only: it trains with data.objective 'last', not 'sequence'"
+            )
         frames = self.embed(float_ctx, int_ctx).flatten(1)  # (B, K*E)
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
         return self.heads(h)
@@ -224,8 +220,7 @@ def describe_model(model: nn.Module, layout: FrameLayout) -> str:
         [
             f"model: {model.architecture()}",
             f"parameters: {count_parameters(model):,}",
-            f"frame: {layout.n_float} floats + {layout.n_int} ints -> {model.embed.out_dim} embedded; "
-            f"context {layout.context_len} frames",
+            f"frame: {layout.n_float} floats + {layout.n_int} ints -> {model.embed.out_dim} embedded; context {layout.context_len} frames",
             f"next_ctrl: {layout.ctrl_dim}; targets: {layout.float_target_dim} floats, "
             f"{layout.int_target_dim} ints ({', '.join(TARGET_FIELDS)} per player)",
         ]

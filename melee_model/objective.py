@@ -20,9 +20,9 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import ExperimentConfig, ScheduledSamplingConfig
 from melee_model.layout import FrameLayout
-from melee_model.rollout import FrameStepper
 from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, own_frames, substitute
 from melee_model.sequence import SequenceParts, position_rows
+from melee_model.stepper import FrameStepper
 
 OBJECTIVES = ("last", "sequence")
 
@@ -34,10 +34,14 @@ class LastObjective:
 
     def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
         if sampling.mode != "noise":
-            raise ConfigError(f"train.scheduled_sampling.mode {sampling.mode!r} needs data.objective 'sequence'; the card objective has 'noise' only")
+            raise ConfigError(
+                f"train.scheduled_sampling.mode {sampling.mode!r} needs data.objective 'sequence'; the card objective has 'noise' only"
+            )
         self.noise = ContextNoise(layout, sampling, device)
 
-    def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
+    def outputs(
+        self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[dict, dict]:
         if epoch is not None:
             self.noise.apply(batch, epoch, generator)
         return model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"]), batch
@@ -58,7 +62,9 @@ class SequenceObjective:
         self.noise = ContextNoise(layout, sampling, device)
         self.stepper = FrameStepper(layout, device) if sampling.mode == "model" else None
 
-    def outputs(self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None) -> tuple[dict, dict]:
+    def outputs(
+        self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[dict, dict]:
         parts = self.parts(batch)
         if epoch is not None:
             parts = self._sample(model, parts, epoch, generator)
@@ -87,5 +93,7 @@ def build_objective(config: ExperimentConfig, layout: FrameLayout, device) -> La
     if sampling.mode not in MODES:
         raise ConfigError(f"unknown train.scheduled_sampling.mode {sampling.mode!r}; options: {', '.join(MODES)}")
     if objective == "sequence" and config.model.arch != "mamba2":
-        raise ConfigError(f"data.objective 'sequence' needs a causal sequence model (model.arch mamba2); {config.model.arch!r} trains with the card objective 'last' only")
+        raise ConfigError(
+            f"data.objective 'sequence' needs a causal sequence model (model.arch mamba2); {config.model.arch!r} trains with the card objective 'last' only"
+        )
     return (SequenceObjective if objective == "sequence" else LastObjective)(layout, sampling, device)

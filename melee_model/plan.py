@@ -36,7 +36,14 @@ MS_PER_HOUR = 3_600_000
 REFERENCE_FLOAT_BYTES, REFERENCE_INT_BYTES = 4, 8
 
 
-def plan_run(config: ExperimentConfig, store_path: str, gpus: int = 1, step_ms: float | None = None, gpu_hour_usd: float = 3.0, storage_options: dict | None = None) -> dict:
+def plan_run(
+    config: ExperimentConfig,
+    store_path: str,
+    gpus: int = 1,
+    step_ms: float | None = None,
+    gpu_hour_usd: float = 3.0,
+    storage_options: dict | None = None,
+) -> dict:
     """The plan's figures, as one flat dict (see plan_markdown for what each means)."""
     if gpus < 1:
         raise ConfigError(f"gpus must be at least 1, got {gpus}")
@@ -149,7 +156,7 @@ def read_step_ms(path: str | Path) -> float:
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path} is not JSON: {error}") from error
     if not isinstance(values, dict) or not isinstance(values.get("step_ms"), (int, float)):
-        raise ConfigError(f"{path} has no numeric \"step_ms\"")
+        raise ConfigError(f'{path} has no numeric "step_ms"')
     return float(values["step_ms"])
 
 
@@ -172,20 +179,41 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
         "Model": [
             ("Architecture", plan["arch"]),
             ("Parameters", _n(plan["parameters"])),
-            *([("d_model", str(model.d_model)), ("n_layers", str(model.n_layers)), ("d_state", str(model.d_state)), ("headdim", str(model.headdim)), ("chunk_size (SSD)", str(model.chunk_size))] if model.arch == "mamba2" else [("hidden", str(model.mlp_hidden))]),
-            ("Objective", f"sequence: windows of {config.data.seq_len} positions, warm-up {config.data.warmup}" if sequence else f"last: context_len (K) {config.data.context_len}"),
+            *(
+                [
+                    ("d_model", str(model.d_model)),
+                    ("n_layers", str(model.n_layers)),
+                    ("d_state", str(model.d_state)),
+                    ("headdim", str(model.headdim)),
+                    ("chunk_size (SSD)", str(model.chunk_size)),
+                ]
+                if model.arch == "mamba2"
+                else [("hidden", str(model.mlp_hidden))]
+            ),
+            (
+                "Objective",
+                f"sequence: windows of {config.data.seq_len} positions, warm-up {config.data.warmup}"
+                if sequence
+                else f"last: context_len (K) {config.data.context_len}",
+            ),
             ("Embedded frame", str(plan["embedded_dims"])),
             ("next_ctrl", str(plan["ctrl_dim"])),
         ],
         "Training": [
             ("GPUs", str(plan["gpus"])),
             ("Epochs", str(plan["epochs"])),
-            ("Batch size (per GPU)", _n(plan["batch_size"]) + (f" windows, up to {_n(plan['targets_per_batch'])} targets" if sequence else "")),
+            (
+                "Batch size (per GPU)",
+                _n(plan["batch_size"]) + (f" windows, up to {_n(plan['targets_per_batch'])} targets" if sequence else ""),
+            ),
             ("Gradient accumulation", str(plan["grad_accum"])),
             ("Learning rate", f"{train.lr:g} (cosine {train.lr_schedule.replace('_', ' ')})"),
             ("Weight decay", f"{train.weight_decay:g} ({'every parameter' if train.weight_decay_all else 'matrices and embeddings'})"),
             ("Precision", {"auto": "bf16 autocast on GPUs", "no": "fp32"}.get(train.mixed_precision, train.mixed_precision)),
-            ("Scheduled sampling", f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames, {sampling.targets} targets)"),
+            (
+                "Scheduled sampling",
+                f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames, {sampling.targets} targets)",
+            ),
             ("Optimizer updates per epoch", _n(plan["updates_per_epoch"])),
             ("Total optimizer updates", _n(plan["total_updates"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
         ],
@@ -209,10 +237,16 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
         else [("Batch time", "unknown: pass --step-ms or --step-json (benchmarks/train_step.py --json)")],
         "Memory": [
             ("Bytes per frame (float32 + int16)", str(plan["bytes_per_frame"])),
-            ("Decoded group per loader", f"{plan['pieces_per_group']} pieces x {_n(plan['piece_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}"),
+            (
+                "Decoded group per loader",
+                f"{plan['pieces_per_group']} pieces x {_n(plan['piece_frames'])} frames x {plan['bytes_per_frame']} B = {_bytes(plan['loader_pool_bytes'])}",
+            ),
             ("Per loader with decode buffers", _bytes(plan["loader_bytes"])),
             ("Batch", _bytes(plan["batch_bytes"])),
-            ("Per GPU", f"{_bytes(plan['ram_bytes_per_gpu'])} ({plan['loaders_per_gpu']} loader(s), {plan['batches_in_flight']} batch(es) in flight)"),
+            (
+                "Per GPU",
+                f"{_bytes(plan['ram_bytes_per_gpu'])} ({plan['loaders_per_gpu']} loader(s), {plan['batches_in_flight']} batch(es) in flight)",
+            ),
             ("All GPUs", _bytes(plan["ram_bytes"])),
             ("Reference (every frame in RAM, float32 + int64)", _bytes(plan["reference_ram_bytes"])),
         ],
@@ -227,7 +261,11 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
 
 def _filters(config: ExperimentConfig) -> str:
     data = config.data
-    parts = [f"{name} {values}" for name, values in (("end methods", data.end_methods), ("stages", data.stages), ("characters", data.characters)) if values]
+    parts = [
+        f"{name} {values}"
+        for name, values in (("end methods", data.end_methods), ("stages", data.stages), ("characters", data.characters))
+        if values
+    ]
     parts.append(f"require_fields {data.require_fields}")
     return ", ".join(parts)
 

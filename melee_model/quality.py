@@ -53,7 +53,15 @@ def autocast_for(device: torch.device, mixed_precision: str):
     return torch.autocast("cuda", dtype=dtypes[mixed_precision])
 
 
-def teacher_forced(model: torch.nn.Module, source: ExampleSource, config: ExperimentConfig, split: str, device, max_batches: int | None = None, num_workers: int | None = None) -> tuple[dict[str, float], int]:
+def teacher_forced(
+    model: torch.nn.Module,
+    source: ExampleSource,
+    config: ExperimentConfig,
+    split: str,
+    device,
+    max_batches: int | None = None,
+    num_workers: int | None = None,
+) -> tuple[dict[str, float], int]:
     """(the trainer's metrics of `split`, "val_" keys; targets seen) with config's objective, over at
     most `max_batches` batches of `source` (opened with that objective). split "all": train and val."""
     device = torch.device(device)
@@ -70,7 +78,9 @@ def rollout_starts(source: ExampleSource, split: str, count: int, horizon: int, 
     return pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
 
 
-def rollouts_with_baselines(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None) -> tuple[RolloutResult, dict]:
+def rollouts_with_baselines(
+    model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None
+) -> tuple[RolloutResult, dict]:
     """The model's rollouts of `horizon` frames from `starts`, and {predictor: {metric: (H,) curve}}
     (horizons.mean_curves) for the model (key MODEL) and every baseline, all on the same real windows."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)  # (N, K+H, F), (N, K+H, I)

@@ -139,7 +139,9 @@ class GroupReader:
     the copies); a pool is valid until the next read.
     """
 
-    def __init__(self, store: Store, layout: FrameLayout, before: int, after: int, frame_major: bool = True, fetcher: ChunkFetcher | None = None):
+    def __init__(
+        self, store: Store, layout: FrameLayout, before: int, after: int, frame_major: bool = True, fetcher: ChunkFetcher | None = None
+    ):
         self.store = store
         self.before, self.after = before, after
         self.frame_major = frame_major
@@ -153,7 +155,9 @@ class GroupReader:
         """The stored bytes of the float and int chunks a `read` of `pieces` decodes, all at once."""
         return self.fetcher.fetch([key for part, c in self._chunks(self._segments(pieces)) for key in _keys(part, c)])
 
-    def read(self, pieces: list[Piece], fetched: dict[ChunkKey, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(
+        self, pieces: list[Piece], fetched: dict[ChunkKey, np.ndarray | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(floats, ints, bases): frame-major pools (P, n_float) float32 and (P, n_int) int16, or
         feature-major blocks (blocks, n_float, chunk) and (blocks, n_int, chunk); and per piece the
         flat pool index of part position 0. `fetched`: the group's stored chunks, if fetched ahead."""

@@ -1,19 +1,10 @@
 """Autoregressive rollouts (spec section 5): the model's predictions fed back as its next context frame.
 
 A rollout starts from K real frames (t0-K .. t0-1 of a game) and predicts frames t0 .. t0+H-1 one at a
-time, each from the K frames before it (real at first, then its own predictions) and the replay's own
-controller input at that frame. A predicted frame is the last context frame with:
-    continuous, velocity columns   += the predicted deltas
-    binary columns                 := sigmoid(logit) > 0.5
-    dynamics columns               := the predicted values
-    controller columns             := the replay's at that frame
-    TARGET_FIELDS int columns      := argmax per player
-    state_age, in either encoding  := previous + 1 frame while the player's action is unchanged, else 0
-                                      (the int column clipped to its vocab; the float one, x0.01, not)
-    character, stage               carried over
-then percent, x, y, shield and stocks clamped to their game ranges (converted with each column's
-scale/offset from the schema). Many rollouts run at once, as one batch, on any device. Models with
-a lookahead (data.lookahead > 0) predict a frame several steps on and cannot be rolled out.
+time, each from the frames before it (real at first, then its own predictions) and the replay's own
+controller input at that frame; `stepper.FrameStepper` turns each prediction into the next frame.
+Many rollouts run at once, as one batch, on any device. Models with a lookahead (data.lookahead > 0)
+predict a frame several steps on and cannot be rolled out.
 
 Two ways to step the model (`stepping`):
 - "recurrent" (the default for FrameStackMamba2): the real context is run once (`prefill`), then each
@@ -39,12 +30,11 @@ import torch
 
 from melee_encode import Schema, Store
 from melee_encode.errors import ConfigError
-from melee_model.layout import TARGET_FIELDS, FrameLayout
+from melee_model.layout import FrameLayout
+from melee_model.stepper import FrameStepper
 
 DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
 STEPPINGS = ("recurrent", "window")
-# Game-unit ranges of the clamped fields (spec section 5).
-CLAMP_RANGES = {"percent": (0.0, 999.0), "x": (-300.0, 300.0), "y": (-200.0, 300.0), "shield": (0.0, 60.0), "stocks": (0.0, 4.0)}
 # Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units); the
 # Euclidean distance between predicted and true (x, y) per player, averaged over the players (game
 # units; the reference's rollout position error); the fraction of players whose action, and whose
@@ -79,71 +69,6 @@ class RolloutResult:
     first: Trajectory
 
 
-class FrameStepper:
-    """One rollout step's index tensors, built once from the layout on the device.
-
-    next_ctrl(last_float (N, F), replay_float (N, F)) -> (N, C), as build_batch makes it;
-    frame(last_float (N, F), last_int (N, I), pred, replay_float (N, F)) -> the predicted frame,
-    (N, F) float32 and (N, I) int64; see the module docstring for how each column is set.
-    """
-
-    def __init__(self, layout: FrameLayout, device):
-        if layout.lookahead:
-            raise ConfigError(f"rollouts need data.lookahead 0 (one predicted frame per step); this model has lookahead {layout.lookahead}")
-        self.layout = layout
-        schema = layout.schema
-        index = lambda values: torch.tensor(list(values), dtype=torch.long, device=device)  # noqa: E731
-        targets = np.array(layout.float_target_columns)
-        binary, dynamics = layout.float_blocks["binary"], layout.float_blocks["dynamics"]
-        self.delta_positions, self.delta_columns = index(layout.delta_target_positions), index(layout.delta_target_columns)
-        self.binary_positions, self.binary_columns = index(range(binary.start, binary.stop)), index(targets[binary])
-        self.dynamics_positions, self.dynamics_columns = index(range(dynamics.start, dynamics.stop)), index(targets[dynamics])
-        self.ctrl_columns, self.button_columns = index(layout.ctrl_columns), index(layout.button_columns)
-        self.int_columns = {f: index(schema.int_index(f"p{p}.{f}") for p in (0, 1)) for f in TARGET_FIELDS}  # field -> (2,)
-        self.action_columns = index(layout.action_columns)
-        self.state_age_columns = index(layout.int_columns_of("state_age"))  # (2,), or empty when state_age is no int column
-        self.state_age_max = layout.vocab("state_age") - 1 if len(self.state_age_columns) else 0
-        ages = [(i, c) for i, c in enumerate(schema.float_columns) if c.field == "state_age"]  # p0's, then p1's
-        self.state_age_floats = index(i for i, _ in ages)  # (2,), or empty when state_age is no float column
-        # One frame older, and age 0, in the float column's encoding.
-        self.state_age_step = torch.tensor([c.scale for _, c in ages], dtype=torch.float32, device=device)
-        self.state_age_zero = torch.tensor([c.offset for _, c in ages], dtype=torch.float32, device=device)
-        clamped = [(i, c) for i, c in enumerate(schema.float_columns) if c.player is not None and c.field in CLAMP_RANGES]
-        bounds = np.array([[lo * c.scale + c.offset for lo in CLAMP_RANGES[c.field]] for _, c in clamped]).reshape(-1, 2)
-        self.clamp_columns = index(i for i, _ in clamped)
-        # A negative scale would swap the ends of a range once encoded.
-        self.clamp_low = torch.tensor(bounds.min(axis=1), dtype=torch.float32, device=device)
-        self.clamp_high = torch.tensor(bounds.max(axis=1), dtype=torch.float32, device=device)
-
-    def next_ctrl(self, last_float: torch.Tensor, replay_float: torch.Tensor) -> torch.Tensor:
-        controls = replay_float[:, self.ctrl_columns]  # (N, 26)
-        if not self.layout.press_events:
-            return controls
-        buttons = replay_float[:, self.button_columns] > 0.5  # (N, 16)
-        pressed = buttons & (last_float[:, self.button_columns] <= 0.5)
-        return torch.cat([controls, pressed.float()], dim=1)  # (N, 26 + 16)
-
-    def frame(self, last_float: torch.Tensor, last_int: torch.Tensor, pred: dict, replay_float: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = pred["float"].float()  # (N, T)
-        floats = last_float.clone()  # (N, F)
-        floats[:, self.delta_columns] += out[:, self.delta_positions]
-        floats[:, self.binary_columns] = (torch.sigmoid(out[:, self.binary_positions]) > 0.5).float()
-        floats[:, self.dynamics_columns] = out[:, self.dynamics_positions]
-        floats[:, self.ctrl_columns] = replay_float[:, self.ctrl_columns]
-        floats[:, self.clamp_columns] = floats[:, self.clamp_columns].clamp(self.clamp_low, self.clamp_high)
-        ints = last_int.clone()  # (N, I)
-        for field in TARGET_FIELDS:
-            ints[:, self.int_columns[field]] = pred[field].argmax(-1)  # (N, 2)
-        same = ints[:, self.action_columns] == last_int[:, self.action_columns]  # (N, 2)
-        if len(self.state_age_columns):
-            older = (last_int[:, self.state_age_columns] + 1).clamp(max=self.state_age_max)
-            ints[:, self.state_age_columns] = torch.where(same, older, torch.zeros_like(older))
-        if len(self.state_age_floats):
-            older = last_float[:, self.state_age_floats] + self.state_age_step  # (N, 2)
-            floats[:, self.state_age_floats] = torch.where(same, older, self.state_age_zero.expand_as(older))
-        return floats, ints
-
-
 def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int, context_len: int, seed: int = 0) -> np.ndarray:
     """`count` start points (game row, t0) spread over the games long enough for a rollout.
 
@@ -162,7 +87,18 @@ def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int,
     return starts[np.lexsort((starts[:, 1], starts[:, 0]))]
 
 
-def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, ints: np.ndarray, starts, horizon: int, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
+def rollout(
+    model: torch.nn.Module,
+    layout: FrameLayout,
+    floats: np.ndarray,
+    ints: np.ndarray,
+    starts,
+    horizon: int,
+    device,
+    horizons=None,
+    batch_size: int = 1024,
+    stepping: str | None = None,
+) -> RolloutResult:
     """Rollouts from frames `starts` (t0 values) of one game; floats (frames, F), ints (frames, I).
 
     Each needs K <= t0 and t0 + horizon <= frames. The model must be on `device`. The result's
@@ -173,10 +109,30 @@ def rollout(model: torch.nn.Module, layout: FrameLayout, floats: np.ndarray, int
     if len(starts) and (starts.min() < K or starts.max() + horizon > len(floats)):
         raise ConfigError(f"rollout starts must lie in [{K}, {len(floats) - horizon}] for {horizon} frames of a {len(floats)}-frame game")
     frames = starts[:, None] + np.arange(-K, horizon)  # (N, K+H)
-    return rollout_windows(model, layout, floats[frames], ints[frames], np.stack([np.zeros_like(starts), starts], axis=1), device, horizons, batch_size, stepping)
+    return rollout_windows(
+        model,
+        layout,
+        floats[frames],
+        ints[frames],
+        np.stack([np.zeros_like(starts), starts], axis=1),
+        device,
+        horizons,
+        batch_size,
+        stepping,
+    )
 
 
-def rollout_store(model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
+def rollout_store(
+    model: torch.nn.Module,
+    layout: FrameLayout,
+    store: Store,
+    starts: np.ndarray,
+    horizon: int,
+    device,
+    horizons=None,
+    batch_size: int = 1024,
+    stepping: str | None = None,
+) -> RolloutResult:
     """Rollouts from (game row, t0) start points anywhere in a store (e.g. from `pick_starts`)."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)
     return rollout_windows(model, layout, float_windows, int_windows, starts, device, horizons, batch_size, stepping)
@@ -197,7 +153,17 @@ def store_windows(store: Store, starts: np.ndarray, context_len: int, horizon: i
     return np.stack(floats), np.stack(ints)  # (N, K+H, F), (N, K+H, I)
 
 
-def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray, starts: np.ndarray, device, horizons=None, batch_size: int = 1024, stepping: str | None = None) -> RolloutResult:
+def rollout_windows(
+    model: torch.nn.Module,
+    layout: FrameLayout,
+    float_windows: np.ndarray,
+    int_windows: np.ndarray,
+    starts: np.ndarray,
+    device,
+    horizons=None,
+    batch_size: int = 1024,
+    stepping: str | None = None,
+) -> RolloutResult:
     """Rollouts over windows of real frames t0-K .. t0+H-1: (N, K+H, F) floats, (N, K+H, I) ints.
 
     The first K frames are the starting context; of the other H, only the controller columns are
@@ -215,7 +181,10 @@ def rollout_windows(model: torch.nn.Module, layout: FrameLayout, float_windows: 
     was_training = model.training
     model.eval()
     try:
-        pieces = [roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device) for a in range(0, len(float_windows), batch_size)]
+        pieces = [
+            roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device)
+            for a in range(0, len(float_windows), batch_size)
+        ]
     finally:
         model.train(was_training)
     pred_floats = np.concatenate([p[0] for p in pieces])  # (N, H, F)
@@ -245,7 +214,9 @@ def _stepped_roll(model: torch.nn.Module, stepping: str | None):
 
 
 @torch.no_grad()
-def _roll_recurrent(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _roll_recurrent(
+    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, one model step per frame."""
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
@@ -265,7 +236,9 @@ def _roll_recurrent(model: torch.nn.Module, stepper: FrameStepper, float_windows
 
 
 @torch.no_grad()
-def _roll_window(model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _roll_window(
+    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, a K-frame forward per frame."""
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
@@ -288,12 +261,18 @@ def report_horizons(horizon: int, horizons=None) -> list[int]:
     return sorted({h for h in (DEFAULT_HORIZONS if horizons is None else horizons) if 1 <= h <= horizon} | {horizon})
 
 
-def frame_metrics(layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray) -> dict[str, np.ndarray]:
+def frame_metrics(
+    layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray
+) -> dict[str, np.ndarray]:
     """Each of ROLLOUT_METRICS per rollout and frame, (N, H), from (N, H, F) floats and (N, H, I) ints."""
     schema = layout.schema
-    offsets = np.stack([player_values(schema, pred_floats, f) - player_values(schema, true_floats, f) for f in ("x", "y")], axis=-1)  # (N, H, 2 players, 2)
+    offsets = np.stack(
+        [player_values(schema, pred_floats, f) - player_values(schema, true_floats, f) for f in ("x", "y")], axis=-1
+    )  # (N, H, 2 players, 2)
     actions = list(layout.action_columns)
-    stocks_match = np.rint(player_values(schema, pred_floats, "stocks")) == np.rint(player_values(schema, true_floats, "stocks"))  # (N, H, 2)
+    stocks_match = np.rint(player_values(schema, pred_floats, "stocks")) == np.rint(
+        player_values(schema, true_floats, "stocks")
+    )  # (N, H, 2)
     return {
         "pos_error": np.abs(offsets).mean((-2, -1)),
         "pos_error_euclid": np.sqrt((offsets**2).sum(-1)).mean(-1),

@@ -183,7 +183,9 @@ class EpochPlan:
     contiguous run of whole batches.
     """
 
-    def __init__(self, pieces: list[Piece], *, seed: int, epoch: int, shuffle: bool, pieces_per_group: int, batch_size: int, world: int = 1):
+    def __init__(
+        self, pieces: list[Piece], *, seed: int, epoch: int, shuffle: bool, pieces_per_group: int, batch_size: int, world: int = 1
+    ):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.batch_size, self.world = batch_size, world
         self.pieces = pieces

@@ -29,8 +29,8 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import ScheduledSamplingConfig
 from melee_model.layout import FrameLayout
-from melee_model.rollout import FrameStepper
 from melee_model.sequence import SequenceParts
+from melee_model.stepper import FrameStepper
 
 NOISY_GROUPS = ("continuous", "velocity")
 TARGET_MODES = ("clean", "noisy")
@@ -59,7 +59,9 @@ class ContextNoise:
         if config.targets not in TARGET_MODES:
             raise ConfigError(f"train.scheduled_sampling.targets must be one of {', '.join(TARGET_MODES)}, got {config.targets!r}")
         if config.targets == "noisy" and layout.lookahead and layout.lookahead_delta == "from_previous":
-            raise ConfigError("train.scheduled_sampling.targets 'noisy' needs deltas from the last context frame; with data.lookahead_delta 'from_previous' they are taken from frame t+d-1")
+            raise ConfigError(
+                "train.scheduled_sampling.targets 'noisy' needs deltas from the last context frame; with data.lookahead_delta 'from_previous' they are taken from frame t+d-1"
+            )
         self.config = config
         columns = noisy_columns(layout)
         self.columns = torch.tensor(columns, dtype=torch.long, device=device)  # (n,)
@@ -120,7 +122,9 @@ def own_frames(model: torch.nn.Module, parts: dict, stepper: FrameStepper) -> tu
     return floats.unflatten(0, shape), ints.unflatten(0, shape)  # (B, L, F), (B, L, I)
 
 
-def substitute(parts: dict, builder: SequenceParts, own_float: torch.Tensor, own_int: torch.Tensor, chosen: torch.Tensor, targets: str = "noisy") -> dict:
+def substitute(
+    parts: dict, builder: SequenceParts, own_float: torch.Tensor, own_int: torch.Tensor, chosen: torch.Tensor, targets: str = "noisy"
+) -> dict:
     """parts with input frame s+j (j >= 1) replaced by the model's own frame where chosen (B, L) is set
     (chosen[:, 0] is ignored: frame s has no prediction); with targets "noisy" the delta targets are
     taken against the frame each position now reads. own_float (B, L, F), own_int (B, L, I): `own_frames`."""

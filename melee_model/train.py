@@ -58,7 +58,15 @@ class Progress:
 class Trainer:
     """One training run: set-up, the epochs, evaluation, logging, checkpoints and escape hatches."""
 
-    def __init__(self, config: ExperimentConfig, store: str, output_dir: str | None = None, resume: str | None = None, progress_bar: bool = True, storage_options: dict | None = None):
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        store: str,
+        output_dir: str | None = None,
+        resume: str | None = None,
+        progress_bar: bool = True,
+        storage_options: dict | None = None,
+    ):
         self.config = config
         train = config.train
         mixed = train.mixed_precision if train.mixed_precision != "auto" else ("bf16" if torch.cuda.is_available() else "no")
@@ -97,9 +105,11 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or an escape hatch); return the last validation metrics."""
         self._print(self.describe)
-        self._print(f"data: {self.source.target_count('train'):,} train / {self.source.target_count('val'):,} val targets; "
-                    f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
-                    f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs")
+        self._print(
+            f"data: {self.source.target_count('train'):,} train / {self.source.target_count('val'):,} val targets; "
+            f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
+            f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs"
+        )
         val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})
@@ -166,14 +176,18 @@ class Trainer:
                 loss = compute_losses(pred, rows, self.layout, self.config.loss)["total"] * 0.0
             else:
                 batch = self.last_batch = batch_to_device(batch, self.device)
-                generator = torch.Generator(device=self.device).manual_seed(micro_batch_seed(train.seed, self.progress.step, micro, self.rank))
+                generator = torch.Generator(device=self.device).manual_seed(
+                    micro_batch_seed(train.seed, self.progress.step, micro, self.rank)
+                )
                 with self.accelerator.autocast():
                     pred, rows = self.objective.outputs(self.model, batch, epoch, generator)
                 losses = compute_losses(pred, rows, self.layout, self.config.loss)
                 loss = losses["total"]
                 self.train_metrics.update(pred, rows, losses)
                 finite = torch.isfinite(loss.detach())
-                self.window += torch.stack([torch.where(finite, loss.detach().double(), 0.0), torch.ones_like(self.window[0]), (~finite).double()])
+                self.window += torch.stack(
+                    [torch.where(finite, loss.detach().double(), 0.0), torch.ones_like(self.window[0]), (~finite).double()]
+                )
             self.accelerator.backward(loss / train.grad_accum)
         if sync:
             self.accelerator.clip_grad_norm_(self.model.parameters(), train.grad_clip)
@@ -204,7 +218,10 @@ class Trainer:
         """To the trackers (wandb) and to OUTPUT/metrics.jsonl, from the main process."""
         self.accelerator.log(metrics, step=self.progress.step)
         if self.accelerator.is_main_process:
-            append_metrics(self.output_dir / "metrics.jsonl", {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics})
+            append_metrics(
+                self.output_dir / "metrics.jsonl",
+                {"step": self.progress.step, "epoch": metrics.get("epoch", self.progress.epoch), **metrics},
+            )
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
@@ -225,10 +242,15 @@ class Trainer:
             earlier = (self.output_dir / "latest").exists()
             self._save(("nonfinite",) if earlier else ("nonfinite", "latest"))
             where = f"the last good checkpoint is {self.output_dir / 'latest'}" if earlier else "there was no earlier checkpoint"
-            raise StopTraining(f"the loss became NaN or inf before step {progress.step}; {where} (the failing state is in {self.output_dir / 'nonfinite'})", saved=True)
+            raise StopTraining(
+                f"the loss became NaN or inf before step {progress.step}; {where} (the failing state is in {self.output_dir / 'nonfinite'})",
+                saved=True,
+            )
         if not batches:
             return
-        progress.best_window_loss, progress.batches_since_best = track_patience(progress.best_window_loss, progress.batches_since_best, loss_sum / batches, int(batches) // self.world)
+        progress.best_window_loss, progress.batches_since_best = track_patience(
+            progress.best_window_loss, progress.batches_since_best, loss_sum / batches, int(batches) // self.world
+        )
         reason = patience_verdict(progress.best_window_loss, progress.batches_since_best, train.patience_batches)
         if reason:
             raise StopTraining(reason)
@@ -264,7 +286,15 @@ class Trainer:
                 "wandb_id": self.wandb_id,
             }
             model = self.accelerator.unwrap_model(self.model).state_dict()
-            save_checkpoint(self.output_dir, self.progress.step, model=model, optimizer=self.optimizer.state_dict(), ranks=ranks, state=state, links=links)
+            save_checkpoint(
+                self.output_dir,
+                self.progress.step,
+                model=model,
+                optimizer=self.optimizer.state_dict(),
+                ranks=ranks,
+                state=state,
+                links=links,
+            )
         self.accelerator.wait_for_everyone()
 
     def _resume(self, path: str) -> None:
@@ -277,9 +307,13 @@ class Trainer:
             )
         for section in ("encoding", "data", "model"):
             if state["config"][section] != to_dict(self.config)[section]:
-                raise CheckpointError(f"{path} was trained with another {section} config; resume with the run's own config (its {section} section must match)")
+                raise CheckpointError(
+                    f"{path} was trained with another {section} config; resume with the run's own config (its {section} section must match)"
+                )
         if state["world_size"] != self.world:
-            raise CheckpointError(f"{path} was written by {state['world_size']} process(es); resume with the same number to continue exactly (this run has {self.world})")
+            raise CheckpointError(
+                f"{path} was written by {state['world_size']} process(es); resume with the same number to continue exactly (this run has {self.world})"
+            )
         self.accelerator.unwrap_model(self.model).load_state_dict(model)
         self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(state["scheduler"])

@@ -94,7 +94,9 @@ def controls_for_viewer(schema: Schema, floats: np.ndarray) -> dict[str, np.ndar
     return out
 
 
-def store_rollouts(store: Store, starts, frames, pred_floats: np.ndarray | None = None, pred_ints: np.ndarray | None = None) -> list[ViewerRollout]:
+def store_rollouts(
+    store: Store, starts, frames, pred_floats: np.ndarray | None = None, pred_ints: np.ndarray | None = None
+) -> list[ViewerRollout]:
     """ViewerRollouts of frames t0 .. t0+H-1 of each (game row, t0) in `starts`, read back from `store`.
 
     frames: H, one for all or one per start. pred_floats (N, H, F) and pred_ints (N, H, I), when given,
@@ -145,7 +147,9 @@ def page_data(rollouts: Sequence[ViewerRollout], curves: HorizonCurves | None = 
 def write_html(path: str | Path, rollouts: Sequence[ViewerRollout], curves: HorizonCurves | None = None, title: str = "rollouts") -> Path:
     """Write the page holding `rollouts` (and the horizon plot of `curves`) to `path`; returns the path."""
     data = json.dumps(page_data(rollouts, curves, title), separators=(",", ":"), allow_nan=False)
-    template, style, draw, script = (resources.files("melee_model").joinpath("viewer_assets", name).read_text(encoding="utf-8") for name in ASSETS)
+    template, style, draw, script = (
+        resources.files("melee_model").joinpath("viewer_assets", name).read_text(encoding="utf-8") for name in ASSETS
+    )
     page = _fill(
         template,
         {

@@ -41,7 +41,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
     parser.add_argument("--stepping", choices=STEPPINGS, help="rollouts: recurrent state (Mamba-2's default) or a K-frame window per frame")
     parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
-    parser.add_argument("--html", metavar="HTML", help="write a page that plays the rollouts here (implies --rollout); without --checkpoint, the replays' games")
+    parser.add_argument(
+        "--html",
+        metavar="HTML",
+        help="write a page that plays the rollouts here (implies --rollout); without --checkpoint, the replays' games",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     add_storage_option_argument(parser)
     args = parser.parse_args()
@@ -52,21 +56,21 @@ def main() -> int:
         print(f"page: {args.html} ({games} games)")
         return 0
     evaluation = evaluate_checkpoint(
-            args.checkpoint,
-            args.store,
-            args.replays or (),
-            split=args.split,
-            max_batches=args.batches,
-            rollouts=args.rollouts if args.rollout or args.plot or args.html else 0,
-            horizon=args.horizon,
-            seed=args.seed,
-            device=args.device,
-            num_workers=args.workers,
-            plot=args.plot,
-            html=args.html,
-            storage_options=parse_storage_options(args.storage_option),
-            stepping=args.stepping,
-        )
+        args.checkpoint,
+        args.store,
+        args.replays or (),
+        split=args.split,
+        max_batches=args.batches,
+        rollouts=args.rollouts if args.rollout or args.plot or args.html else 0,
+        horizon=args.horizon,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.workers,
+        plot=args.plot,
+        html=args.html,
+        storage_options=parse_storage_options(args.storage_option),
+        stepping=args.stepping,
+    )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=1))
     else:

@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--gpus", type=int, default=1, help="training processes (default 1)")
     step = parser.add_mutually_exclusive_group()
     step.add_argument("--step-ms", type=float, help="measured ms per batch per GPU")
-    step.add_argument("--step-json", metavar="PATH", help="a benchmark's JSON output holding \"step_ms\"")
+    step.add_argument("--step-json", metavar="PATH", help='a benchmark\'s JSON output holding "step_ms"')
     parser.add_argument("--gpu-hour-usd", type=float, default=3.0, help="price of one GPU-hour (default 3.0)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of Markdown")

@@ -1,10 +1,10 @@
 """Train a world model on a melee-encode store (thin entry point over melee_model.train).
 
-    accelerate launch scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
-    accelerate launch scripts/train.py --config ... --store ... --resume runs/tiny/latest
-    accelerate launch scripts/train.py --config ... --store s3://bucket/ranked.zarr [--storage-option endpoint_url=...]
-    ... --set train.lr=1e-3 --set data.batch_size=2048      (override any config value)
+accelerate launch scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
+ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 scripts/train.py --config experiments/tiny.yaml --store data/replays.zarr
+accelerate launch scripts/train.py --config ... --store ... --resume runs/tiny/latest
+accelerate launch scripts/train.py --config ... --store s3://bucket/ranked.zarr [--storage-option endpoint_url=...]
+... --set train.lr=1e-3 --set data.batch_size=2048      (override any config value)
 """
 
 import argparse
@@ -28,7 +28,9 @@ def main() -> int:
     args = parser.parse_args()
     config = load_config(args.config, args.set)
     options = parse_storage_options(args.storage_option)
-    trainer = Trainer(config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress, storage_options=options)
+    trainer = Trainer(
+        config, args.store, output_dir=args.output_dir, resume=args.resume, progress_bar=not args.no_progress, storage_options=options
+    )
     trainer.fit()
     return 0
 

@@ -15,7 +15,6 @@ REPLAYS = Path(os.environ.get("MELEE_REPLAYS", ROOT.parent / "shared" / "replays
 CORPUS = Path(os.environ.get("MELEE_CORPUS", ROOT.parent / "shared" / "corpus")).resolve()
 
 
-
 def _manifest() -> list[dict]:
     """The rows of the shared replays' MANIFEST.md table: what peppi made of each file."""
     lines = [line for line in (REPLAYS / "MANIFEST.md").read_text().splitlines() if line.startswith("| ")]
@@ -121,6 +120,8 @@ def recompressed_copy(path, target) -> str:
             old = group[name]
             values, chunks, fill = old[:], old.chunks, old.metadata.fill_value
             del group[name]
-            new = group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=fill, compressors=BloscCodec(cname="lz4"))
+            new = group.create_array(
+                name, shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=fill, compressors=BloscCodec(cname="lz4")
+            )
             new[:] = values
     return str(target)

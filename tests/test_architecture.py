@@ -12,7 +12,9 @@ MAX_LINES = 350
 
 
 def modules() -> dict[str, Path]:
-    return {f"{package}.{path.stem}": path for package in PACKAGES for path in sorted((ROOT / package).glob("*.py")) if path.stem != "__init__"}
+    return {
+        f"{package}.{path.stem}": path for package in PACKAGES for path in sorted((ROOT / package).glob("*.py")) if path.stem != "__init__"
+    }
 
 
 def imported(name: str, path: Path) -> set[str]:

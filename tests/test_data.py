@@ -21,7 +21,13 @@ SMALL = dict(batch_size=512, pieces_per_group=3, piece_frames=2048, require_fiel
 def source(path, **overrides) -> ExampleSource:
     store = open_store(path)
     config = DataConfig(**{**SMALL, **overrides})
-    layout = FrameLayout(store.schema, context_len=config.context_len, press_events=config.press_events, lookahead=config.lookahead, lookahead_delta=config.lookahead_delta)
+    layout = FrameLayout(
+        store.schema,
+        context_len=config.context_len,
+        press_events=config.press_events,
+        lookahead=config.lookahead,
+        lookahead_delta=config.lookahead_delta,
+    )
     return ExampleSource(path, layout, config)
 
 
@@ -114,7 +120,15 @@ def test_examples_at_game_edges_and_in_a_rollback_game(shared_store):
     assert seen == wanted  # the first and last examples of the game, and one in the middle
 
 
-@pytest.mark.parametrize("options", [dict(press_events=True), dict(lookahead=2), dict(lookahead=2, lookahead_delta="from_previous"), dict(context_len=4, press_events=True, lookahead=1)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(press_events=True),
+        dict(lookahead=2),
+        dict(lookahead=2, lookahead_delta="from_previous"),
+        dict(context_len=4, press_events=True, lookahead=1),
+    ],
+)
 def test_example_variants(shared_store, options):
     src = source(shared_store, **options)
     batch = next(iter(src.loader("train", 0)))
@@ -123,7 +137,10 @@ def test_example_variants(shared_store, options):
         check_example(src, batch, i)
 
 
-@pytest.mark.parametrize("lookahead, lookahead_delta, delta", [(0, "from_context", 19), (0, "from_previous", 19), (2, "from_context", 63), (2, "from_previous", 23)])
+@pytest.mark.parametrize(
+    "lookahead, lookahead_delta, delta",
+    [(0, "from_context", 19), (0, "from_previous", 19), (2, "from_context", 63), (2, "from_previous", 23)],
+)
 def test_delta_targets_with_a_lookahead(lookahead, lookahead_delta, delta):
     # Every column of frame f holds f**2; the example's first control frame is t = 10, its target t+d.
     # From the last context frame: (t+d)**2 - (t-1)**2 = 19 (d 0) or 63 (d 2); from the frame before

@@ -96,7 +96,12 @@ def test_cli_encodes_through_a_scheduler_address(s3, client, tmp_path, capsys):
     url = f"s3://{s3.new_bucket()}/cli.zarr"
     inputs = [replay("peppi/ics2.slp"), replay("peppi/v2.0.slp"), replay("peppi/corrupt.slp")]
     endpoint = f"endpoint_url={s3.endpoint_url}"
-    assert cli_main(["encode", *inputs, "-o", url, "--dask", client.scheduler.address, "--dask-batch", "2", "--storage-option", endpoint, "--quiet"]) == 0
+    assert (
+        cli_main(
+            ["encode", *inputs, "-o", url, "--dask", client.scheduler.address, "--dask-batch", "2", "--storage-option", endpoint, "--quiet"]
+        )
+        == 0
+    )
     assert "encoded 2 games" in capsys.readouterr().out
     assert len(open_store(url, s3.storage_options)) == 2
 

@@ -47,7 +47,13 @@ def expected_frame(game, f: int) -> tuple[list[float], list[int]]:
         floats += [float(v(post.direction) > 0), float(v(post.hurtbox_state) != 0), float(not v(post.airborne))]
         flag_bytes = [v(b) for b in post.state_flags]
         floats += [float((flag_bytes[byte] >> bit) & 1) for byte in range(5) for bit in range(8)]
-        floats += [v(pre.joystick.x) / 2 + 0.5, v(pre.joystick.y) / 2 + 0.5, v(pre.cstick.x) / 2 + 0.5, v(pre.cstick.y) / 2 + 0.5, v(pre.triggers)]
+        floats += [
+            v(pre.joystick.x) / 2 + 0.5,
+            v(pre.joystick.y) / 2 + 0.5,
+            v(pre.cstick.x) / 2 + 0.5,
+            v(pre.cstick.y) / 2 + 0.5,
+            v(pre.triggers),
+        ]
         floats += [float(v(pre.buttons) & mask != 0) for mask in BUTTON_MASKS]
         ground = v(post.ground)
         ints += [
@@ -111,7 +117,9 @@ def test_nan_hitstun_is_replaced_and_counted():
     assert np.isfinite(encoded.floats).all()
 
 
-@pytest.mark.parametrize("config", [EncodingConfig(), EncodingConfig(state_age_as_embed=False, projectiles=True)], ids=["v3", "state_age_float_projectiles"])
+@pytest.mark.parametrize(
+    "config", [EncodingConfig(), EncodingConfig(state_age_as_embed=False, projectiles=True)], ids=["v3", "state_age_float_projectiles"]
+)
 def test_nan_and_inf_in_every_float_field_never_reach_the_arrays(config):
     raw = read_replay(replay("peppi/items.slp"), items=True)  # 3.7: every field but hitlag, and items
     injected = 0
@@ -197,6 +205,8 @@ def test_other_configs_encode_the_same_values_in_their_columns(config):
     assert other.floats.shape == (base.frames, config.schema().n_float)
     for column in config.schema().float_columns:
         if column.field != "state_age":
-            assert np.array_equal(other.floats[:, config.schema().float_index(column.name)], base.floats[:, base.schema.float_index(column.name)])
+            assert np.array_equal(
+                other.floats[:, config.schema().float_index(column.name)], base.floats[:, base.schema.float_index(column.name)]
+            )
     if not config.state_age_as_embed:
         assert np.allclose(other.floats[:, config.schema().float_index("p0.state_age")], base.state_age[:, 0] * 0.01)

@@ -44,7 +44,10 @@ def test_gpu_check_preparation(tmp_path, shared_store):
     # writing into a temporary folder instead of the repo.
     result = subprocess.run(
         ["bash", "benchmarks/prepare_gpu_check.sh", "--out", str(tmp_path), "--python", sys.executable],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 

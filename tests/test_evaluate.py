@@ -19,9 +19,7 @@ from melee_model.examples import EncodingMismatch
 from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
 from melee_model.model import build_model
 from melee_model.rollout import (
-    CLAMP_RANGES,
     ROLLOUT_METRICS,
-    FrameStepper,
     frame_metrics,
     pick_starts,
     report_horizons,
@@ -29,6 +27,7 @@ from melee_model.rollout import (
     rollout_store,
 )
 from melee_model.sampler import is_validation
+from melee_model.stepper import CLAMP_RANGES, FrameStepper
 
 from conftest import ROOT, replay
 
@@ -309,10 +308,32 @@ def evaluate_script(*args) -> dict:
 
 def test_evaluate_script_metrics_rollouts_and_plot(shared_store, checkpoint, tmp_path):
     plot = tmp_path / "rollout.png"
-    out = evaluate_script("--checkpoint", checkpoint, "--store", shared_store, "--batches", "3", "--rollout", "--rollouts", "4", "--horizon", "60", "--plot", str(plot))
+    out = evaluate_script(
+        "--checkpoint",
+        checkpoint,
+        "--store",
+        shared_store,
+        "--batches",
+        "3",
+        "--rollout",
+        "--rollouts",
+        "4",
+        "--horizon",
+        "60",
+        "--plot",
+        str(plot),
+    )
     val_games = int(is_validation(open_store(shared_store).games, 0.1).sum())
     assert out["split"] == "val" and out["games"] == val_games and out["examples"] == 3 * 256
-    for key in ("val_loss/total", "val_metric/action_change_acc", "val_metric/change_acc_both", "val_metric/position_mae", "val_metric/p0_action_acc", "val_metric/binary_acc", "val_action/cat_idle"):
+    for key in (
+        "val_loss/total",
+        "val_metric/action_change_acc",
+        "val_metric/change_acc_both",
+        "val_metric/position_mae",
+        "val_metric/p0_action_acc",
+        "val_metric/binary_acc",
+        "val_action/cat_idle",
+    ):
         assert isinstance(out[key], float), key
     assert out["rollouts"] == 4 and set(out["rollout"]) == {"10", "50", "60"}
     assert set(out["rollout"]["60"]) == set(ROLLOUT_METRICS)

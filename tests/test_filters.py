@@ -20,7 +20,9 @@ FILTERS = [
 def test_a_table_mask_agrees_with_the_one_game_verdicts(shared_store, game_filter):
     store = open_store(shared_store)
     games = store.games
-    verdicts = [game_filter.reject_reason(game_info({name: values[i] for name, values in games.items()})) is None for i in range(len(store))]
+    verdicts = [
+        game_filter.reject_reason(game_info({name: values[i] for name, values in games.items()})) is None for i in range(len(store))
+    ]
     assert game_filter.mask(games).tolist() == verdicts
     assert 0 < sum(verdicts) or game_filter == FILTERS[1]
 

@@ -81,8 +81,12 @@ def test_loss_terms_match_hand_computed_values():
 def test_total_uses_the_spec_weights():
     pred, batch, e = hand_made_loss_example()
     total = (
-        1.0 * e["continuous"] + 0.5 * e["velocity"] + 0.5 * e["dynamics"] + 0.5 * e["binary"]
-        + 2.0 * e["action"] + 0.5 * e["jumps_left"]
+        1.0 * e["continuous"]
+        + 0.5 * e["velocity"]
+        + 0.5 * e["dynamics"]
+        + 0.5 * e["binary"]
+        + 2.0 * e["action"]
+        + 0.5 * e["jumps_left"]
         + 0.3 * (e["l_cancel"] + e["hurtbox_state"] + e["ground"] + e["last_attack_landed"])
     )
     assert compute_losses(pred, batch, V3, LossConfig())["total"].item() == pytest.approx(total, rel=1e-6)
@@ -237,11 +241,40 @@ def test_a_cross_rank_sum_leaves_ratios_unchanged():
 # The reference's keys (its metrics.py EpochMetrics.averaged and ActionBreakdown.summary_metrics),
 # written out by hand: training logs them bare, validation with "val_".
 REFERENCE_KEYS = {
-    "loss/total", "loss/continuous", "loss/velocity", "loss/dynamics", "loss/binary", "loss/action", "loss/jumps",
-    "loss/l_cancel", "loss/hurtbox", "loss/ground", "loss/last_attack",
-    "metric/position_mae", "metric/velocity_mae", "metric/damage_mae", "metric/p0_action_acc", "metric/p1_action_acc",
-    "metric/binary_acc", "metric/action_change_acc",
-    *(f"action/cat_{c}" for c in ("idle", "movement", "aerial", "ground_attack", "aerial_attack", "damage", "shield_dodge", "grab", "edge", "special", "other")),
+    "loss/total",
+    "loss/continuous",
+    "loss/velocity",
+    "loss/dynamics",
+    "loss/binary",
+    "loss/action",
+    "loss/jumps",
+    "loss/l_cancel",
+    "loss/hurtbox",
+    "loss/ground",
+    "loss/last_attack",
+    "metric/position_mae",
+    "metric/velocity_mae",
+    "metric/damage_mae",
+    "metric/p0_action_acc",
+    "metric/p1_action_acc",
+    "metric/binary_acc",
+    "metric/action_change_acc",
+    *(
+        f"action/cat_{c}"
+        for c in (
+            "idle",
+            "movement",
+            "aerial",
+            "ground_attack",
+            "aerial_attack",
+            "damage",
+            "shield_dodge",
+            "grab",
+            "edge",
+            "special",
+            "other",
+        )
+    ),
 }
 
 

@@ -18,9 +18,7 @@ from melee_model.ssd import ssd_sequential
 # The run card's layer: d_model 384, d_state 64, headdim 64 (12 heads), chunk_size 10, 10-frame context.
 CARD = dict(d_model=384, d_state=64, headdim=64, chunk_size=10)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-needs_kernels = pytest.mark.skipif(
-    not (torch.cuda.is_available() and mamba_ssm_available()), reason="needs CUDA and mamba-ssm"
-)
+needs_kernels = pytest.mark.skipif(not (torch.cuda.is_available() and mamba_ssm_available()), reason="needs CUDA and mamba-ssm")
 
 
 def small_mamba(**kwargs) -> Mamba2:

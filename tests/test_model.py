@@ -102,7 +102,9 @@ def test_state_age_as_a_float_is_an_input_and_never_a_target():
     sizes = {name: head.out_features for name, head in small_model("mamba2", layout).heads.float_heads.items()}
     assert sizes == {"continuous": 8, "velocity": 10, "binary": 86, "dynamics": 8}
     # A store written when state_age's float column was filed under "dynamics" gives the same layout.
-    older = dataclasses.replace(schema, float_columns=tuple(dataclasses.replace(c, group="dynamics") if c.field == "state_age" else c for c in schema.float_columns))
+    older = dataclasses.replace(
+        schema, float_columns=tuple(dataclasses.replace(c, group="dynamics") if c.field == "state_age" else c for c in schema.float_columns)
+    )
     assert FrameLayout(older).float_target_columns == layout.float_target_columns
 
 

@@ -25,7 +25,11 @@ RUN_CARD = {
     "train": {"epochs": 2, "log_interval": 1000},
 }
 # Every shared game, small batches, so the counts are worth checking.
-SMALL = {"name": "small", "data": {"require_fields": "none", "batch_size": 512, "pieces_per_group": 3, "piece_frames": 2048, "num_workers": 0}, "train": {"epochs": 3}}
+SMALL = {
+    "name": "small",
+    "data": {"require_fields": "none", "batch_size": 512, "pieces_per_group": 3, "piece_frames": 2048, "num_workers": 0},
+    "train": {"epochs": 3},
+}
 REQUIRED_KEYS = {
     "parameters", "float_dims", "int_dims", "games", "frames", "train_examples", "val_examples", "batches_per_epoch",
     "train_games", "val_games", "epochs", "gpus", "batch_size", "total_updates",
@@ -42,7 +46,19 @@ def test_plan_script_json_for_the_run_cards_config(shared_store, tmp_path):
     path.write_text(yaml.safe_dump(RUN_CARD))
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"step_ms": 230.0, "examples_per_s": 17808}))
-    command = [sys.executable, str(ROOT / "scripts" / "plan_run.py"), "--config", str(path), "--store", shared_store, "--gpus", "2", "--step-json", str(bench), "--json"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "plan_run.py"),
+        "--config",
+        str(path),
+        "--store",
+        shared_store,
+        "--gpus",
+        "2",
+        "--step-json",
+        str(bench),
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)

@@ -18,7 +18,8 @@ from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table,
 from melee_model.layout import layout_for
 from melee_model.model import build_model
 from melee_model.quality import MODEL, card_config, rollouts_with_baselines
-from melee_model.rollout import CLAMP_RANGES, pick_starts, store_windows
+from melee_model.rollout import pick_starts, store_windows
+from melee_model.stepper import CLAMP_RANGES
 from melee_model.train import Trainer
 
 from conftest import ROOT
@@ -42,7 +43,16 @@ def seq_config() -> ExperimentConfig:
             "name": "quality-test",
             "data": {"objective": "sequence", "seq_len": 32, "require_fields": "none", "batch_size": 8, "num_workers": 0},
             "model": {"d_model": 32, "n_layers": 1, "d_state": 16, "headdim": 16, "dropout": 0.0, "backend": "torch"},
-            "train": {"epochs": 1, "max_steps": 24, "lr": 1e-2, "log_interval": 8, "check_every": 8, "val_batches": 2, "min_val_change_acc": None, "patience_batches": 0},
+            "train": {
+                "epochs": 1,
+                "max_steps": 24,
+                "lr": 1e-2,
+                "log_interval": 8,
+                "check_every": 8,
+                "val_batches": 2,
+                "min_val_change_acc": None,
+                "patience_batches": 0,
+            },
             "wandb": {"enabled": False},
         },
     )
@@ -151,7 +161,10 @@ def sequence_checkpoint(shared_store, tmp_path_factory) -> str:
 
 
 def test_sequence_training_learns(sequence_checkpoint):
-    lines = [json.loads(line) for line in open(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(sequence_checkpoint))), "metrics.jsonl"))]
+    lines = [
+        json.loads(line)
+        for line in open(os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(sequence_checkpoint))), "metrics.jsonl"))
+    ]
     losses = [line["loss/total"] for line in lines if "loss/total" in line]
     assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
 
@@ -175,11 +188,33 @@ def test_a_sequence_checkpoint_evaluates_on_card_examples_and_its_own_windows(sh
 
 @pytest.mark.slow
 def test_model_quality_script_short_budget(shared_store):
-    command = [sys.executable, str(ROOT / "benchmarks" / "model_quality.py"), "--store", shared_store, "--minutes", "0.1", "--rollouts", "4", "--val-batches", "2", "--json"]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "model_quality.py"),
+        "--store",
+        shared_store,
+        "--minutes",
+        "0.1",
+        "--rollouts",
+        "4",
+        "--val-batches",
+        "2",
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
-    keys = ("val_change_acc", "val_change_acc_p0", "val_pos_mae", "val_action_acc_p0", "rollout_pos_error_10", "rollout_pos_error_60", "rollout_pos_error_300", "steps", "train_s")
+    keys = (
+        "val_change_acc",
+        "val_change_acc_p0",
+        "val_pos_mae",
+        "val_action_acc_p0",
+        "rollout_pos_error_10",
+        "rollout_pos_error_60",
+        "rollout_pos_error_300",
+        "steps",
+        "train_s",
+    )
     for name in ("last", "sequence"):
         assert all(isinstance(out[name][key], (int, float)) for key in keys), name
         assert out[name]["steps"] > 0 and 6 <= out[name]["train_s"] < 30
@@ -193,12 +228,40 @@ def test_model_quality_script_short_budget(shared_store):
 
 def torchrun_sequence(store: str, output, *options: str) -> subprocess.CompletedProcess:
     """scripts/train.py on 2 CPU ranks with the tiny model and the sequence objective."""
-    sequence = ["data.objective=sequence", "data.seq_len=32", "data.batch_size=8", "data.warmup=4", "train.epochs=1", "train.log_interval=10",
-                "train.check_every=10", "train.eval_at_start=false", "train.val_batches=2", "wandb.enabled=false"]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "experiments" / "tiny.yaml"), "--store", store,
-               "--output-dir", str(output), "--no-progress", *(arg for o in sequence for arg in ("--set", o)), *options]
-    done = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    sequence = [
+        "data.objective=sequence",
+        "data.seq_len=32",
+        "data.batch_size=8",
+        "data.warmup=4",
+        "train.epochs=1",
+        "train.log_interval=10",
+        "train.check_every=10",
+        "train.eval_at_start=false",
+        "train.val_batches=2",
+        "wandb.enabled=false",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        str(ROOT / "experiments" / "tiny.yaml"),
+        "--store",
+        store,
+        "--output-dir",
+        str(output),
+        "--no-progress",
+        *(arg for o in sequence for arg in ("--set", o)),
+        *options,
+    ]
+    done = subprocess.run(
+        command, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
@@ -211,7 +274,9 @@ def test_two_ranks_train_the_sequence_objective_and_resume_exactly(shared_store,
     assert "stopped: reached train.max_steps=20" in stopped.stdout
     resumed = torchrun_sequence(shared_store, cut, "--set", "train.max_steps=40", "--resume", str(cut / "latest"))
     assert "resumed from" in resumed.stdout and "at step 20" in resumed.stdout
-    read = lambda path: [{k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in (path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    read = lambda path: [
+        {k: v for k, v in json.loads(line).items() if k != "examples_per_s"} for line in (path / "metrics.jsonl").read_text().splitlines()
+    ]  # noqa: E731
     lines = read(whole)
     assert [line["step"] for line in lines] == [10, 20, 30, 40] and lines[-1]["loss/total"] < lines[0]["loss/total"]
     assert read(cut) == lines

@@ -34,7 +34,11 @@ def assert_same_games(path, storage_options, reference) -> None:
     assert games.keys() == expected.keys()
     for digest, game in expected.items():
         got = games[digest]
-        assert np.array_equal(got.floats, game.floats) and np.array_equal(got.ints, game.ints) and np.array_equal(got.state_age, game.state_age)
+        assert (
+            np.array_equal(got.floats, game.floats)
+            and np.array_equal(got.ints, game.ints)
+            and np.array_equal(got.state_age, game.state_age)
+        )
         assert got.info == game.info
 
 
@@ -152,7 +156,9 @@ def bucket_copy(s3, shared_store) -> str:
 
 def test_the_endpoint_and_credentials_come_from_the_environment(s3, bucket_copy):
     env = {**os.environ, "AWS_ENDPOINT_URL": s3.endpoint_url}
-    result = subprocess.run([sys.executable, "-m", "melee_encode.cli", "info", bucket_copy, "--json"], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "melee_encode.cli", "info", bucket_copy, "--json"], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["games"] == SHARED_GAMES
 

@@ -83,8 +83,26 @@ def test_game_metadata():
 @pytest.mark.parametrize(
     "name, missing",
     [
-        ("peppi/v0.1.slp", ("state_age", "state_flags", "misc_as", "airborne", "ground", "jumps", "l_cancel", "hurtbox_state", "velocities", "hitlag", "items")),
-        ("peppi/buttons_abxy.slp", ("state_flags", "misc_as", "airborne", "ground", "jumps", "l_cancel", "hurtbox_state", "velocities", "hitlag", "items")),
+        (
+            "peppi/v0.1.slp",
+            (
+                "state_age",
+                "state_flags",
+                "misc_as",
+                "airborne",
+                "ground",
+                "jumps",
+                "l_cancel",
+                "hurtbox_state",
+                "velocities",
+                "hitlag",
+                "items",
+            ),
+        ),
+        (
+            "peppi/buttons_abxy.slp",
+            ("state_flags", "misc_as", "airborne", "ground", "jumps", "l_cancel", "hurtbox_state", "velocities", "hitlag", "items"),
+        ),
         ("peppi/v2.0.slp", ("hurtbox_state", "velocities", "hitlag", "items")),
         ("peppi/items.slp", ("hitlag",)),
         ("peppi/ics2.slp", ()),

@@ -132,7 +132,10 @@ def test_the_shared_truncated_replay_is_salvaged(name):
 
 def test_what_cannot_be_salvaged_says_why():
     corrupt = open(replay("peppi/corrupt.slp"), "rb").read()  # cut inside its gecko codes
-    with pytest.raises(ReplayError, match=r"^unreadable replay: OSError: I/O error: failed to fill whole buffer \(not salvaged: truncated before the first complete frame\)$"):
+    with pytest.raises(
+        ReplayError,
+        match=r"^unreadable replay: OSError: I/O error: failed to fill whole buffer \(not salvaged: truncated before the first complete frame\)$",
+    ):
         salvaged(corrupt)
     data = open(replay("peppi/items.slp"), "rb").read()
     with pytest.raises(ReplayError, match=r"\(not salvaged: no Game Start event\)$"):
@@ -184,7 +187,12 @@ def test_replays_3_0_to_3_6_are_read_as_3_7(name, version, tmp_path):
 
 
 def test_the_table_records_salvage_and_match_identity(tmp_path):
-    inputs = [replay("peppi/ics2.slp"), replay(TRUNCATED[0]), corpus(next(iter(PANICKING))), corpus("cbartsch__Slippipedia__replays__fox-pika-crashing.slp.gz")]
+    inputs = [
+        replay("peppi/ics2.slp"),
+        replay(TRUNCATED[0]),
+        corpus(next(iter(PANICKING))),
+        corpus("cbartsch__Slippipedia__replays__fox-pika-crashing.slp.gz"),
+    ]
     path = str(tmp_path / "s.zarr")
     encode(inputs, path, EncodeOptions(progress=False, filters=GameFilter(min_frames=200)))
     store = open_store(path)
@@ -222,10 +230,10 @@ def test_the_whole_corpus(tmp_path):
     assert all(CUT.match(games[f]["salvaged"]) for f in truncated)
     for name, reason in skipped.items():
         row = manifest[name]
-        expected = f"not a 1v1 game: {row['ports']} players" if row["ok"] == "ok" else f"unreadable replay: OSError: {row['ok'][len('error: '):]}"
+        expected = (
+            f"not a 1v1 game: {row['ports']} players" if row["ok"] == "ok" else f"unreadable replay: OSError: {row['ok'][len('error: ') :]}"
+        )
         assert reason == expected, name
     ids = [r["match_id"] for r in games.values()]
     assert all(ids) and len(set(ids)) == len(ids)  # an identity for every game; no two share one here
     assert summary.games == len(games)
-
-

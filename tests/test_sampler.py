@@ -34,7 +34,11 @@ def table(lengths, parts=None, **columns) -> dict:
 
 
 def every_target(games, rows, context_len=10, lookahead=0) -> set:
-    return {(int(games["part"][r]), int(t)) for r in rows for t in range(games["offset"][r] + context_len, games["offset"][r] + games["length"][r] - lookahead)}
+    return {
+        (int(games["part"][r]), int(t))
+        for r in rows
+        for t in range(games["offset"][r] + context_len, games["offset"][r] + games["length"][r] - lookahead)
+    }
 
 
 def card_pieces(games, rows, piece_frames=PIECE, context_len=10, lookahead=0):
@@ -68,7 +72,11 @@ def test_sequence_windows_cover_every_target_frame_once(seq_len, warmup):
             j = np.arange(seq_len)
             targets = start + j + 1  # position j of the window predicts its frame j + 1
             covered += [(piece.part, int(t)) for t in targets[(j >= warmup) & (targets < end)]]
-    expected = {(int(games["part"][r]), int(t)) for r in range(6) for t in range(games["offset"][r] + warmup + 1, games["offset"][r] + games["length"][r])}
+    expected = {
+        (int(games["part"][r]), int(t))
+        for r in range(6)
+        for t in range(games["offset"][r] + warmup + 1, games["offset"][r] + games["length"][r])
+    }
     assert len(covered) == len(set(covered)) and set(covered) == expected
 
 
@@ -142,7 +150,9 @@ def test_the_games_of_one_match_land_on_the_same_side():
     # Rows 2 and 3 are both players' replays of match-a: their content hashes fall on opposite sides
     # (0x0 in validation, 0xffffffff in training); rows 4 and 5 are one ranked match the same way.
     hashes = ["00000000", "ffffffff", "00000000", "ffffffff", "ffffffff", "80000000"]
-    games = table([500] * 6, hash=np.array([h + "0" * 56 for h in hashes]), match_id=np.array(["", "", "match-a", "match-a", RANKED, RANKED]))
+    games = table(
+        [500] * 6, hash=np.array([h + "0" * 56 for h in hashes]), match_id=np.array(["", "", "match-a", "match-a", RANKED, RANKED])
+    )
     assert is_validation(games, 0.1).tolist() == [True, False, False, False, True, True]
     assert is_validation(games, 0.9).tolist() == [True, False, True, True, True, True]  # 0.8999 < 0.9
     every = GameFilter(min_frames=11)

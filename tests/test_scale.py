@@ -22,7 +22,18 @@ GAMES = 300
 @pytest.fixture(scope="module")
 def figures_and_store(tmp_path_factory) -> tuple[dict, str]:
     work = tmp_path_factory.mktemp("scale")
-    command = [sys.executable, "benchmarks/scale.py", "--games", str(GAMES), "--dir", str(work), "--keep", "--loader-batches", "5", "--json"]
+    command = [
+        sys.executable,
+        "benchmarks/scale.py",
+        "--games",
+        str(GAMES),
+        "--dir",
+        str(work),
+        "--keep",
+        "--loader-batches",
+        "5",
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), str(work / f"scale-{GAMES}.zarr")

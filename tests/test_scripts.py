@@ -60,11 +60,24 @@ def test_a_missing_or_misspelled_config(script, shared_store):
 
 
 def test_a_store_of_another_encoding(projectile_store):
-    assert_one_line_error(run("plan_run.py", "--config", TINY, "--store", projectile_store), "plan_run.py", "projectiles: store has True, config has False")
+    assert_one_line_error(
+        run("plan_run.py", "--config", TINY, "--store", projectile_store), "plan_run.py", "projectiles: store has True, config has False"
+    )
 
 
 def test_resuming_a_checkpoint_of_another_store(shared_store, foreign_checkpoint, tmp_path):
-    done = run("train.py", "--config", TINY, "--store", shared_store, "--output-dir", str(tmp_path), "--resume", foreign_checkpoint, "--no-progress")
+    done = run(
+        "train.py",
+        "--config",
+        TINY,
+        "--store",
+        shared_store,
+        "--output-dir",
+        str(tmp_path),
+        "--resume",
+        foreign_checkpoint,
+        "--no-progress",
+    )
     assert_one_line_error(done, "train.py", "another store or selection")
 
 
@@ -75,5 +88,9 @@ def test_evaluate_on_a_missing_store_or_checkpoint_or_another_encoding(shared_st
 
 
 def test_bad_storage_options_and_encode_inputs(tmp_path):
-    assert_one_line_error(run("plan_run.py", "--config", TINY, "--store", "x", "--storage-option", "novalue"), "plan_run.py", "not key=value")
-    assert_one_line_error(run("melee_encode.cli", "encode", "/no/such/replays", "-o", str(tmp_path / "s.zarr"), "--quiet"), "melee-encode", "no such file")
+    assert_one_line_error(
+        run("plan_run.py", "--config", TINY, "--store", "x", "--storage-option", "novalue"), "plan_run.py", "not key=value"
+    )
+    assert_one_line_error(
+        run("melee_encode.cli", "encode", "/no/such/replays", "-o", str(tmp_path / "s.zarr"), "--quiet"), "melee-encode", "no such file"
+    )

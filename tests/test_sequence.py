@@ -21,9 +21,10 @@ from melee_model.metrics import MetricAccumulator, score
 from melee_model.model import build_model
 from melee_model.objective import SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
-from melee_model.rollout import FrameStepper, rollout
+from melee_model.rollout import rollout
 from melee_model.scheduled_sampling import ContextNoise, own_frames, substitute
 from melee_model.sequence import SequenceParts, position_rows
+from melee_model.stepper import FrameStepper
 
 from conftest import ROOT
 
@@ -108,7 +109,9 @@ def test_the_loaders_windows_are_the_cards_examples_on_the_device(shared_store):
     checked = 0
     for i, example_id in enumerate(batch["example_id"].tolist()):
         part, position = example_id >> PART_SHIFT, example_id & ((1 << PART_SHIFT) - 1)
-        row = int(np.flatnonzero((games["part"] == part) & (games["offset"] <= position) & (position < games["offset"] + games["length"]))[0])
+        row = int(
+            np.flatnonzero((games["part"] == part) & (games["offset"] <= position) & (position < games["offset"] + games["length"]))[0]
+        )
         floats, ints, _ = store.read_frames(row)
         s = position - int(games["offset"][row])
         positions = np.flatnonzero(parts["target_mask"][i].numpy())
@@ -147,7 +150,15 @@ def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layo
     loaded = small_model(layout, seed=1)
     loaded.load_state_dict(model.state_dict())
     nothing = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    seq_metrics, seq_targets = score(loaded, list(source.loader("val", 0))[:2], layout, LossConfig(), torch.device("cpu"), nothing, build_objective(seq_config, layout, "cpu"))
+    seq_metrics, seq_targets = score(
+        loaded,
+        list(source.loader("val", 0))[:2],
+        layout,
+        LossConfig(),
+        torch.device("cpu"),
+        nothing,
+        build_objective(seq_config, layout, "cpu"),
+    )
     card_metrics, card_examples = score(loaded, list(card_source.loader("val", 0))[:2], layout, LossConfig(), torch.device("cpu"), nothing)
     assert seq_targets == 2 * 8 * L and card_examples == 2 * 64
     for values in (seq_metrics.compute(), card_metrics.compute()):
@@ -292,7 +303,10 @@ def test_model_sampling_changes_the_inputs_from_the_second_epoch(shared_store, l
 
 
 def test_plan_counts_targets_and_windows(shared_store):
-    seq = load_config(ROOT / "experiments" / "mamba2-v3-seq.yaml", ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "data.warmup=16"])
+    seq = load_config(
+        ROOT / "experiments" / "mamba2-v3-seq.yaml",
+        ["data.require_fields=none", "data.end_methods=[]", "data.num_workers=0", "data.warmup=16"],
+    )
     source = ExampleSource.for_experiment(shared_store, seq)
     plan = plan_run(seq, shared_store, step_ms=100.0)
     L, W = seq.data.seq_len, seq.data.warmup
@@ -324,7 +338,9 @@ def test_sequence_noise_perturbs_input_frames_and_its_targets_follow_when_noisy(
     if targets == "clean":
         assert torch.equal(noisy["float_tgt"], parts["float_tgt"])
     else:  # each target's delta leads from the frame the model reads
-        assert torch.allclose(noisy["float_tgt"], SequenceParts(layout, "cpu").float_targets(noisy["float_in"], parts["float_next"]), atol=1e-6)
+        assert torch.allclose(
+            noisy["float_tgt"], SequenceParts(layout, "cpu").float_targets(noisy["float_in"], parts["float_next"]), atol=1e-6
+        )
         assert not torch.equal(noisy["float_tgt"][moved], parts["float_tgt"][moved])
 
 

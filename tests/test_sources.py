@@ -68,7 +68,11 @@ def test_a_broken_archive_is_skipped_and_the_encode_goes_on(tmp_path, capsys):
     found = sources_of(path)
     assert found.pop(f"{tmp_path}/broken.zip") == "unreadable archive: BadZipFile: File is not a zip file"
     assert re.fullmatch(r"unreadable archive after 2 members: ReadError: .+", found.pop(f"{tmp_path}/cut.tar"))
-    assert found == {f"{tmp_path}/cut.tar::{SMALL[0]}": "", f"{tmp_path}/cut.tar::{SMALL[1]}": "", f"{tmp_path}/good.zip::peppi/v3.13.slp.gz": ""}
+    assert found == {
+        f"{tmp_path}/cut.tar::{SMALL[0]}": "",
+        f"{tmp_path}/cut.tar::{SMALL[1]}": "",
+        f"{tmp_path}/good.zip::peppi/v3.13.slp.gz": "",
+    }
     again = encode(inputs, path, EncodeOptions(progress=False))  # a re-run neither retries nor repeats them
     assert (again.games, again.skipped, again.already_present) == (0, [], 3)
 
@@ -120,7 +124,12 @@ def test_a_gzip_bomb_is_read_no_further_than_the_cap(tmp_path):
 def test_tar_links_and_devices_are_reported_as_skipped(tmp_path):
     with tarfile.open(tmp_path / "odd.tar", "w") as archive:
         archive.add(replay(SMALL[0]), arcname="real.slp")
-        for name, kind, target in [("link.slp", tarfile.SYMTYPE, "real.slp"), ("hard.slp", tarfile.LNKTYPE, "real.slp"), ("dev.slp", tarfile.CHRTYPE, ""), ("pipe.slp.gz", tarfile.FIFOTYPE, "")]:
+        for name, kind, target in [
+            ("link.slp", tarfile.SYMTYPE, "real.slp"),
+            ("hard.slp", tarfile.LNKTYPE, "real.slp"),
+            ("dev.slp", tarfile.CHRTYPE, ""),
+            ("pipe.slp.gz", tarfile.FIFOTYPE, ""),
+        ]:
             info = tarfile.TarInfo(name)
             info.type, info.linkname = kind, target
             archive.addfile(info)

@@ -70,9 +70,7 @@ def test_ssd_chunked_matches_sequential(chunk_size, seqlen, dtype):
 @pytest.mark.parametrize("chunk_size", [1, 3, 10, 16, 256])
 def test_states_in_and_out_match_sequential(chunk_size, seqlen):
     inputs, initial = scan_inputs(seqlen=seqlen), random_state()
-    expected_y, expected_state = ssd_sequential(
-        *(t.double() for t in inputs), initial_state=initial.double(), return_final_state=True
-    )
+    expected_y, expected_state = ssd_sequential(*(t.double() for t in inputs), initial_state=initial.double(), return_final_state=True)
     y, state = ssd_chunked(*inputs, chunk_size=chunk_size, initial_state=initial, return_final_state=True)
     assert state.shape == (2, 3, 4, 5) and state.dtype == torch.float32
     assert rel_err(y, expected_y) < TOL[torch.float32]
@@ -86,9 +84,7 @@ def test_split_scan_equals_whole_scan(chunk_size):
     whole, whole_state = ssd_chunked(x, dt, A, B, C, chunk_size, return_final_state=True)
     k = 13
     first, state = ssd_chunked(x[:, :k], dt[:, :k], A, B[:, :k], C[:, :k], chunk_size, return_final_state=True)
-    second, state = ssd_chunked(
-        x[:, k:], dt[:, k:], A, B[:, k:], C[:, k:], chunk_size, initial_state=state, return_final_state=True
-    )
+    second, state = ssd_chunked(x[:, k:], dt[:, k:], A, B[:, k:], C[:, k:], chunk_size, initial_state=state, return_final_state=True)
     assert rel_err(torch.cat([first, second], dim=1), whole) < 1e-5
     assert rel_err(state, whole_state) < 1e-5
 

@@ -93,7 +93,10 @@ def test_every_failing_replay_is_skipped_with_its_reason(shared_store):
     assert len(skipped) == len(UNREADABLE) + len(NOT_1V1)
     peppi_says = "unreadable replay: OSError: I/O error: failed to fill whole buffer"
     assert skipped["peppi/corrupt.slp"] == f"{peppi_says} (not salvaged: truncated before the first complete frame)"
-    assert skipped["slippi-js/FodPlatforms.slp"] == f"{peppi_says} (not salvaged: not truncated: the stream has its Game End and the file is closed)"
+    assert (
+        skipped["slippi-js/FodPlatforms.slp"]
+        == f"{peppi_says} (not salvaged: not truncated: the stream has its Game End and the file is closed)"
+    )
     for name, players in NOT_1V1.items():
         assert skipped[name] == f"not a 1v1 game: {players} players"
 

@@ -32,9 +32,26 @@ REFERENCE = ROOT / "experiments" / "mamba2-v3-65k-ranked-reference.yaml"
 
 def torchrun_train(store: str, output: Path, *options: str, config: str = TINY) -> subprocess.CompletedProcess:
     """scripts/train.py on 2 CPU ranks, the way the README documents it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               str(ROOT / "scripts" / "train.py"), "--config", config, "--store", store, "--output-dir", str(output),
-               "--no-progress", "--set", "wandb.mode=offline", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        config,
+        "--store",
+        store,
+        "--output-dir",
+        str(output),
+        "--no-progress",
+        "--set",
+        "wandb.mode=offline",
+        *options,
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "WANDB_SILENT": "true"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -68,7 +85,10 @@ def test_two_ranks_learn(shared_store, tiny_run):
     assert val[-1]["val_metric/change_acc_both"] > val[0]["val_metric/change_acc_both"]
     train = [line for line in lines if "loss/total" in line]
     assert [line["step"] for line in train] == list(range(25, total + 1, 25))
-    assert all({"epoch", "lr", "examples_per_s", "metric/action_change_acc", "metric/change_acc_both", "metric/position_mae"} <= line.keys() for line in train)
+    assert all(
+        {"epoch", "lr", "examples_per_s", "metric/action_change_acc", "metric/change_acc_both", "metric/position_mae"} <= line.keys()
+        for line in train
+    )
     # The default schedule: 20 warmup steps, then a cosine per step over the run (lr of the step just taken).
     assert [line["lr"] for line in train[:2]] == pytest.approx([3e-3 * cosine_schedule(total, 20, 0.0)(s - 1) for s in (25, 50)])
     assert train[-1]["loss/total"] < 0.2 * train[0]["loss/total"]
@@ -140,7 +160,9 @@ def test_low_change_acc_after_the_first_epoch_stops(shared_store, tmp_path):
 
 
 def test_every_micro_batch_of_a_step_draws_its_own_noise(shared_store, tmp_path):
-    trainer = _quick_trainer(shared_store, tmp_path, "train.grad_accum=2", "train.scheduled_sampling.rate=1.0", "train.scheduled_sampling.anneal_epochs=1")
+    trainer = _quick_trainer(
+        shared_store, tmp_path, "train.grad_accum=2", "train.scheduled_sampling.rate=1.0", "train.scheduled_sampling.anneal_epochs=1"
+    )
     clean = next(iter(trainer.source.loader("train", 1)))
 
     def noise_of(micro: int, step: int = 0) -> torch.Tensor:
@@ -215,7 +237,15 @@ def test_cosine_schedule():
 
 def test_checkpoints_are_atomic_links_and_load_without_pickle(tmp_path):
     state = {"progress": {"step": 1}, "config": {}, "store": {}}
-    first = save_checkpoint(tmp_path, 1, model={"w": torch.ones(2)}, optimizer={}, ranks=[{"rng_cpu": torch.get_rng_state()}], state=state, links=("latest", "best"))
+    first = save_checkpoint(
+        tmp_path,
+        1,
+        model={"w": torch.ones(2)},
+        optimizer={},
+        ranks=[{"rng_cpu": torch.get_rng_state()}],
+        state=state,
+        links=("latest", "best"),
+    )
     second = save_checkpoint(tmp_path, 2, model={"w": torch.zeros(2)}, optimizer={}, ranks=[{}], state=state)
     assert (tmp_path / "latest").resolve() == second and (tmp_path / "best").resolve() == first
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
@@ -237,8 +267,13 @@ def test_checkpoints_are_atomic_links_and_load_without_pickle(tmp_path):
 
 def test_the_reference_config_is_the_card_s_with_the_reference_s_switches():
     card, reference = to_dict(load_config(CARD)), to_dict(load_config(REFERENCE))
-    differences = {(section, key): reference[section][key] for section in card if isinstance(card[section], dict)
-                   for key in card[section] if card[section][key] != reference[section][key]}
+    differences = {
+        (section, key): reference[section][key]
+        for section in card
+        if isinstance(card[section], dict)
+        for key in card[section]
+        if card[section][key] != reference[section][key]
+    }
     assert differences == {
         ("data", "lookahead_delta"): "from_previous",
         ("data", "require_fields"): "none",
@@ -255,8 +290,18 @@ def test_the_reference_config_is_the_card_s_with_the_reference_s_switches():
 def test_a_tiny_run_of_the_reference_config_logs_the_reference_s_figures(shared_store, tmp_path):
     """The reference config at a tiny size: lr 5e-4 in epoch 1, 2.5e-4 in epoch 2, continued exactly
     across a resume, and the reference's keys in metrics.jsonl."""
-    tiny = ["model.d_model=64", "model.n_layers=2", "model.d_state=16", "model.headdim=16", "data.batch_size=1024", "data.num_workers=0",
-            "data.end_methods=[]", "train.log_interval=16", "train.min_val_change_acc=null", "train.patience_batches=0"]
+    tiny = [
+        "model.d_model=64",
+        "model.n_layers=2",
+        "model.d_state=16",
+        "model.headdim=16",
+        "data.batch_size=1024",
+        "data.num_workers=0",
+        "data.end_methods=[]",
+        "train.log_interval=16",
+        "train.min_val_change_acc=null",
+        "train.patience_batches=0",
+    ]
     options = [item for override in tiny for item in ("--set", override)]
     output = tmp_path / "reference"
     torchrun_train(shared_store, output, *options, "--set", "train.max_steps=80", config=str(REFERENCE))  # mid-epoch 2
@@ -268,7 +313,15 @@ def test_a_tiny_run_of_the_reference_config_logs_the_reference_s_figures(shared_
     assert per_epoch and all(lr == (5e-4 if step <= steps_per_epoch else 2.5e-4) for step, lr in per_epoch.items())
     assert {5e-4, 2.5e-4} == set(per_epoch.values())
     train = next(line for line in lines if "loss/total" in line)
-    assert {"loss/total", "loss/jumps", "loss/hurtbox", "loss/last_attack", "metric/position_mae", "metric/p0_action_acc", "metric/action_change_acc"} <= train.keys()
+    assert {
+        "loss/total",
+        "loss/jumps",
+        "loss/hurtbox",
+        "loss/last_attack",
+        "metric/position_mae",
+        "metric/p0_action_acc",
+        "metric/action_change_acc",
+    } <= train.keys()
     val = [line for line in lines if "val_loss/total" in line]
     assert len(val) == 2 and {"val_metric/action_change_acc", "val_metric/position_mae", "val_action/cat_idle"} <= val[-1].keys()
 

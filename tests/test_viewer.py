@@ -51,10 +51,32 @@ DOCS_SCREENSHOT = ROOT / "docs" / "viewer.png"
 def test_common_action_names_match_the_games_ids():
     assert sorted(ACTION_NAMES) == list(range(COMMON_STATES))
     # Ids as libmelee's Action enum numbers them (its names differ; the states are the same).
-    known = {0: "dead_down", 2: "dead_right", 4: "dead_up_star", 12: "rebirth", 14: "wait", 20: "dash", 24: "knee_bend",
-             29: "fall", 38: "damage_fall", 42: "landing", 43: "landing_fall_special", 65: "attack_air_n", 69: "attack_air_lw",
-             178: "guard_on", 179: "guard", 212: "catch", 233: "escape_f", 235: "escape_n", 236: "escape_air", 244: "pass",
-             252: "cliff_catch", 253: "cliff_wait", 322: "entry", 340: "barrel_cannon_wait"}
+    known = {
+        0: "dead_down",
+        2: "dead_right",
+        4: "dead_up_star",
+        12: "rebirth",
+        14: "wait",
+        20: "dash",
+        24: "knee_bend",
+        29: "fall",
+        38: "damage_fall",
+        42: "landing",
+        43: "landing_fall_special",
+        65: "attack_air_n",
+        69: "attack_air_lw",
+        178: "guard_on",
+        179: "guard",
+        212: "catch",
+        233: "escape_f",
+        235: "escape_n",
+        236: "escape_air",
+        244: "pass",
+        252: "cliff_catch",
+        253: "cliff_wait",
+        322: "entry",
+        340: "barrel_cannon_wait",
+    }
     assert {i: action_name(i) for i in known} == known
     names = [*ACTION_NAMES.values(), *(n for table in CHARACTER_ACTION_NAMES.values() for n in table.values())]
     assert all(re.fullmatch(r"[a-z0-9_]+", n) for n in names)
@@ -224,15 +246,27 @@ def browser():
     profile = tempfile.mkdtemp(prefix="melee-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--hide-scrollbars"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--hide-scrollbars",
+    ]
     for flag in flags:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": 1240, "height": 1130, "deviceScaleFactor": 1, "mobile": False})
     driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+    driver.execute_cdp_cmd(
+        "Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0}
+    )
     yield driver
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
@@ -332,8 +366,13 @@ def test_a_bare_replay_plays_in_the_browser(browser, shared_store, tmp_path):
     """scripts/evaluate.py --replays game.slp --html page.html, no checkpoint: the true game alone, all of it."""
     page = tmp_path / "replay.html"
     name = "peppi/ics2.slp"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--replays", replay(name), "--html", str(page)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--replays", replay(name), "--html", str(page)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "(1 games)" in done.stdout
     store = open_store(shared_store)
@@ -356,8 +395,23 @@ def test_evaluate_writes_the_page_of_its_rollouts(shared_store, tmp_path):
     state = {"config": small_config().to_dict(), "progress": {"step": 0, "epoch": 0}, "store": {"path": shared_store}}
     save_checkpoint(tmp_path / "run", 0, model=small_model(layout).state_dict(), optimizer={}, ranks=[{}], state=state, links=("best",))
     page = tmp_path / "rollouts.html"
-    command = [sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--checkpoint", str(tmp_path / "run" / "best"), "--store", shared_store,
-               "--batches", "1", "--rollouts", "3", "--horizon", "40", "--html", str(page), "--json"]
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "evaluate.py"),
+        "--checkpoint",
+        str(tmp_path / "run" / "best"),
+        "--store",
+        shared_store,
+        "--batches",
+        "1",
+        "--rollouts",
+        "3",
+        "--horizon",
+        "40",
+        "--html",
+        str(page),
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
