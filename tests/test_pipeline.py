@@ -91,7 +91,7 @@ def _committed_games(path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("kill_after_games", [0, 8, 30])
+@pytest.mark.parametrize("kill_after_games", [0, 8, pytest.param(30, marks=pytest.mark.slow)])
 def test_kill_9_then_resume_loses_and_duplicates_nothing(replays_dir, shared_store, tmp_path, kill_after_games):
     path = str(tmp_path / "killed.zarr")
     command = ENCODE + [replays_dir, "-o", path, "--part-frames", "2000", "--chunk-frames", "1024", "--quiet"]

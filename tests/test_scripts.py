@@ -81,6 +81,7 @@ def test_resuming_a_checkpoint_of_another_store(shared_store, foreign_checkpoint
     assert_one_line_error(done, "train.py", "another store or selection")
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_missing_store_or_checkpoint_or_another_encoding(shared_store, foreign_checkpoint, projectile_store):
     assert_one_line_error(run("evaluate.py", "--checkpoint", "/no/such/run", "--store", shared_store), "evaluate.py", "not a checkpoint")
     assert_one_line_error(run("evaluate.py", "--checkpoint", foreign_checkpoint, "--store", "/no/such/store"), "evaluate.py", "no store at")

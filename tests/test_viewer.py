@@ -322,6 +322,7 @@ def rollout_page(shared_store, tmp_path_factory):
     return path, json.loads(json.dumps(page_data(rollouts, rollout_curves(result))))
 
 
+@pytest.mark.slow
 def test_rollouts_play_in_the_browser(browser, rollout_page):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -362,6 +363,7 @@ def save_small_png(pixels: np.ndarray, path):
     assert path.stat().st_size < 200_000
 
 
+@pytest.mark.slow
 def test_a_bare_replay_plays_in_the_browser(browser, shared_store, tmp_path):
     """scripts/evaluate.py --replays game.slp --html page.html, no checkpoint: the true game alone, all of it."""
     page = tmp_path / "replay.html"
