@@ -36,7 +36,7 @@ from .format import (
     part_name,
     table_row_json,
 )
-from .storage import exists, gather, open_zarr, sizes_under
+from .storage import exists, gather, is_url, local_path, open_zarr, sizes_under
 
 ChunkKey = tuple[int, str, int]  # (part, array name in format.ARRAYS, chunk index along frames)
 _ZSTD = Zstd()
@@ -163,6 +163,8 @@ class Store:
         """The stored (compressed) bytes of the chunks `read_chunks` decodes itself, all requested at
         once; None for a chunk never written. Chunks of other codecs are left out."""
         fast = [key for key in keys if _plain_zstd(self._array(key))]
+        if not is_url(self.path):  # plain file reads: zarr's event loop costs twice as much on local disk
+            return {key: _read_file(os.path.join(local_path(self.path), self._chunk_key(key))) for key in fast}
 
         async def get(key: ChunkKey):
             array = self._array(key)
@@ -170,6 +172,11 @@ class Store:
 
         found = gather(*(get(key) for key in fast))
         return {key: None if data is None else data.as_numpy_array() for key, data in zip(fast, found)}
+
+    def _chunk_key(self, key: ChunkKey) -> str:
+        """The chunk's object name in the store, e.g. "parts/00000003/float/c/0/12"."""
+        array = self._array(key)
+        return f"{array.path}/{array.metadata.encode_chunk_key((0, key[2]))}"
 
     def _array(self, key: ChunkKey) -> zarr.Array:
         part, name, _ = key
@@ -190,6 +197,15 @@ class Store:
         out[:, : values.shape[1]] = values
         out[:, values.shape[1] :] = array.metadata.fill_value
         return out
+
+
+def _read_file(path: str) -> np.ndarray | None:
+    """A local chunk file's bytes, or None for a chunk never written."""
+    try:
+        with open(path, "rb") as handle:
+            return np.frombuffer(handle.read(), np.uint8)
+    except FileNotFoundError:
+        return None
 
 
 def _plain_zstd(array: zarr.Array) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from melee_model.config import DataConfig
 from melee_model.layout import FrameLayout
@@ -81,16 +82,16 @@ def window_batch(
     position j (predicting the window's frame j+1) is a target past the warm-up and inside its game.
     """
     L, C = seq_len, floats.shape[2]
-    float_seq = np.empty((len(anchors), floats.shape[1], L + 1), np.float32)  # (B, F, L+1)
-    int_seq = np.empty((len(anchors), ints.shape[1], L + 1), np.int16)  # (B, I, L+1)
-    for i, anchor in enumerate(anchors.tolist()):  # contiguous slices: a copy per window (two across a chunk edge)
-        done = 0
-        while done <= L:
-            block, frame = divmod(anchor + done, C)
-            n = min(L + 1 - done, C - frame)
-            float_seq[i, :, done : done + n] = floats[block, :, frame : frame + n]
-            int_seq[i, :, done : done + n] = ints[block, :, frame : frame + n]
-            done += n
+    blocks, frames = np.divmod(anchors, C)
+    # One gather for the whole batch (a loop of copies, each releasing and retaking the GIL, stalls
+    # behind the thread that reads the next group); the few windows that run into the next block are
+    # gathered short, then completed one by one.
+    float_seq = sliding_window_view(floats, L + 1, axis=2)[blocks, :, np.minimum(frames, C - L - 1)]  # (B, F, L+1)
+    int_seq = sliding_window_view(ints, L + 1, axis=2)[blocks, :, np.minimum(frames, C - L - 1)]  # (B, I, L+1)
+    for i in np.flatnonzero(frames > C - L - 1).tolist():
+        block, frame, k = blocks[i], frames[i], C - frames[i]  # k frames in this block, the rest in the next
+        float_seq[i, :, :k], float_seq[i, :, k:] = floats[block, :, frame:], floats[block + 1, :, : L + 1 - k]
+        int_seq[i, :, :k], int_seq[i, :, k:] = ints[block, :, frame:], ints[block + 1, :, : L + 1 - k]
     j = np.arange(L)
     target_mask = (j >= warmup) & (positions[:, None] + j + 1 < ends[:, None])  # (B, L)
     return {"float_seq": float_seq, "int_seq": int_seq, "target_mask": target_mask}

@@ -39,9 +39,10 @@ class DataConfig:
     batch_size: int = 4096  # examples per batch per process
     # Mixing: the loader decodes `pieces_per_group` pieces of `piece_frames` stored frames, drawn at random
     # from the whole store, and shuffles their examples together (0: a piece is a whole stored chunk).
-    # Memory per loader ~ pieces_per_group x piece_frames x 600 bytes.
-    piece_frames: int = 4096
+    # Memory per loader ~ pieces_per_group x piece_frames x 1.2 KB (one group batched, the next read).
+    piece_frames: int = 3072
     pieces_per_group: int = 256
+    decode_threads: int = 2  # threads each loader process decodes and copies chunks with
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
     # Remote stores (s3://, gs://): compressed chunks kept on local disk for later epochs, shared by

@@ -14,7 +14,6 @@ float_tgt, int_tgt (see `layout`); for the sequence objective float_seq, int_seq
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,7 +22,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from melee_encode import EncodingConfig, MeleeError, Store, open_store
-from melee_encode.storage import is_url
 from melee_model.batches import BatchAssembler
 from melee_model.config import DataConfig, ExperimentConfig
 from melee_model.layout import FrameLayout, layout_for
@@ -185,9 +183,9 @@ class StoreExamples(IterableDataset):
         start, end = self.plan.stream_range(self.rank, first, stop)
         store = open_store(self.store_path, self.storage_options)
         items, assembler = self.assembler.items, self.assembler
-        reader = GroupReader(
-            store, assembler.layout, items.before, items.after, assembler.frame_major, ChunkFetcher.for_store(store, *self.cache)
-        )
+        fetcher = ChunkFetcher.for_store(store, *self.cache)
+        threads = assembler.config.decode_threads
+        reader = GroupReader(store, assembler.layout, items.before, items.after, assembler.frame_major, fetcher, threads)
         yield from _batches(self.plan, reader, assembler, start, end, self.plan.batch_size)
 
 
@@ -197,18 +195,15 @@ def _batches(plan: EpochPlan, reader: GroupReader, assembler: BatchAssembler, st
     A batch that straddles two groups is completed from the next group (`carry`).
     """
     starts = plan.group_starts
-    groups = plan.groups_in(start, end)
-    fetches = _prefetched(plan, reader, groups) if is_url(reader.store.path) else itertools.repeat(None)
     carry = None
-    for group, fetched in zip(groups, fetches):
+    for group, (floats, ints, bases) in zip(groups := plan.groups_in(start, end), _read_ahead(plan, reader, groups)):
         g0, g1 = int(starts[group]), int(starts[group + 1])
         slots, positions, ends = plan.group_items(group)
         take = slice(max(start, g0) - g0, min(end, g1) - g0)
         slots, positions, ends = slots[take], positions[take], ends[take]
-        pieces = [plan.pieces[p] for p in plan.groups[group]]
-        floats, ints, bases = reader.read(pieces, fetched)
         anchors = bases[slots] + positions  # (n,) pool index of each item's position
-        ids = (np.array([p.part for p in pieces], dtype=np.int64)[slots] << PART_SHIFT) | positions
+        parts = np.array([plan.pieces[p].part for p in plan.groups[group]], dtype=np.int64)
+        ids = (parts[slots] << PART_SHIFT) | positions
 
         def examples(span: slice) -> dict:
             batch = assembler(floats, ints, anchors[span], positions[span], ends[span])
@@ -232,18 +227,18 @@ def _batches(plan: EpochPlan, reader: GroupReader, assembler: BatchAssembler, st
         yield carry
 
 
-def _prefetched(plan: EpochPlan, reader: GroupReader, groups: list[int]) -> Iterator[dict]:
-    """The stored chunks of each group in turn, the next group's fetched in a background thread
-    while the caller batches the current one: from an object store, the requests' latency hides
-    behind the work. (From local disk there is nothing worth hiding.)"""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee-prefetch") as prefetcher:
-        fetch = lambda group: prefetcher.submit(reader.fetch, [plan.pieces[p] for p in plan.groups[group]])  # noqa: E731
-        upcoming = fetch(groups[0]) if groups else None
+def _read_ahead(plan: EpochPlan, reader: GroupReader, groups: list[int]) -> Iterator[tuple]:
+    """Each group's decoded pools in turn, the next group read (fetched and decoded) in a background
+    thread while the caller batches the current one: the decoding, and from an object store the
+    requests' latency, hide behind the batching. The reader alternates between two sets of pools."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="melee-read-ahead") as ahead:
+        read = lambda group: ahead.submit(reader.read, [plan.pieces[p] for p in plan.groups[group]])  # noqa: E731
+        upcoming = read(groups[0]) if groups else None
         for i in range(len(groups)):
-            fetched = upcoming.result()
+            pools = upcoming.result()
             if i + 1 < len(groups):
-                upcoming = fetch(groups[i + 1])
-            yield fetched
+                upcoming = read(groups[i + 1])
+            yield pools
 
 
 def _concat(batches: list[dict]) -> dict:

@@ -28,7 +28,6 @@ from melee_model.config import DataConfig, ExperimentConfig
 from melee_model.examples import PREFETCH_FACTOR, ExampleSource
 from melee_model.layout import FrameLayout
 from melee_model.model import build_model, count_parameters
-from melee_model.reader import KEEP_DECODED
 from melee_model.sampler import items_of
 
 MS_PER_HOUR = 3_600_000
@@ -108,7 +107,7 @@ def memory(chunk_frames: int, layout: FrameLayout, data: DataConfig, gpus: int, 
     items = items_of(data)
     piece_frames = data.piece_frames or chunk_frames
     pool = data.pieces_per_group * (piece_frames + items.before + items.after) * frame_bytes  # one decoded group
-    decode = KEEP_DECODED * chunk_frames * frame_bytes  # GroupReader's last decoded chunks
+    decode = data.decode_threads * chunk_frames * frame_bytes if data.objective == "last" else 0  # GroupReader's scratch
     if data.objective == "last":
         item = layout.context_len * frame_bytes + 4 * (layout.ctrl_dim + layout.float_target_dim) + 2 * layout.int_target_dim + 8
     else:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from melee_model.layout import FrameLayout
 from melee_model.sampler import Piece
 
 EVICT_TO = 0.8  # an eviction pass brings the cache down to this share of its bound
-KEEP_DECODED = 3  # decoded chunks kept: a segment spans at most a few, neighbouring segments share them
+POOL_SETS = 2  # a group being batched, and the next one being read
 
 
 class ChunkCache:
@@ -127,20 +128,29 @@ class ChunkFetcher:
 class GroupReader:
     """Decodes the frames a group of pieces reads, as one frame-major pool or as feature-major blocks.
 
-    Each piece's segment is its items' positions with the `before` and `after` frames they also read.
-    - frame-major (`frame_major=True`, the card's examples): the segments are copied, transposed, out
-      of the chunks they overlap into one (P, columns) pool that per-example gathers read; chunks are
-      decoded in storage order and the last few kept, so neighbouring segments share a decode;
-    - feature-major (sequence windows): every chunk the segments overlap is decoded in place into one
-      block of a (blocks, columns, chunk_frames) array, the store's own layout, with no copy at all;
-      a segment's chunks are consecutive blocks, so a window is a run of flat positions.
+    Each piece's segment is its items' positions with the `before` and `after` frames they also read;
+    every chunk the segments overlap is decoded once per group.
+    - frame-major (`frame_major=True`, the card's examples): each chunk's part of every segment is
+      copied, transposed, into one (P, columns) pool that per-example gathers read;
+    - feature-major (sequence windows): each chunk is decoded in place into one block of a (blocks,
+      columns, chunk_frames) array, the store's own layout, with no copy at all; a segment's chunks
+      are consecutive blocks, so a window is a run of flat positions.
     Either way `read` returns the pools and, per piece, the flat pool index of part position 0.
-    Buffers are allocated once and reused (fresh arrays of this size cost more in page faults than
-    the copies); a pool is valid until the next read.
+    Chunks are decoded by `threads` threads (zstd and the copies release the GIL), each with its own
+    buffers. Buffers are allocated once and reused (fresh arrays of this size cost more in page
+    faults than the copies); reads alternate between POOL_SETS sets of pools, so a pool stays valid
+    while the next group is read (`examples` reads one group ahead).
     """
 
     def __init__(
-        self, store: Store, layout: FrameLayout, before: int, after: int, frame_major: bool = True, fetcher: ChunkFetcher | None = None
+        self,
+        store: Store,
+        layout: FrameLayout,
+        before: int,
+        after: int,
+        frame_major: bool = True,
+        fetcher: ChunkFetcher | None = None,
+        threads: int = 1,
     ):
         self.store = store
         self.before, self.after = before, after
@@ -148,8 +158,11 @@ class GroupReader:
         self.fetcher = fetcher or ChunkFetcher(store)
         self.chunk = store.chunk_frames
         self.widths = (layout.n_float, layout.n_int)
-        self.pools = (torch.empty(0), torch.empty(0, dtype=torch.int16))  # float, int
-        self.decoded: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # (part, chunk) -> buffers, oldest first
+        self.pool_sets = [(torch.empty(0), torch.empty(0, dtype=torch.int16)) for _ in range(POOL_SETS)]  # float, int
+        self.reads = 0
+        self.threads = max(1, threads)
+        self.scratch: list[tuple[np.ndarray, np.ndarray]] = []  # per thread: a decoded chunk's float and int buffers
+        self.executor = ThreadPoolExecutor(self.threads, thread_name_prefix="melee-decode") if self.threads > 1 else None
 
     def fetch(self, pieces: list[Piece]) -> dict[ChunkKey, np.ndarray | None]:
         """The stored bytes of the float and int chunks a `read` of `pieces` decodes, all at once."""
@@ -166,26 +179,51 @@ class GroupReader:
         return self._read_frames(segments, fetched) if self.frame_major else self._read_blocks(segments, fetched)
 
     def _read_frames(self, segments: list[tuple[int, int, int]], fetched: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        size = sum(hi - lo for _, lo, hi in segments)
-        pools = self._pools((size, self.widths[0]), (size, self.widths[1]))
-        bases, at = [], 0
-        for part, lo, hi in segments:
-            bases.append(at - lo)  # pool index of part position p is bases[k] + p
+        starts = np.concatenate([[0], np.cumsum([hi - lo for _, lo, hi in segments])])  # pool index of each segment's lo
+        pools = self._pools((int(starts[-1]), self.widths[0]), (int(starts[-1]), self.widths[1]))
+        copies: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # chunk -> (pool index, a, b) of its frames a..b
+        for (part, lo, hi), at in zip(segments, starts.tolist()):
             for c in self._chunks_of(part, lo, hi):
-                a, b = max(lo, c * self.chunk) - c * self.chunk, min(hi, (c + 1) * self.chunk) - c * self.chunk
-                for pool, chunk in zip(pools, self._decode(part, c, fetched)):  # chunk: (columns, chunk frames)
-                    pool[at : at + b - a].copy_(torch.from_numpy(chunk[:, a:b]).t())  # transposed in the copy
-                at += b - a
-        return *(pool.numpy() for pool in pools), np.array(bases, dtype=np.int64)
+                a, b = max(lo, c * self.chunk), min(hi, (c + 1) * self.chunk)
+                copies.setdefault((part, c), []).append((at + a - lo, a - c * self.chunk, b - c * self.chunk))
+
+        def decode_and_copy(thread: int, chunk: tuple[int, int]) -> None:
+            decoded = self.store.read_chunks(_keys(*chunk), list(self.scratch[thread]), fetched)  # (columns, chunk) each
+            for at, a, b in copies[chunk]:
+                for pool, values in zip(pools, decoded):
+                    pool[at : at + b - a].copy_(torch.from_numpy(values[:, a:b]).t())  # transposed in the copy
+
+        self._each_chunk(list(copies), decode_and_copy)
+        bases = starts[:-1] - np.array([lo for _, lo, _ in segments], dtype=np.int64)  # pool index of position p: bases[k] + p
+        return *(pool.numpy() for pool in pools), bases
 
     def _read_blocks(self, segments: list[tuple[int, int, int]], fetched: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chunks = self._chunks(segments)
         block_of = {key: k for k, key in enumerate(chunks)}
         blocks = self._pools(*((len(chunks), width, self.chunk) for width in self.widths))
-        for k, (part, c) in enumerate(chunks):
-            self.store.read_chunks(_keys(part, c), [blocks[0][k].numpy(), blocks[1][k].numpy()], fetched)
+
+        def decode_in_place(_: int, chunk: tuple[int, int]) -> None:
+            k = block_of[chunk]
+            self.store.read_chunks(_keys(*chunk), [blocks[0][k].numpy(), blocks[1][k].numpy()], fetched)
+
+        self._each_chunk(chunks, decode_in_place)
         bases = [block_of[(part, lo // self.chunk)] * self.chunk - (lo // self.chunk) * self.chunk for part, lo, _ in segments]
         return *(block.numpy() for block in blocks), np.array(bases, dtype=np.int64)
+
+    def _each_chunk(self, chunks: list[tuple[int, int]], work) -> None:
+        """work(thread, chunk) for every chunk, the chunks split into `threads` runs in storage order."""
+        while len(self.scratch) < self.threads and self.frame_major:
+            self.scratch.append((np.empty((self.widths[0], self.chunk), np.float32), np.empty((self.widths[1], self.chunk), np.int16)))
+        runs = [chunks[t :: self.threads] for t in range(self.threads)]
+
+        def run(thread: int) -> None:
+            for chunk in runs[thread]:
+                work(thread, chunk)
+
+        if self.executor is None:
+            run(0)
+        else:
+            list(self.executor.map(run, range(self.threads)))
 
     def _segments(self, pieces: list[Piece]) -> list[tuple[int, int, int]]:
         """(part, lo, hi) per piece: the part positions its items read. Past the part's end (a window
@@ -200,22 +238,15 @@ class GroupReader:
         return sorted({(part, c) for part, lo, hi in segments for c in self._chunks_of(part, lo, hi)})
 
     def _pools(self, float_shape: tuple, int_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the reused pool buffers with these shapes, grown when too small."""
-        if self.pools[0].numel() < math.prod(float_shape):
-            self.pools = (torch.empty(float_shape), torch.empty(int_shape, dtype=torch.int16))
-        return tuple(pool.view(-1)[: math.prod(shape)].view(shape) for pool, shape in zip(self.pools, (float_shape, int_shape)))
-
-    def _decode(self, part: int, c: int, fetched: dict[ChunkKey, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Chunk c of a part's float and int arrays, (columns, chunk frames) each, decoded once while
-        it is among the last KEEP_DECODED."""
-        key = (part, c)
-        if key not in self.decoded:
-            if len(self.decoded) >= KEEP_DECODED:
-                buffers = self.decoded.pop(next(iter(self.decoded)))
-            else:
-                buffers = (np.empty((self.widths[0], self.chunk), np.float32), np.empty((self.widths[1], self.chunk), np.int16))
-            self.decoded[key] = tuple(self.store.read_chunks(_keys(part, c), list(buffers), fetched))
-        return self.decoded[key]
+        """Views of the next set of reused pool buffers with these shapes, grown when too small (by a
+        quarter more than asked: groups differ a little in size, and each growth allocates anew)."""
+        turn, self.reads = self.reads % POOL_SETS, self.reads + 1
+        if self.pool_sets[turn][0].numel() < math.prod(float_shape):
+            self.pool_sets[turn] = (torch.empty(0), torch.empty(0, dtype=torch.int16))  # freed before the new one
+            grown = (math.prod(float_shape) * 5 // 4, math.prod(int_shape) * 5 // 4)
+            self.pool_sets[turn] = (torch.empty(grown[0]), torch.empty(grown[1], dtype=torch.int16))
+        pools = self.pool_sets[turn]
+        return tuple(pool.view(-1)[: math.prod(shape)].view(shape) for pool, shape in zip(pools, (float_shape, int_shape)))
 
 
 def _keys(part: int, c: int) -> list[ChunkKey]:
