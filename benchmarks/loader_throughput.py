@@ -157,8 +157,12 @@ def main() -> None:
             "mixed": dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group),
             "chunk_groups": dict(batch_size=args.batch_size, piece_frames=0, pieces_per_group=4),
             "sequence": dict(
-                batch_size=args.seq_batch_size, objective="sequence", seq_len=args.seq_len, piece_frames=0, pieces_per_group=16
-            ),
+                batch_size=args.seq_batch_size,
+                objective="sequence",
+                seq_len=args.seq_len,
+                piece_frames=2 * chunk_frames,
+                pieces_per_group=8,
+            ),  # as experiments/mamba2-v3-seq.yaml
         }
         budget = {"mixed": args.min_examples, "chunk_groups": args.min_examples, "sequence": args.min_examples // args.seq_len * 4}
         trials = {name: [] for name in configs}
