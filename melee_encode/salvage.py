@@ -4,7 +4,7 @@ This module owns the `.slp` container at the byte level (Slippi's replay spec): 
 `{U\\x03raw[$U#l` and a big-endian int32 length (0 while a file is being written), holding the event
 stream: each event a command byte and a payload whose size the first event (Event Payloads, 0x35)
 gives; then the `metadata` element and a closing `}`. Each repair is tried only after peppi failed
-with the error it answers:
+with the error it answers (read_as_3_7 also before peppi is called, see below):
 
 - `cut_truncated`, for "failed to fill whole buffer" (peppi read past the end): a replay that ends
   mid-event (Dolphin crashed, a disconnect, a copy cut short) is cut after its last complete frame,
@@ -18,7 +18,9 @@ with the error it answers:
   without fields. The repair labels the stream 3.7.0 and zero-pads each payload to its 3.7 size:
   peppi reads fields in order, by version, and new fields only ever go at a payload's end. The
   padded fields are dropped after parsing (`replay.drop_sources`), so a game never holds a field
-  its replay did not record. `read_salvaging` parses and repairs as peppi's errors call for.
+  its replay did not record. This one is made before peppi is called when the replay declares a
+  3.0-3.6 version, which spares the panic and the backtrace it prints. `read_salvaging` parses and
+  repairs as peppi's errors call for.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ def read_salvaging(source: ReplaySource, data: bytes, items: bool = True) -> Raw
     with peppi's reason, and why salvage failed where it was tried.
     """
     repairs: list[Repair] = []
+    if (3, 0, 0) <= _declared_version(data) < (3, 7, 0):  # peppi would panic (and print a Rust backtrace): repair first
+        repairs.append(read_as_3_7(data))
+        data = repairs[-1].data
     while True:
         try:
             with local_replay_path(dataclasses.replace(source, data=data) if repairs else source, data) as path:
@@ -223,6 +228,15 @@ def _read_stream(data: bytes) -> _Stream:
     tail = data[start + (length or position) :]
     closed = length > 0 and len(stream) == length and data.endswith(b"}")
     return _Stream(stream, sizes, events, version, tail if tail[:1] in (b"U", b"}") else b"}", closed)
+
+
+def _declared_version(data: bytes) -> tuple[int, ...]:
+    """The version a replay's Game Start declares, read off the first bytes; () when they hold none."""
+    start = len(HEADER) + 4
+    if data[: len(HEADER)] != HEADER or len(data) < start + 2 or data[start] != PAYLOADS:
+        return ()
+    game_start = start + 1 + data[start + 1]
+    return tuple(data[game_start + 1 : game_start + 4]) if data[game_start : game_start + 1] == bytes([GAME_START]) else ()
 
 
 def _bookend_ends(stream: _Stream) -> list[tuple[int, int]]:
