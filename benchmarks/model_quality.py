@@ -89,7 +89,7 @@ TEACHER_FORCED = {
     "action_acc_p0": "metric/p0_action_acc",
     "loss": "loss/total",
 }
-ROLLOUT_ROWS = ("pos_error", "pos_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
+ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
 def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:

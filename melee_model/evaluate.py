@@ -202,8 +202,8 @@ def metrics_table(evaluation: Evaluation) -> str:
             "the baselines on the same windows (* the best of each row)",
         ]
         lines.append(comparison_table(evaluation.horizons))
-        lines.append("pos_error: mean |pred - true| of x and y over both players; pos_euclid: distance of (x, y) per player, averaged")
-        lines.append("over the players (the reference's pos_error_euclid); game units. damage_error: percent. *_match: fraction of players")
+        lines.append("pos_error: mean |pred - true| of x and y over both players; pos_error_euclid (the reference's): distance of (x, y)")
+        lines.append("per player, averaged over the players; game units. damage_error: percent. *_match: fraction of players")
     return "\n".join(lines)
 
 

@@ -5,8 +5,8 @@ frame by frame, and `at_horizons` reads the curves off at horizons (the h-th pre
 t0+h-1); `horizon_errors` does both. Metrics, each averaged over rollouts (and players where it says
 "both"):
     pos_error        mean |pred - true| of x and y, both players (game units; the rollout's pos_error)
-    pos_euclid       Euclidean distance of (x, y), mean of both players (game units)
-    pos_euclid_p0    the same, p0 only; pos_euclid_p1 for p1
+    pos_error_euclid     Euclidean distance of (x, y), mean of both players (game units; the reference's)
+    pos_error_euclid_p0  the same, p0 only; pos_error_euclid_p1 for p1
     action_match     fraction of players whose action id is the true one
     on_ground_match  fraction of players whose on_ground flag is the true one
     facing_match     fraction of players whose facing flag is the true one
@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from melee_encode import Schema
 from melee_model.layout import FrameLayout
-from melee_model.rollout import player_values
 
 HORIZONS = (1, 10, 60, 300)
 HORIZON_METRICS = (
     "pos_error",
-    "pos_euclid",
-    "pos_euclid_p0",
-    "pos_euclid_p1",
+    "pos_error_euclid",
+    "pos_error_euclid_p0",
+    "pos_error_euclid_p1",
     "action_match",
     "on_ground_match",
     "facing_match",
@@ -37,7 +37,13 @@ HORIZON_METRICS = (
     "damage_error",
 )
 # Where a lower value is better (errors); the others are match fractions, higher is better.
-LOWER_IS_BETTER = {"pos_error", "pos_euclid", "pos_euclid_p0", "pos_euclid_p1", "damage_error"}
+LOWER_IS_BETTER = {"pos_error", "pos_error_euclid", "pos_error_euclid_p0", "pos_error_euclid_p1", "damage_error"}
+
+
+def player_values(schema: Schema, floats: np.ndarray, field: str) -> np.ndarray:
+    """Both players' values of a float field in game units: (..., F) -> (..., 2)."""
+    names = [f"p{p}.{field}" for p in (0, 1)]
+    return np.stack([schema.decode_float(floats[..., schema.float_index(n)], n) for n in names], axis=-1)
 
 
 def per_frame(
@@ -55,9 +61,9 @@ def per_frame(
     stocks = np.rint(decoded(pred_floats, "stocks")) == np.rint(decoded(true_floats, "stocks"))  # (N, H, 2)
     return {
         "pos_error": np.concatenate([np.abs(dx), np.abs(dy)], axis=-1).mean(-1),
-        "pos_euclid": euclid.mean(-1),
-        "pos_euclid_p0": euclid[..., 0],
-        "pos_euclid_p1": euclid[..., 1],
+        "pos_error_euclid": euclid.mean(-1),
+        "pos_error_euclid_p0": euclid[..., 0],
+        "pos_error_euclid_p1": euclid[..., 1],
         "action_match": (pred_ints[..., actions] == true_ints[..., actions]).mean(-1),
         "on_ground_match": same("on_ground"),
         "facing_match": same("facing"),

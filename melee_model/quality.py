@@ -87,7 +87,7 @@ def rollouts_with_baselines(
     result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
     K = layout.context_len
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    curves = {MODEL: mean_curves(layout, result.pred_floats, result.pred_ints, true_floats, true_ints)}
+    curves = {MODEL: result.curves}
     for name in BASELINES:
         pred_floats, pred_ints = baseline_frames(name, layout, float_windows, int_windows)
         curves[name] = mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints)

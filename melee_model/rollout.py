@@ -28,18 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from melee_encode import Schema, Store
+from melee_encode import Store
 from melee_encode.errors import ConfigError
+from melee_model.horizons import HORIZONS, at_horizons, mean_curves, player_values
 from melee_model.layout import FrameLayout
 from melee_model.stepper import FrameStepper
 
-DEFAULT_HORIZONS = (10, 50, 100, 200, 300)
 STEPPINGS = ("recurrent", "window")
-# Per-frame rollout metrics: mean |pred - true| of x and y over both players (game units); the
-# Euclidean distance between predicted and true (x, y) per player, averaged over the players (game
-# units; the reference's rollout position error); the fraction of players whose action, and whose
-# stock count, matches the replay.
-ROLLOUT_METRICS = ("pos_error", "pos_error_euclid", "action_match", "stocks_match")
 # Per-player fields of a trajectory, in game units (action: ids).
 TRAJECTORY_FIELDS = ("x", "y", "percent", "stocks", "action")
 
@@ -57,8 +52,8 @@ class Trajectory:
 class RolloutResult:
     """What a batch of rollouts produced.
 
-    metrics[h][name] is the mean over rollouts of ROLLOUT_METRICS name at the h-th predicted frame
-    (frame t0+h-1); curves[name] (H,) holds that mean for every frame.
+    metrics[h][name] is the mean over rollouts of horizons.HORIZON_METRICS name at the h-th predicted
+    frame (frame t0+h-1); curves[name] (H,) holds that mean for every frame.
     """
 
     starts: np.ndarray  # (N, 2) int64: (game, t0) of each rollout
@@ -190,10 +185,8 @@ def rollout_windows(
     pred_floats = np.concatenate([p[0] for p in pieces])  # (N, H, F)
     pred_ints = np.concatenate([p[1] for p in pieces])  # (N, H, I)
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    per_frame = frame_metrics(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (N, H)
-    curves = {name: values.mean(axis=0) for name, values in per_frame.items()}  # name -> (H,)
-    wanted = report_horizons(horizon, horizons)
-    metrics = {h: {name: float(curves[name][h - 1]) for name in ROLLOUT_METRICS} for h in wanted}
+    curves = mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (H,)
+    metrics = at_horizons(curves, HORIZONS if horizons is None else horizons)
     first = Trajectory(
         start=(int(starts[0][0]), int(starts[0][1])),
         pred=game_units(layout, pred_floats[0], pred_ints[0]),
@@ -256,39 +249,8 @@ def _roll_window(
     return torch.stack(floats, 1).cpu().numpy(), torch.stack(ints, 1).to(torch.int16).cpu().numpy()  # (n, H, F), (n, H, I)
 
 
-def report_horizons(horizon: int, horizons=None) -> list[int]:
-    """The horizons to report for a rollout of `horizon` frames: those that fit, and `horizon` itself."""
-    return sorted({h for h in (DEFAULT_HORIZONS if horizons is None else horizons) if 1 <= h <= horizon} | {horizon})
-
-
-def frame_metrics(
-    layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Each of ROLLOUT_METRICS per rollout and frame, (N, H), from (N, H, F) floats and (N, H, I) ints."""
-    schema = layout.schema
-    offsets = np.stack(
-        [player_values(schema, pred_floats, f) - player_values(schema, true_floats, f) for f in ("x", "y")], axis=-1
-    )  # (N, H, 2 players, 2)
-    actions = list(layout.action_columns)
-    stocks_match = np.rint(player_values(schema, pred_floats, "stocks")) == np.rint(
-        player_values(schema, true_floats, "stocks")
-    )  # (N, H, 2)
-    return {
-        "pos_error": np.abs(offsets).mean((-2, -1)),
-        "pos_error_euclid": np.sqrt((offsets**2).sum(-1)).mean(-1),
-        "action_match": (pred_ints[..., actions] == true_ints[..., actions]).mean(-1),
-        "stocks_match": stocks_match.mean(-1),
-    }
-
-
 def game_units(layout: FrameLayout, floats: np.ndarray, ints: np.ndarray) -> dict[str, np.ndarray]:
     """TRAJECTORY_FIELDS of (H, F) floats and (H, I) ints: field -> (H, 2), floats decoded to game units."""
     out = {field: player_values(layout.schema, floats, field) for field in TRAJECTORY_FIELDS if field != "action"}
     out["action"] = ints[:, list(layout.action_columns)].astype(np.int64)  # (H, 2)
     return out
-
-
-def player_values(schema: Schema, floats: np.ndarray, field: str) -> np.ndarray:
-    """Both players' values of a float field in game units: (..., F) -> (..., 2)."""
-    names = [f"p{p}.{field}" for p in (0, 1)]
-    return np.stack([schema.decode_float(floats[..., schema.float_index(n)], n) for n in names], axis=-1)

@@ -16,16 +16,10 @@ from melee_model.checkpoint import save_checkpoint
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint
 from melee_model.examples import EncodingMismatch
+from melee_model.horizons import HORIZON_METRICS
 from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
 from melee_model.model import build_model
-from melee_model.rollout import (
-    ROLLOUT_METRICS,
-    frame_metrics,
-    pick_starts,
-    report_horizons,
-    rollout,
-    rollout_store,
-)
+from melee_model.rollout import pick_starts, rollout, rollout_store
 from melee_model.sampler import is_validation
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
 
@@ -229,20 +223,6 @@ def test_state_age_as_a_float_follows_the_same_rule():
     assert seen == [[1.49, 0.06], [1.50, 0.07], [0.0, 0.08], [0.01, 0.09]]
 
 
-def test_position_errors_per_coordinate_and_euclidean():
-    layout = FrameLayout(EncodingConfig().schema())
-    schema = layout.schema
-    true_floats = np.zeros((1, 2, layout.n_float), np.float32)
-    pred_floats = true_floats.copy()
-    for name, units in (("p0.x", 3.0), ("p0.y", 4.0), ("p1.x", -6.0), ("p1.y", 8.0)):  # frame 1 only
-        column = schema.float_columns[schema.float_index(name)]
-        pred_floats[0, 1, schema.float_index(name)] = units * column.scale + column.offset
-    ints = np.zeros((1, 2, layout.n_int), np.int16)
-    metrics = frame_metrics(layout, pred_floats, ints, true_floats, ints)
-    assert metrics["pos_error"][0].tolist() == pytest.approx([0.0, (3 + 4 + 6 + 8) / 4])
-    assert metrics["pos_error_euclid"][0].tolist() == pytest.approx([0.0, (5 + 10) / 2])  # the reference's
-
-
 @pytest.mark.parametrize("encoding", [EncodingConfig(state_age_as_embed=False), EncodingConfig(projectiles=True, state_flags=False)])
 def test_steps_in_other_encodings(encoding):
     layout = FrameLayout(encoding.schema())
@@ -268,12 +248,12 @@ def test_horizon_metrics_and_deterministic_starts(shared_store, layout):
     model = small_model(layout).train()
     result = rollout_store(model, layout, store, starts, 60, "cpu")
     assert model.training  # the mode is restored
-    assert list(result.metrics) == [10, 50, 60]
+    assert list(result.metrics) == [1, 10, 60]
     for values in result.metrics.values():
-        assert set(values) == set(ROLLOUT_METRICS)
+        assert set(values) == set(HORIZON_METRICS)
         assert values["pos_error"] >= 0 and 0 <= values["action_match"] <= 1 and 0 <= values["stocks_match"] <= 1
     assert result.metrics[60]["pos_error"] == pytest.approx(float(result.curves["pos_error"][59]))
-    assert report_horizons(60, (1, 30, 100)) == [1, 30, 60] and report_horizons(300) == [10, 50, 100, 200, 300]
+    assert list(rollout_store(model, layout, store, starts[:2], 60, "cpu", horizons=(1, 30, 100)).metrics) == [1, 30, 60]
     first = result.first
     assert first.start == tuple(starts[0]) and first.pred["x"].shape == first.true["x"].shape == (60, 2)
     floats, _, _ = store.read_frames(int(starts[0, 0]))
@@ -335,8 +315,8 @@ def test_evaluate_script_metrics_rollouts_and_plot(shared_store, checkpoint, tmp
         "val_action/cat_idle",
     ):
         assert isinstance(out[key], float), key
-    assert out["rollouts"] == 4 and set(out["rollout"]) == {"10", "50", "60"}
-    assert set(out["rollout"]["60"]) == set(ROLLOUT_METRICS)
+    assert out["rollouts"] == 4 and set(out["rollout"]) == {"1", "10", "60"}
+    assert set(out["rollout"]["60"]) == set(HORIZON_METRICS)
     data = plot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
 

@@ -107,7 +107,7 @@ def test_horizon_errors_by_hand(layout, windows):
     perfect = horizon_errors(layout, true_floats, true_ints, true_floats, true_ints, (1, 10, 60))
     assert list(perfect) == [1, 10, 60]
     for values in perfect.values():
-        assert all(values[m] == 0 for m in ("pos_error", "pos_euclid", "pos_euclid_p0", "pos_euclid_p1", "damage_error"))
+        assert all(values[m] == 0 for m in ("pos_error", "pos_error_euclid", "pos_error_euclid_p0", "pos_error_euclid_p1", "damage_error"))
         assert all(values[m] == 1 for m in ("action_match", "on_ground_match", "facing_match", "stocks_match"))
     schema = layout.schema
     pred_floats, pred_ints = true_floats.copy(), true_ints.copy()
@@ -120,8 +120,8 @@ def test_horizon_errors_by_hand(layout, windows):
     pred_ints[..., action] = (pred_ints[..., action] + 1) % layout.vocab("action")
     errors = horizon_errors(layout, pred_floats, pred_ints, true_floats, true_ints)[60]
     assert errors["pos_error"] == pytest.approx((3 + 0 + 3 + 4) / 4, abs=1e-3)
-    assert errors["pos_euclid_p0"] == pytest.approx(3, abs=1e-3) and errors["pos_euclid_p1"] == pytest.approx(5, abs=1e-3)
-    assert errors["pos_euclid"] == pytest.approx(4, abs=1e-3)
+    assert errors["pos_error_euclid_p0"] == pytest.approx(3, abs=1e-3) and errors["pos_error_euclid_p1"] == pytest.approx(5, abs=1e-3)
+    assert errors["pos_error_euclid"] == pytest.approx(4, abs=1e-3)
     assert errors["facing_match"] == 0.5 and errors["action_match"] == 0.5 and errors["on_ground_match"] == 1
     assert errors["damage_error"] == pytest.approx(5, abs=1e-3) and errors["stocks_match"] == 1
     assert report_at(300) == [1, 10, 60, 300] and report_at(45) == [1, 10, 45]
