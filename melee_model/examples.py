@@ -84,7 +84,7 @@ class ExampleSource:
 
     def example_count(self, split: str) -> int:
         """Items (examples, or windows for the sequence objective) per epoch of a split."""
-        return sum(p.count for p in self.pieces[split])
+        return self.pieces[split].total
 
     def target_count(self, split: str) -> int:
         """Supervised targets per epoch of a split: one per example, or per target position of the windows."""
@@ -202,7 +202,7 @@ def _batches(plan: EpochPlan, reader: GroupReader, assembler: BatchAssembler, st
         take = slice(max(start, g0) - g0, min(end, g1) - g0)
         slots, positions, ends = slots[take], positions[take], ends[take]
         anchors = bases[slots] + positions  # (n,) pool index of each item's position
-        parts = np.array([plan.pieces[p].part for p in plan.groups[group]], dtype=np.int64)
+        parts = plan.pieces.part[plan.groups[group]]
         ids = (parts[slots] << PART_SHIFT) | positions
 
         def examples(span: slice) -> dict:

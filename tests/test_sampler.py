@@ -57,7 +57,7 @@ def test_card_pieces_hold_every_target_once_and_inside_their_piece():
         assert piece.last == positions.max()
     assert len(seen) == len(set(seen)) and set(seen) == every_target(games, rows, 10, 2)  # game 3 (11 frames) has none
     assert [(p.part, p.index) for p in pieces] == sorted((p.part, p.index) for p in pieces)
-    assert sum(p.count for p in pieces) == len(seen)
+    assert sum(p.count for p in pieces) == pieces.total == len(seen)
 
 
 @pytest.mark.parametrize("seq_len, warmup", [(64, 0), (32, 8), (7, 3)])
