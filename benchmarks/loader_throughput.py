@@ -59,27 +59,24 @@ def game_rows(store: Store, example_ids: np.ndarray) -> np.ndarray:
     return rows
 
 
-def measure(store_path: str, data: dict, min_items: int) -> dict:
+def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> dict:
     """One configuration in this (fresh) process: items/s, targets/s, distinct games per full batch,
-    peak RSS. Only the loader is timed (the distinct-games count is not); the items stop at the first
-    epoch end past min_items."""
+    peak RSS. The loader runs back to back: the games of the first `counted` full batches are counted
+    after the timed loop, since work between batches would let the loader's read-ahead threads decode
+    untimed. The items stop at the first epoch end past min_items."""
     torch.set_num_threads(1)
     source = source_for(store_path, **data)
     items = targets = 0
-    seconds, epoch, distinct = 0.0, 0, []
+    started, epoch, kept = time.perf_counter(), 0, []
     while items < min_items:
-        batches = iter(source.loader("train", epoch))
-        while True:
-            started = time.perf_counter()
-            batch = next(batches, None)
-            seconds += time.perf_counter() - started
-            if batch is None:
-                break
+        for batch in source.loader("train", epoch):
             items += len(batch["example_id"])
             targets += int(batch["target_mask"].sum()) if "target_mask" in batch else len(batch["example_id"])
-            if len(batch["example_id"]) == source.config.batch_size:
-                distinct.append(len(np.unique(game_rows(source.store, batch["example_id"].numpy()))))
+            if len(batch["example_id"]) == source.config.batch_size and len(kept) < counted:
+                kept.append(batch["example_id"].numpy())
         epoch += 1
+    seconds = time.perf_counter() - started
+    distinct = [len(np.unique(game_rows(source.store, ids))) for ids in kept]
     return {
         "items_per_s": items / seconds,
         "targets_per_s": targets / seconds,

@@ -125,3 +125,14 @@ def recompressed_copy(path, target) -> str:
             )
             new[:] = values
     return str(target)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a test module (with `pytestmark = pytest.mark.usefixtures(...)`)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,7 +37,10 @@ def test_loader_throughput_reports_mixing_and_both_objectives(shared_store):
 
 
 @pytest.mark.slow
-def test_mixing_quality_trains_and_scores_three_groupings(shared_store):
+def test_mixing_quality_trains_and_scores_four_groupings(shared_store):
     figures = benchmark("mixing_quality.py", "--store", shared_store, "--val-store", shared_store, "--steps", "3", "--batch-size", "64")
-    assert set(figures) >= {"mixed", "one_group", "chunk_groups", "mixed_over_one_group"}
-    assert all(figures[name]["val_loss"] > 0 and figures[name]["val_examples"] > 0 for name in ("mixed", "one_group", "chunk_groups"))
+    assert set(figures) >= {"mixed", "large_pieces", "one_group", "chunk_groups", "mixed_over_one_group"}
+    assert all(
+        figures[name]["val_loss"] > 0 and figures[name]["val_examples"] > 0
+        for name in ("mixed", "large_pieces", "one_group", "chunk_groups")
+    )

@@ -32,12 +32,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: a second thread costs more than it gives
 
 
 def small_config() -> ExperimentConfig:

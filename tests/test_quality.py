@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_train import torchrun_train
 
 from melee_encode import open_store
 from melee_model.baselines import BASELINES, baseline_frames
@@ -23,17 +24,11 @@ from melee_model.stepper import CLAMP_RANGES
 from melee_model.train import Trainer
 
 from conftest import ROOT
-from servers import free_port
 
 K, H = 10, 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: a second thread costs more than it gives
 
 
 def seq_config() -> ExperimentConfig:
@@ -240,30 +235,7 @@ def torchrun_sequence(store: str, output, *options: str) -> subprocess.Completed
         "train.val_batches=2",
         "wandb.enabled=false",
     ]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(ROOT / "scripts" / "train.py"),
-        "--config",
-        str(ROOT / "experiments" / "tiny.yaml"),
-        "--store",
-        store,
-        "--output-dir",
-        str(output),
-        "--no-progress",
-        *(arg for o in sequence for arg in ("--set", o)),
-        *options,
-    ]
-    done = subprocess.run(
-        command, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return torchrun_train(store, output, *(arg for o in sequence for arg in ("--set", o)), *options)
 
 
 @pytest.mark.slow

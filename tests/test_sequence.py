@@ -31,12 +31,7 @@ from conftest import ROOT
 L = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small models: a second thread costs more than it gives
 
 
 def config(**data) -> ExperimentConfig:
