@@ -41,7 +41,7 @@ class DataConfig:
     # from the whole store, and shuffles their examples together (0: a piece is a whole stored chunk).
     # Memory per loader ~ pieces_per_group x piece_frames x 1.2 KB (one group batched, the next read).
     # Many small pieces over few large ones at the same memory: a group then samples more games, and
-    # more places in each (benchmarks/mixing_quality.py: 3,072 x 256 trained 6-15% worse than a full
+    # more places in each (benchmarks/mixing_quality.py: 3,072 x 256 trained 2-15% worse than a full
     # shuffle on held-out games, 1,024 x 768 within 0.5%; loader_throughput.py measures the speed).
     piece_frames: int = 1024
     pieces_per_group: int = 768
