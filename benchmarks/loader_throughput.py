@@ -28,10 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _mixing import GameIndex, uniform_distinct  # noqa: E402
+
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.batches import build_batch  # noqa: E402
 from melee_model.config import DataConfig  # noqa: E402
-from melee_model.examples import PART_SHIFT, ExampleSource  # noqa: E402
+from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
 
 from _report import emit, peak_rss_mb  # noqa: E402
@@ -44,19 +46,6 @@ def source_for(store_path: str, **data) -> ExampleSource:
     store = open_store(store_path)
     config = DataConfig(require_fields="none", num_workers=0, **data)
     return ExampleSource(store, FrameLayout(store.schema), config)
-
-
-def game_rows(store: Store, example_ids: np.ndarray) -> np.ndarray:
-    """The game row of each example id (part << PART_SHIFT | position)."""
-    games = store.games
-    parts, positions = example_ids >> PART_SHIFT, example_ids & ((1 << PART_SHIFT) - 1)
-    rows = np.empty(len(example_ids), np.int64)
-    for part in np.unique(parts):
-        mine = np.flatnonzero(games["part"] == part)
-        order = mine[np.argsort(games["offset"][mine])]
-        where = parts == part
-        rows[where] = order[np.searchsorted(games["offset"][order], positions[where], side="right") - 1]
-    return rows
 
 
 def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> dict:
@@ -76,7 +65,8 @@ def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> 
                 kept.append(batch["example_id"].numpy())
         epoch += 1
     seconds = time.perf_counter() - started
-    distinct = [len(np.unique(game_rows(source.store, ids))) for ids in kept]
+    index = GameIndex(source)
+    distinct = [len(np.unique(index.locate(ids)[1])) for ids in kept]
     return {
         "items_per_s": items / seconds,
         "targets_per_s": targets / seconds,
@@ -89,22 +79,6 @@ def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> 
 def in_child(store_path: str, data: dict, min_items: int) -> dict:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(measure, (store_path, data, min_items))
-
-
-def uniform_distinct_games(source: ExampleSource, batch_size: int) -> float:
-    """E[distinct games] in a batch drawn uniformly without replacement from the train split's examples:
-    the sum over games of 1 - C(N - n_g, B) / C(N, B)."""
-    games = source.store.games
-    counts = [int(n) - source.items.min_frames + 1 for n in games["length"][source.rows["train"]]]
-    total = sum(counts)
-    if batch_size >= total:
-        return float(len(counts))
-
-    def log_choose(n: int, k: int) -> float:
-        return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-
-    miss = [math.exp(log_choose(total - n, batch_size) - log_choose(total, batch_size)) if total - n >= batch_size else 0.0 for n in counts]
-    return float(sum(1 - m for m in miss))
 
 
 def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> float:
@@ -169,7 +143,7 @@ def main() -> None:
         runs = {name: {key: statistics.median(t[key] for t in results) for key in results[0]} for name, results in trials.items()}
         source = source_for(store_path, **configs["mixed"])
         store, layout = source.store, source.layout
-        uniform = uniform_distinct_games(source, args.batch_size)
+        uniform = uniform_distinct(GameIndex(source).targets[source.rows["train"]], args.batch_size)
         baseline, ceiling = per_window_rate(store, layout), in_memory_rate(store, layout, args.batch_size)
 
     mixed, chunks, sequence = runs["mixed"], runs["chunk_groups"], runs["sequence"]

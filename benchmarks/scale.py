@@ -37,6 +37,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _mixing import GameIndex, uniform_distinct  # noqa: E402
+
 from _report import emit, peak_rss_mb  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "experiments", "mamba2-v3-65k-ranked.yaml")
@@ -117,33 +119,6 @@ def source_for(store_path: str):
     return ExampleSource.for_experiment(store_path, load_config(CONFIG))
 
 
-class GameIndex:
-    """Maps example ids (part << 40 | target position in the part) to rows of the game table, and
-    gives each game's expected number of targets (frames K .. length - lookahead)."""
-
-    def __init__(self, source):
-        store, layout = source.store, source.layout
-        games = store.games
-        parts = sorted(store.parts)
-        self.part_base = np.zeros(max(parts) + 1, np.int64)  # frame index of each part's position 0
-        self.part_base[parts] = np.concatenate([[0], np.cumsum([store.parts[p] for p in parts])[:-1]])
-        starts = self.part_base[games["part"]] + games["offset"]  # (games,) first frame of each game
-        self.order = np.argsort(starts)
-        self.starts = starts[self.order]
-        self.first = games["offset"][self.order] + layout.context_len  # target window, part coordinates
-        self.end = games["offset"][self.order] + games["length"][self.order] - layout.lookahead
-        self.frames = sum(store.parts.values())
-        self.targets = np.maximum(games["length"].astype(np.int64) - layout.context_len - layout.lookahead, 0)  # (games,)
-
-    def locate(self, example_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B,) ids -> global frame index, game row, and whether the frame is one of its game's targets."""
-        part, position = example_id >> 40, example_id & ((1 << 40) - 1)
-        frame = self.part_base[part] + position
-        at = np.searchsorted(self.starts, frame, side="right") - 1  # the game starting last at or before
-        inside = (position >= self.first[at]) & (position < self.end[at])
-        return frame, self.order[at], inside
-
-
 class EpochCheck:
     """Counts one epoch's examples without storing them: a bitmap of the target frames seen (a
     second sighting is a duplicate) and per-game counts, compared at the end with the split's
@@ -171,22 +146,6 @@ class EpochCheck:
 
     def exactly_once(self) -> bool:
         return self.duplicates == 0 and self.outside == 0 and bool(np.array_equal(self.seen, self.expected))
-
-
-def uniform_distinct(counts: np.ndarray, batch: int) -> float:
-    """Expected distinct games in `batch` examples drawn uniformly without replacement from a split
-    whose games hold `counts` examples: the sum over games of 1 - C(N - n, B) / C(N, B)."""
-    import torch
-
-    n = torch.from_numpy(counts[counts > 0].astype(np.float64))
-    total = float(n.sum())
-    batch = min(batch, total)
-    gammaln = torch.special.gammaln
-    log_absent = (
-        gammaln(total - n + 1) - gammaln((total - n - batch + 1).clamp(min=1)) - math.lgamma(total + 1) + math.lgamma(total - batch + 1)
-    )
-    absent = torch.where(total - n >= batch, log_absent.exp(), 0.0)  # a game holding more than N - B examples is always drawn
-    return float((1 - absent).sum())
 
 
 def loader_phase(store_path: str, batches: int) -> dict:
