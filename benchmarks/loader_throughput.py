@@ -6,6 +6,7 @@ Without --store, the shared replays (../shared/replays) are encoded into a tempo
 Every configuration runs in a fresh process (its peak RSS is its own), trials interleaved, medians:
 - the card objective with the default mixing (data.piece_frames x data.pieces_per_group drawn from the
   whole store): examples/s, distinct games per batch, peak RSS;
+- the same pieces drawn one by one (data.chunk_visits 0: most mixing, a chunk decoded once per piece);
 - baseline, today's grouping before this loader: whole stored chunks, 4 to a group;
 - the exact expectation of distinct games per batch under uniform sampling of the same split;
 - the sequence objective (windows of --seq-len): supervised targets/s;
@@ -52,7 +53,7 @@ def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> 
     """One configuration in this (fresh) process: items/s, targets/s, distinct games per full batch,
     peak RSS. The loader runs back to back: the games of the first `counted` full batches are counted
     after the timed loop, since work between batches would let the loader's read-ahead threads decode
-    untimed. The items stop at the first epoch end past min_items."""
+    untimed. The loader stops at the first batch past min_items (in a later epoch if one is shorter)."""
     torch.set_num_threads(1)
     source = source_for(store_path, **data)
     items = targets = 0
@@ -63,6 +64,8 @@ def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> 
             targets += int(batch["target_mask"].sum()) if "target_mask" in batch else len(batch["example_id"])
             if len(batch["example_id"]) == source.config.batch_size and len(kept) < counted:
                 kept.append(batch["example_id"].numpy())
+            if items >= min_items:
+                break
         epoch += 1
     seconds = time.perf_counter() - started
     index = GameIndex(source)
@@ -111,6 +114,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--piece-frames", type=int, default=DataConfig.piece_frames)
     parser.add_argument("--pieces-per-group", type=int, default=DataConfig.pieces_per_group)
+    parser.add_argument("--chunk-visits", type=int, default=DataConfig.chunk_visits)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--seq-batch-size", type=int, default=112)
     parser.add_argument("--min-examples", type=int, default=8_000_000, help="card examples per trial (sequence: targets)")
@@ -125,7 +129,15 @@ def main() -> None:
             encode([args.replays], store_path, EncodeOptions(progress=False))
         chunk_frames = open_store(store_path).chunk_frames
         configs = {
-            "mixed": dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group),
+            "mixed": dict(
+                batch_size=args.batch_size,
+                piece_frames=args.piece_frames,
+                pieces_per_group=args.pieces_per_group,
+                chunk_visits=args.chunk_visits,
+            ),
+            "one_by_one": dict(
+                batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group, chunk_visits=0
+            ),
             "chunk_groups": dict(batch_size=args.batch_size, piece_frames=0, pieces_per_group=4),
             "sequence": dict(
                 batch_size=args.seq_batch_size,
@@ -135,7 +147,12 @@ def main() -> None:
                 pieces_per_group=8,
             ),  # as experiments/mamba2-v3-seq.yaml
         }
-        budget = {"mixed": args.min_examples, "chunk_groups": args.min_examples, "sequence": args.min_examples // args.seq_len * 4}
+        budget = {
+            "mixed": args.min_examples,
+            "one_by_one": args.min_examples,
+            "chunk_groups": args.min_examples,
+            "sequence": args.min_examples // args.seq_len * 4,
+        }
         trials = {name: [] for name in configs}
         for _ in range(args.trials):  # interleaved: the machine's drift hits every configuration alike
             for name, data in configs.items():
@@ -146,12 +163,17 @@ def main() -> None:
         uniform = uniform_distinct(GameIndex(source).targets[source.rows["train"]], args.batch_size)
         baseline, ceiling = per_window_rate(store, layout), in_memory_rate(store, layout, args.batch_size)
 
-    mixed, chunks, sequence = runs["mixed"], runs["chunk_groups"], runs["sequence"]
+    mixed, one_by_one, chunks, sequence = runs["mixed"], runs["one_by_one"], runs["chunk_groups"], runs["sequence"]
     figures = {
         "samples_per_s": mixed["items_per_s"],
         "peak_rss_mb": mixed["peak_rss_mb"],
         "distinct_games_per_batch": mixed["distinct_games_per_batch"],
         "uniform_distinct_games_per_batch": uniform,
+        "one_by_one": {
+            "samples_per_s": one_by_one["items_per_s"],
+            "distinct_games_per_batch": one_by_one["distinct_games_per_batch"],
+            "peak_rss_mb": one_by_one["peak_rss_mb"],
+        },
         "chunk_groups": {
             "samples_per_s": chunks["items_per_s"],
             "distinct_games_per_batch": chunks["distinct_games_per_batch"],
@@ -169,6 +191,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "piece_frames": args.piece_frames,
         "pieces_per_group": args.pieces_per_group,
+        "chunk_visits": args.chunk_visits,
         "store_games": len(store),
         "store_frames": store.n_frames,
         "train_games": len(source.rows["train"]),
@@ -188,6 +211,8 @@ def main() -> None:
             f"target >= {goal:,.0f} (256, or half of uniform's {uniform:,.1f})",
         ),
         ("  peak RSS", f"{mixed['peak_rss_mb']:,.0f} MB", f"target <= {TARGETS['peak_rss_mb']:,} MB"),
+        ("pieces drawn one by one (chunk_visits 0): examples/s", f"{one_by_one['items_per_s']:,.0f}", "the previous default"),
+        ("  distinct games per batch", f"{one_by_one['distinct_games_per_batch']:,.1f}", f"peak RSS {one_by_one['peak_rss_mb']:,.0f} MB"),
         ("baseline, 4 whole chunks a group: examples/s", f"{chunks['items_per_s']:,.0f}", "the grouping before this loader"),
         ("  distinct games per batch", f"{chunks['distinct_games_per_batch']:,.1f}", f"peak RSS {chunks['peak_rss_mb']:,.0f} MB"),
         (
@@ -198,7 +223,7 @@ def main() -> None:
         ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
         ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),
     ]
-    title = f"loader ({len(store):,} games, {store.n_frames:,} frames; batch {args.batch_size}, pieces {args.piece_frames} x {args.pieces_per_group}; median of {args.trials})"
+    title = f"loader ({len(store):,} games, {store.n_frames:,} frames; batch {args.batch_size}, pieces {args.piece_frames} x {args.pieces_per_group}, chunk visits {args.chunk_visits}; median of {args.trials})"
     emit(figures, args.json, title, rows)
 
 

@@ -45,6 +45,12 @@ class DataConfig:
     # shuffle on held-out games, 1,024 x 768 within 0.5%; loader_throughput.py measures the speed).
     piece_frames: int = 1024
     pieces_per_group: int = 768
+    # A group decodes whole stored chunks: each chunk's pieces are dealt at random into `chunk_visits`
+    # hands an epoch, and a group takes whole hands, so an epoch decodes a chunk about this many times
+    # (0: pieces drawn one by one, decoding a chunk up to once per piece: most mixing, slowest). On the
+    # 5,000-game store, one loader process: 8 gave 459,000 examples/s and 525 games per batch of 4,096,
+    # 0 gave 338,000 and 740 (benchmarks/loader_throughput.py).
+    chunk_visits: int = 8
     decode_threads: int = 2  # threads each loader process decodes and copies chunks with
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
@@ -99,6 +105,11 @@ class LossConfig:
     hurtbox_state: float = 0.3
     ground: float = 0.3
     last_attack_landed: float = 0.3
+    # How the squared errors of the float blocks (continuous, velocity, dynamics) are measured:
+    # "encoded" (the run card's): in encoded units, so a column counts by its encoding's scale (a
+    # position's one-frame change, ~0.15 encoded, weighs ~1/40 of a cross-entropy); "target_std": in
+    # units of each target's standard deviation over the train split, so every column counts alike.
+    float_weighting: str = "encoded"
 
 
 @dataclass

@@ -92,6 +92,25 @@ class ExampleSource:
             return self.example_count(split)
         return int(np.sum(self.store.games["length"][self.rows[split]] - self.config.warmup - 1))
 
+    def float_target_std(self, games: int = 32) -> np.ndarray:
+        """(T,) float32: the standard deviation of each float target (float_tgt order) over the card's
+        examples of up to `games` train games (every selected game where the split has none), evenly
+        spaced in the table: the same for every run on this store and data config. Delta targets are
+        changes over the frames the layout's delta spans."""
+        layout, rows = self.layout, self.rows["train"] if len(self.rows["train"]) else self.rows_of("all")
+        K, d = layout.context_len, layout.lookahead
+        span = d + 1 if layout.lookahead_delta == "from_context" else 1  # t+d minus t-1, or minus t+d-1
+        columns, delta = list(layout.float_target_columns), np.array(layout.float_target_is_delta)
+        targets = []
+        for row in rows[np.unique(np.linspace(0, len(rows) - 1, min(games, len(rows))).astype(int))] if len(rows) else []:
+            floats = self.store.read_frames(int(row))[0][:, columns]  # (n, T)
+            target = floats[K + d :].copy()  # (n - K - d, T): frame t+d of each example
+            target[:, delta] -= floats[K + d - span : len(floats) - span][:, delta]
+            targets.append(target)
+        if not targets:
+            raise MeleeError(f"{self.store_path}: no games to measure the float targets' spread on")
+        return np.concatenate(targets).std(axis=0, dtype=np.float64).astype(np.float32)
+
     def rows_of(self, split: str) -> np.ndarray:
         """Game rows of "train", "val", or "all" (both), in table order."""
         return np.sort(np.concatenate([self.rows[s] for s in (SPLITS if split == "all" else (split,))]))
@@ -105,6 +124,8 @@ class ExampleSource:
             pieces_per_group=self.config.pieces_per_group,
             batch_size=batch_size or self.config.batch_size,
             world=world,
+            chunk_frames=self.store.chunk_frames,
+            chunk_visits=self.config.chunk_visits,
         )
 
     def loader(

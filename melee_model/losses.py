@@ -5,6 +5,10 @@ total = 1.0 MSE(continuous) + 0.5 MSE(velocity) + 0.5 MSE(dynamics) + 0.5 BCE-wi
 with the weights read from LossConfig (one attribute per term) and every CE the mean over both players.
 Everything stays on the device: no .item(), no host sync.
 
+The float blocks' squared errors are in encoded units (the card's), or with loss.float_weighting
+"target_std" in units of each target's spread (`float_scale`: the train split's standard deviation
+of each float target, from `ExampleSource.float_target_std`; the binary block's BCE is left as is).
+
 A batch may carry "weight" (B,), one per example (the sequence objective's rows: 1 for a target
 position, 0 for the others); each term is then the weighted mean over examples, i.e. the mean over
 the target positions alone. Without it every example counts once, as in the run card.
@@ -12,15 +16,32 @@ the target positions alone. Without it every example counts once, as in the run 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from melee_encode.errors import ConfigError
 from melee_model.config import LossConfig
 from melee_model.layout import FLOAT_BLOCKS, TARGET_FIELDS, FrameLayout
 
 FLOAT_TERMS = tuple(name for name, _ in FLOAT_BLOCKS)
 # Every term of the total, each named like its LossConfig weight; "total" is the weighted sum.
 LOSS_TERMS = FLOAT_TERMS + TARGET_FIELDS
+FLOAT_WEIGHTINGS = ("encoded", "target_std")
+MIN_STD = 1e-4  # a target that never changes in the sample still gets a finite scale
+
+
+def float_scale(layout: FrameLayout, config: LossConfig, target_std, device) -> torch.Tensor | None:
+    """The divisor of each float target's error for `config.float_weighting`: None for "encoded";
+    for "target_std", (T,) float32 with the std from `target_std()` (called only then: it reads the
+    store), floored at MIN_STD, and 1 for the binary block."""
+    if config.float_weighting not in FLOAT_WEIGHTINGS:
+        raise ConfigError(f"loss.float_weighting must be one of {', '.join(FLOAT_WEIGHTINGS)}, got {config.float_weighting!r}")
+    if config.float_weighting == "encoded":
+        return None
+    scale = np.maximum(np.asarray(target_std(), np.float32), MIN_STD)  # (T,)
+    scale[layout.float_blocks["binary"]] = 1.0
+    return torch.as_tensor(scale, device=device)
 
 
 def player_targets(batch: dict, field: str) -> torch.Tensor:
@@ -35,14 +56,19 @@ def by_player(int_tgt: torch.Tensor) -> torch.Tensor:
     return int_tgt.unflatten(1, (2, len(TARGET_FIELDS)))
 
 
-def compute_losses(pred: dict, batch: dict, layout: FrameLayout, weights: LossConfig) -> dict[str, torch.Tensor]:
+def compute_losses(
+    pred: dict, batch: dict, layout: FrameLayout, weights: LossConfig, scale: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Scalar loss tensors: one per term of LOSS_TERMS, and "total".
 
     pred: the model's dict, "float" (B, T) and field -> (B, 2, V); batch: "float_tgt" (B, T) float,
-    "int_tgt" (B, int_target_dim) int, optionally "weight" (B,). Predictions are cast to float32
-    first, since under autocast they may be bfloat16.
+    "int_tgt" (B, int_target_dim) int, optionally "weight" (B,); scale (T,): `float_scale`'s divisor
+    of each float target's error, or None (encoded units). Predictions are cast to float32 first,
+    since under autocast they may be bfloat16.
     """
     pred_float, target_float = pred["float"].float(), batch["float_tgt"].float()
+    if scale is not None:
+        pred_float, target_float = pred_float / scale, target_float / scale  # (B, T)
     weight = batch.get("weight")
     losses = {}
     for name, block in layout.float_blocks.items():

@@ -207,10 +207,11 @@ def _ratio(values: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[t
 
 @torch.no_grad()
 def score(
-    model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast, objective=None
+    model: torch.nn.Module, batches, layout, loss_config, device: torch.device, autocast, objective=None, scale=None
 ) -> tuple[MetricAccumulator, int]:
     """The metrics of `model` over `batches` (loader dicts, moved to `device`, run under `autocast()`),
-    and how many targets they held. `objective`: how batches become predictions (default: the card's)."""
+    and how many targets they held. `objective`: how batches become predictions (default: the card's);
+    `scale`: the loss's float scale (`losses.float_scale`)."""
     objective = objective or LastObjective(layout, ScheduledSamplingConfig(), device)
     metrics, examples = MetricAccumulator(layout, device), 0
     for batch in batches:
@@ -218,5 +219,5 @@ def score(
         batch = batch_to_device(batch, device)
         with autocast():
             pred, rows = objective.outputs(model, batch)
-        metrics.update(pred, rows, compute_losses(pred, rows, layout, loss_config))
+        metrics.update(pred, rows, compute_losses(pred, rows, layout, loss_config, scale))
     return metrics, examples

@@ -24,6 +24,7 @@ from melee_model.config import ExperimentConfig
 from melee_model.examples import ExampleSource
 from melee_model.horizons import mean_curves
 from melee_model.layout import FrameLayout
+from melee_model.losses import float_scale
 from melee_model.metrics import VAL_PREFIX, score
 from melee_model.objective import build_objective
 from melee_model.rollout import RolloutResult, pick_starts, rollout_windows, store_windows
@@ -68,7 +69,8 @@ def teacher_forced(
     objective = build_objective(config, source.layout, device)
     batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in (SPLITS if split == "all" else (split,)))
     autocast = lambda: autocast_for(device, config.train.mixed_precision)  # noqa: E731
-    metrics, targets = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast, objective)
+    scale = float_scale(source.layout, config.loss, source.float_target_std, device)
+    metrics, targets = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast, objective, scale)
     return metrics.compute(prefix=VAL_PREFIX), targets
 
 

@@ -14,6 +14,8 @@ Everything here is index arithmetic over the per-game table (numpy only: no stor
 - an `EpochPlan` draws the train pieces in a random order, takes them `pieces_per_group` at a time as
   groups whose items are shuffled together, so every batch mixes games from all over the store, and
   cuts the resulting stream into contiguous ranges, one per rank and loader worker, in whole batches.
+  With `chunk_visits` > 0 the drawn pieces are first dealt into hands, a few pieces of one stored
+  chunk each (`deal_by_chunk`), so that a group decodes a chunk for several of its pieces.
 
 Invariant: the order of an epoch's items is a pure function of (seed, epoch, the selected games, the
 objective and the batching); every item appears exactly once per epoch across all ranks and workers.
@@ -158,6 +160,7 @@ class Pieces:
     ends: np.ndarray  # (R,)
     stride: int
     counts: np.ndarray  # (P,) int64: items per piece
+    piece_frames: int
 
     def __len__(self) -> int:
         return len(self.part)
@@ -202,24 +205,44 @@ def plan_pieces(games: Table, rows: np.ndarray, piece_frames: int, first: int, l
     keys = piece_part * (1 << 32) + piece
     heads = np.flatnonzero(np.diff(keys, prepend=-1))  # (pieces,): each piece's first range
     counts = np.add.reduceat(-(-(hi - lo) // stride), heads) if len(heads) else np.zeros(0, np.int64)  # (pieces,)
-    return Pieces(piece_part[heads], piece[heads], np.append(heads, len(keys)), lo, hi, ends, stride, counts.astype(np.int64))
+    bounds = np.append(heads, len(keys))
+    return Pieces(piece_part[heads], piece[heads], bounds, lo, hi, ends, stride, counts.astype(np.int64), piece_frames)
 
 
 class EpochPlan:
     """The item stream of one epoch and its split over ranks and loader workers.
 
-    For train, the pieces are drawn in a random order by (seed, epoch) and taken `pieces_per_group` at
-    a time; each group's items are shuffled together by (seed, epoch, group). For validation, pieces
+    For train, the pieces are drawn in a random order by (seed, epoch) (dealt into hands by stored
+    chunk when `chunk_visits` > 0 and `chunk_frames` holds several pieces) and taken
+    `pieces_per_group` at a time; each group's items are shuffled together by (seed, epoch, group). For validation, pieces
     stay in table order and items in position order. The stream is the groups in turn. Rank r takes
     the r-th of `world` near-equal contiguous ranges of the stream; inside it, worker w takes a
     contiguous run of whole batches.
     """
 
-    def __init__(self, pieces: Pieces, *, seed: int, epoch: int, shuffle: bool, pieces_per_group: int, batch_size: int, world: int = 1):
+    def __init__(
+        self,
+        pieces: Pieces,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool,
+        pieces_per_group: int,
+        batch_size: int,
+        world: int = 1,
+        chunk_frames: int = 0,
+        chunk_visits: int = 0,
+    ):
         self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
         self.batch_size, self.world = batch_size, world
         self.pieces = pieces
-        order = np.random.default_rng([seed, epoch]).permutation(len(pieces)) if shuffle else np.arange(len(pieces))
+        order = np.arange(len(pieces))
+        if shuffle:
+            rng = np.random.default_rng([seed, epoch])
+            order = rng.permutation(len(pieces))
+            if chunk_visits > 0 and chunk_frames > pieces.piece_frames:  # several pieces share a chunk
+                chunks = pieces.part * (1 << 32) + pieces.index * pieces.piece_frames // chunk_frames  # (P,) the chunk each starts in
+                order = deal_by_chunk(order, chunks, chunk_visits, rng)
         size = max(1, pieces_per_group)
         # Sorted inside a group: its chunks are then decoded in storage order (the stream does not care).
         self.groups = [np.sort(order[a : a + size]) for a in range(0, len(pieces), size)]  # piece indices of each group
@@ -266,6 +289,26 @@ class EpochPlan:
         """The groups whose items overlap stream positions [start, end), in stream order."""
         starts = self.group_starts
         return [g for g in range(len(self.groups)) if starts[g + 1] > max(start, starts[g]) and starts[g] < end]
+
+
+def deal_by_chunk(order: np.ndarray, chunks: np.ndarray, visits: int, rng: np.random.Generator) -> np.ndarray:
+    """The drawn piece order regrouped into hands: each chunk's pieces, in drawn order, are dealt
+    round-robin into `visits` hands; the hands come in a random order, each hand's pieces together.
+
+    A group then decodes each chunk it reads once for several of its pieces: an epoch decodes a
+    chunk about `visits` times, where pieces drawn one by one decode it up to once per piece.
+    order (P,) a permutation of the pieces; chunks (P,) int64 each piece's chunk key -> (P,) a permutation.
+    """
+    keys = chunks[order]  # (P,) in drawn order
+    by_chunk = np.argsort(keys, kind="stable")  # drawn order kept within a chunk
+    sorted_keys = keys[by_chunk]
+    run_starts = np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))  # (chunks,)
+    dense = np.cumsum(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1) != 0) - 1  # (P,) dense chunk number, sorted
+    rank = np.arange(len(keys)) - run_starts[dense]  # (P,) place of a piece among its chunk's, drawn order
+    hand = np.empty(len(keys), dtype=np.int64)
+    hand[by_chunk] = dense * visits + rank % visits  # (P,) in drawn order
+    hand_rank = rng.permutation(len(run_starts) * visits)  # a random order of every (chunk, visit)
+    return order[np.lexsort((np.arange(len(keys)), hand_rank[hand]))]
 
 
 def round_robin_resume(counts: list[int], consumed: int) -> tuple[list[int], int]:

@@ -33,7 +33,7 @@ from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from melee_model.config import ExperimentConfig, to_dict
 from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdict, track_patience
-from melee_model.losses import compute_losses
+from melee_model.losses import compute_losses, float_scale
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator, score
 from melee_model.model import build_model, describe_model
 from melee_model.objective import build_objective
@@ -80,6 +80,7 @@ class Trainer:
         self.source = ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
         self.objective = build_objective(config, self.layout, self.device)
+        self.float_scale = float_scale(self.layout, config.loss, self.source.float_target_std, self.device)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
@@ -173,7 +174,7 @@ class Trainer:
                 empty = {key: value[:1] for key, value in self.last_batch.items()}
                 with self.accelerator.autocast():
                     pred, rows = self.objective.outputs(self.model, empty)
-                loss = compute_losses(pred, rows, self.layout, self.config.loss)["total"] * 0.0
+                loss = compute_losses(pred, rows, self.layout, self.config.loss, self.float_scale)["total"] * 0.0
             else:
                 batch = self.last_batch = batch_to_device(batch, self.device)
                 generator = torch.Generator(device=self.device).manual_seed(
@@ -181,7 +182,7 @@ class Trainer:
                 )
                 with self.accelerator.autocast():
                     pred, rows = self.objective.outputs(self.model, batch, epoch, generator)
-                losses = compute_losses(pred, rows, self.layout, self.config.loss)
+                losses = compute_losses(pred, rows, self.layout, self.config.loss, self.float_scale)
                 loss = losses["total"]
                 self.train_metrics.update(pred, rows, losses)
                 finite = torch.isfinite(loss.detach())
@@ -203,7 +204,9 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)  # no DDP collectives: ranks may differ by a batch
         model.eval()
         batches = islice(self.source.loader(split, 0, rank=self.rank, world=self.world), self.config.train.val_batches)
-        metrics, _ = score(model, batches, self.layout, self.config.loss, self.device, self.accelerator.autocast, self.objective)
+        metrics, _ = score(
+            model, batches, self.layout, self.config.loss, self.device, self.accelerator.autocast, self.objective, self.float_scale
+        )
         model.train()
         return metrics.compute(reduce=self._sum, prefix=VAL_PREFIX)
 

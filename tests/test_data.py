@@ -156,6 +156,15 @@ def test_delta_targets_with_a_lookahead(lookahead, lookahead_delta, delta):
         FrameLayout(EncodingConfig().schema(), lookahead_delta="from_t")
 
 
+@pytest.mark.parametrize("lookahead, lookahead_delta", [(0, "from_context"), (2, "from_context"), (2, "from_previous")])
+def test_float_target_std_is_the_spread_of_the_examples_targets(shared_store, lookahead, lookahead_delta):
+    src = source(shared_store, lookahead=lookahead, lookahead_delta=lookahead_delta)
+    every_game = src.float_target_std(games=len(src.rows["train"]))
+    targets = np.concatenate([b["float_tgt"].numpy() for b in src.loader("train", 0)]).astype(np.float64)  # (examples, T)
+    np.testing.assert_allclose(every_game, targets.std(axis=0), rtol=1e-3, atol=1e-6)
+    assert src.float_target_std(games=4).shape == every_game.shape
+
+
 def test_every_example_once_across_2_ranks_and_2_workers(shared_store):
     src = source(shared_store)
     ranks = epoch_ids(src, world=2, workers=2)

@@ -9,7 +9,7 @@ import torch
 from melee_encode.config import EncodingConfig
 from melee_model.config import LossConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
-from melee_model.losses import LOSS_TERMS, compute_losses, player_targets
+from melee_model.losses import LOSS_TERMS, MIN_STD, compute_losses, float_scale, player_targets
 from melee_model.metrics import ACTION_CATEGORIES, MetricAccumulator
 
 V3 = FrameLayout(EncodingConfig().schema())
@@ -290,3 +290,28 @@ def test_action_categories_are_disjoint_and_inside_the_vocabulary():
     ids = [i for members in ACTION_CATEGORIES.values() for i in members]
     assert len(ids) == len(set(ids))
     assert 0 <= min(ids) and max(ids) < V3.vocab("action")
+
+
+def test_target_std_weighting_measures_float_errors_in_each_targets_spread():
+    pred, batch = random_example(16, seed=5)
+    scale = torch.rand(V3.float_target_dim, generator=torch.Generator().manual_seed(1)) + 0.1
+    scale[BLOCKS["binary"]] = 1.0
+    plain, scaled = compute_losses(pred, batch, V3, LossConfig()), compute_losses(pred, batch, V3, LossConfig(), scale)
+    for name in ("continuous", "velocity", "dynamics"):
+        block = BLOCKS[name]
+        by_hand = (((pred["float"][:, block] - batch["float_tgt"][:, block]) / scale[block]) ** 2).mean()
+        assert scaled[name].item() == pytest.approx(by_hand.item(), rel=1e-5)
+        assert scaled[name].item() != pytest.approx(plain[name].item(), rel=1e-3)
+    for name in ("binary", *TARGET_FIELDS):
+        assert scaled[name].item() == pytest.approx(plain[name].item(), rel=1e-6)
+
+
+def test_float_scale_follows_the_configured_weighting():
+    std = torch.full((V3.float_target_dim,), 0.2).numpy()
+    std[0] = 0.0  # a target that never changed in the sample
+    assert float_scale(V3, LossConfig(), lambda: pytest.fail("encoded units read no data"), "cpu") is None
+    scale = float_scale(V3, LossConfig(float_weighting="target_std"), lambda: std, "cpu")
+    assert scale[0].item() == pytest.approx(MIN_STD) and scale[1].item() == pytest.approx(0.2)
+    assert torch.all(scale[BLOCKS["binary"]] == 1.0)
+    with pytest.raises(ValueError, match="float_weighting must be one of encoded, target_std"):
+        float_scale(V3, LossConfig(float_weighting="game_units"), lambda: std, "cpu")

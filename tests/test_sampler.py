@@ -80,11 +80,22 @@ def test_sequence_windows_cover_every_target_frame_once(seq_len, warmup):
     assert len(covered) == len(set(covered)) and set(covered) == expected
 
 
+@pytest.mark.parametrize("chunk_visits", [0, 2])
 @pytest.mark.parametrize("world, workers, batch", [(1, 1, 64), (2, 2, 50), (3, 2, 7)])
-def test_an_epoch_covers_every_example_once_across_ranks_and_workers(world, workers, batch):
+def test_an_epoch_covers_every_example_once_across_ranks_and_workers(world, workers, batch, chunk_visits):
     games = table([250, 40, 333, 11, 120, 900])
     pieces = card_pieces(games, np.arange(6))
-    plan = EpochPlan(pieces, seed=3, epoch=1, shuffle=True, pieces_per_group=2, batch_size=batch, world=world)
+    plan = EpochPlan(
+        pieces,
+        seed=3,
+        epoch=1,
+        shuffle=True,
+        pieces_per_group=2,
+        batch_size=batch,
+        world=world,
+        chunk_frames=4 * PIECE,
+        chunk_visits=chunk_visits,
+    )
     covered = []
     for rank in range(world):
         for first, stop in plan.worker_batches(rank, workers):
@@ -112,11 +123,44 @@ def test_groups_draw_pieces_from_the_whole_store_anew_every_epoch():
     assert groups(1) == first and groups(2) != first
 
 
-def test_order_is_a_pure_function_of_seed_and_epoch():
+def test_a_group_decodes_each_chunk_for_a_hand_of_its_pieces():
+    games = table([1000] * 40)  # 400 pieces, 10 to a chunk of 1,000 frames: 40 chunks
+    pieces = card_pieces(games, np.arange(40))
+    chunk = pieces.index * PIECE // 1000
+
+    def plan(visits, epoch=1):
+        return EpochPlan(
+            pieces, seed=0, epoch=epoch, shuffle=True, pieces_per_group=20, batch_size=64, chunk_frames=1000, chunk_visits=visits
+        )
+
+    dealt, one_by_one = plan(2), plan(0)
+    order = np.concatenate(dealt.groups)
+    for c in range(40):
+        mine = np.flatnonzero(np.isin(order, np.flatnonzero(chunk == c)))  # where chunk c's pieces lie in the order
+        runs = np.split(mine, np.flatnonzero(np.diff(mine) > 1) + 1)
+        assert len(runs) <= 2 and all(len(run) == 5 for run in runs) or len(runs) == 1  # two hands of 5 (maybe adjacent)
+    chunks_read = [len(np.unique(chunk[g])) for g in dealt.groups]
+    assert max(chunks_read) <= 5 and np.median([len(np.unique(chunk[g])) for g in one_by_one.groups]) >= 10
+    assert np.median([np.ptp(chunk[g]) for g in dealt.groups]) > 20  # hands from all over the store
+    assert [tuple(g) for g in plan(2, epoch=2).groups] != [tuple(g) for g in dealt.groups]
+    assert [tuple(g) for g in plan(2).groups] == [tuple(g) for g in dealt.groups]
+
+
+@pytest.mark.parametrize("chunk_visits", [0, 2])
+def test_order_is_a_pure_function_of_seed_and_epoch(chunk_visits):
     pieces = card_pieces(table([250, 40, 333, 11, 120, 900]), np.arange(6))
 
     def order(seed, epoch):
-        plan = EpochPlan(pieces, seed=seed, epoch=epoch, shuffle=True, pieces_per_group=2, batch_size=32)
+        plan = EpochPlan(
+            pieces,
+            seed=seed,
+            epoch=epoch,
+            shuffle=True,
+            pieces_per_group=2,
+            batch_size=32,
+            chunk_frames=4 * PIECE,
+            chunk_visits=chunk_visits,
+        )
         return np.concatenate([plan.group_items(g)[1] for g in range(len(plan.groups))])
 
     assert np.array_equal(order(0, 1), order(0, 1))
