@@ -6,9 +6,8 @@ Trains the card's objective (small width: d_model 128, 2 layers; batch 256; the 
 --steps steps on every game of the train store (default: ../shared/corpus encoded to a temporary
 store), once per grouping, then evaluates each on every game of the held-out store (default:
 ../shared/replays, games none of the runs trained on):
-- mixed: the default (data.piece_frames x data.pieces_per_group pieces from all over the store,
-  dealt into hands of one stored chunk, data.chunk_visits a chunk per epoch);
-- one_by_one: the same pieces drawn one by one (data.chunk_visits 0: the most mixing);
+- mixed: the default (data.piece_frames x data.pieces_per_group pieces from all over the store);
+- chunk_hands: the same pieces dealt into hands of one stored chunk (data.chunk_visits 8: faster);
 - large_pieces: the same memory in 256 pieces of 3,072 frames (this loader's first default);
 - one_group: every stored chunk in one group, a full shuffle of the store (memory grows with it);
 - chunk_groups: whole chunks, 4 to a group, the grouping before this loader.
@@ -38,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARD = os.path.join(ROOT, "experiments", "mamba2-v3-65k-ranked.yaml")
 GROUPINGS = {
     "mixed": [],
-    "one_by_one": ["data.chunk_visits=0"],
+    "chunk_hands": ["data.chunk_visits=8"],
     "large_pieces": ["data.piece_frames=3072", "data.pieces_per_group=256"],
     "one_group": ["data.piece_frames=0", "data.pieces_per_group=1000000000"],
     "chunk_groups": ["data.piece_frames=0", "data.pieces_per_group=4"],

@@ -45,12 +45,13 @@ class DataConfig:
     # shuffle on held-out games, 1,024 x 768 within 0.5%; loader_throughput.py measures the speed).
     piece_frames: int = 1024
     pieces_per_group: int = 768
-    # A group decodes whole stored chunks: each chunk's pieces are dealt at random into `chunk_visits`
-    # hands an epoch, and a group takes whole hands, so an epoch decodes a chunk about this many times
-    # (0: pieces drawn one by one, decoding a chunk up to once per piece: most mixing, slowest). On the
-    # 5,000-game store, one loader process: 8 gave 459,000 examples/s and 525 games per batch of 4,096,
-    # 0 gave 338,000 and 740 (benchmarks/loader_throughput.py).
-    chunk_visits: int = 8
+    # Faster, less mixed: with `chunk_visits` > 0 each stored chunk's pieces are dealt at random into this
+    # many hands an epoch, and a group takes whole hands, so an epoch decodes a chunk about this many
+    # times instead of up to once per piece (0, the default: pieces drawn one by one). On the 5,000-game
+    # store, one loader process: 8 gave 459,000 examples/s and 525 games per batch of 4,096, 0 gave
+    # 338,000 and 740 (loader_throughput.py); mixing_quality.py: 8 gave 1.073x a full shuffle's
+    # held-out loss, 0 gave 1.002x (one run each).
+    chunk_visits: int = 0
     decode_threads: int = 2  # threads each loader process decodes and copies chunks with
     num_workers: int = 2  # loader processes per training process (0: load in the training process)
     seed: int = 0
@@ -110,6 +111,12 @@ class LossConfig:
     # position's one-frame change, ~0.15 encoded, weighs ~1/40 of a cross-entropy); "target_std": in
     # units of each target's standard deviation over the train split, so every column counts alike.
     float_weighting: str = "encoded"
+    # The error of those blocks: "mse" (the run card's) or "huber", the squared error below
+    # `huber_delta` (encoded units; 0.05 is one game unit of position) and linear above it, so the
+    # rare jumps (a respawn moves a player ~170 units in a frame: 0.01% of frames hold 76% of the
+    # position deltas' squared total, measured on ../shared/replays) no longer dominate the fit.
+    float_loss: str = "mse"
+    huber_delta: float = 0.05
 
 
 @dataclass

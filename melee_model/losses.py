@@ -5,7 +5,8 @@ total = 1.0 MSE(continuous) + 0.5 MSE(velocity) + 0.5 MSE(dynamics) + 0.5 BCE-wi
 with the weights read from LossConfig (one attribute per term) and every CE the mean over both players.
 Everything stays on the device: no .item(), no host sync.
 
-The float blocks' squared errors are in encoded units (the card's), or with loss.float_weighting
+With loss.float_loss "huber" the MSEs become the squared error below loss.huber_delta and linear
+above it. The float blocks' errors are in encoded units (the card's), or with loss.float_weighting
 "target_std" in units of each target's spread (`float_scale`: the train split's standard deviation
 of each float target, from `ExampleSource.float_target_std`; the binary block's BCE is left as is).
 
@@ -28,6 +29,7 @@ FLOAT_TERMS = tuple(name for name, _ in FLOAT_BLOCKS)
 # Every term of the total, each named like its LossConfig weight; "total" is the weighted sum.
 LOSS_TERMS = FLOAT_TERMS + TARGET_FIELDS
 FLOAT_WEIGHTINGS = ("encoded", "target_std")
+FLOAT_LOSSES = ("mse", "huber")
 MIN_STD = 1e-4  # a target that never changes in the sample still gets a finite scale
 
 
@@ -73,7 +75,7 @@ def compute_losses(
     losses = {}
     for name, block in layout.float_blocks.items():
         p, t = pred_float[:, block], target_float[:, block]
-        loss = F.binary_cross_entropy_with_logits if name == "binary" else F.mse_loss
+        loss = F.binary_cross_entropy_with_logits if name == "binary" else _float_loss(weights)
         losses[name] = loss(p, t) if weight is None else _weighted_mean(loss(p, t, reduction="none").mean(1), weight)
     targets = by_player(batch["int_tgt"]).long()  # (B, 2, fields)
     for k, field in enumerate(TARGET_FIELDS):
@@ -86,6 +88,15 @@ def compute_losses(
             losses[field] = _weighted_mean(per_example, weight)
     losses["total"] = sum(getattr(weights, name) * losses[name] for name in LOSS_TERMS)
     return losses
+
+
+def _float_loss(config: LossConfig):
+    """The error function of the float blocks other than binary: (pred, target, reduction) -> loss."""
+    if config.float_loss == "mse":
+        return F.mse_loss
+    if config.float_loss == "huber":  # x**2 below delta, 2 delta |x| - delta**2 above: the squared error's slope at delta
+        return lambda p, t, reduction="mean": 2.0 * F.huber_loss(p, t, reduction=reduction, delta=config.huber_delta)
+    raise ConfigError(f"loss.float_loss must be one of {', '.join(FLOAT_LOSSES)}, got {config.float_loss!r}")
 
 
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

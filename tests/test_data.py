@@ -165,8 +165,9 @@ def test_float_target_std_is_the_spread_of_the_examples_targets(shared_store, lo
     assert src.float_target_std(games=4).shape == every_game.shape
 
 
-def test_every_example_once_across_2_ranks_and_2_workers(shared_store):
-    src = source(shared_store)
+@pytest.mark.parametrize("chunk_visits", [0, 4])
+def test_every_example_once_across_2_ranks_and_2_workers(shared_store, chunk_visits):
+    src = source(shared_store, chunk_visits=chunk_visits)
     ranks = epoch_ids(src, world=2, workers=2)
     seen = np.concatenate([ids for rank in ranks for ids in rank])
     assert len(seen) == len(np.unique(seen))  # nothing twice
@@ -190,9 +191,9 @@ def test_order_is_a_pure_function_of_seed_and_epoch(shared_store):
     assert not np.array_equal(seeded, np.concatenate(first))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_mid_epoch_gives_the_same_batches(shared_store, workers):
-    src = source(shared_store)
+@pytest.mark.parametrize("workers, chunk_visits", [(0, 0), (2, 0), (2, 4)])
+def test_resume_mid_epoch_gives_the_same_batches(shared_store, workers, chunk_visits):
+    src = source(shared_store, chunk_visits=chunk_visits)
     full = [b["example_id"].numpy() for b in src.loader("train", 1, num_workers=workers)]
     for start in (1, 5, len(full) - 1):
         resumed = [b["example_id"].numpy() for b in src.loader("train", 1, num_workers=workers, start_batch=start)]

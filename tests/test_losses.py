@@ -315,3 +315,19 @@ def test_float_scale_follows_the_configured_weighting():
     assert torch.all(scale[BLOCKS["binary"]] == 1.0)
     with pytest.raises(ValueError, match="float_weighting must be one of encoded, target_std"):
         float_scale(V3, LossConfig(float_weighting="game_units"), lambda: std, "cpu")
+
+
+def test_huber_float_loss_is_the_squared_error_below_delta_and_linear_above():
+    pred, batch = zero_pred(2), zero_batch(2)
+    block = BLOCKS["continuous"]
+    batch["float_tgt"][0, block.start] = 0.03  # under delta 0.05: squared, 0.0009
+    batch["float_tgt"][1, block.start] = 8.0  # a respawn's jump: 2 * 0.05 * 8 - 0.05**2 = 0.7975, where MSE gives 64
+    huber = LossConfig(float_loss="huber", huber_delta=0.05)
+    width = block.stop - block.start
+    assert compute_losses(pred, batch, V3, huber)["continuous"].item() == pytest.approx((0.0009 + 0.7975) / (2 * width), rel=1e-5)
+    assert compute_losses(pred, batch, V3, LossConfig())["continuous"].item() == pytest.approx((0.0009 + 64.0) / (2 * width), rel=1e-5)
+    assert compute_losses(pred, batch, V3, huber)["binary"].item() == pytest.approx(
+        compute_losses(pred, batch, V3, LossConfig())["binary"].item()
+    )
+    with pytest.raises(ValueError, match="float_loss must be one of mse, huber"):
+        compute_losses(pred, batch, V3, LossConfig(float_loss="l1"))
