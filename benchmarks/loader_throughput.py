@@ -130,16 +130,10 @@ def main() -> None:
             store_path = os.path.join(tmp, "shared.zarr")
             encode([args.replays], store_path, EncodeOptions(progress=False))
         chunk_frames = open_store(store_path).chunk_frames
+        mixed = dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group)
         configs = {
-            "mixed": dict(
-                batch_size=args.batch_size,
-                piece_frames=args.piece_frames,
-                pieces_per_group=args.pieces_per_group,
-                chunk_visits=args.chunk_visits,
-            ),
-            "chunk_hands": dict(
-                batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group, chunk_visits=args.hands
-            ),
+            "mixed": {**mixed, "chunk_visits": args.chunk_visits},
+            "chunk_hands": {**mixed, "chunk_visits": args.hands},
             "chunk_groups": dict(batch_size=args.batch_size, piece_frames=0, pieces_per_group=4),
             "sequence": dict(
                 batch_size=args.seq_batch_size,
@@ -149,12 +143,7 @@ def main() -> None:
                 pieces_per_group=8,
             ),  # as experiments/mamba2-v3-seq.yaml
         }
-        budget = {
-            "mixed": args.min_examples,
-            "chunk_hands": args.min_examples,
-            "chunk_groups": args.min_examples,
-            "sequence": args.min_examples // args.seq_len * 4,
-        }
+        budget = {name: args.min_examples for name in configs} | {"sequence": args.min_examples // args.seq_len * 4}
         trials = {name: [] for name in configs}
         for _ in range(args.trials):  # interleaved: the machine's drift hits every configuration alike
             for name, data in configs.items():

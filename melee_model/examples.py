@@ -71,6 +71,7 @@ class ExampleSource:
         game_filter = data_filter(config, self.store.config, self.items.min_frames)
         self.rows = {split: select_games(games, game_filter, split, config.val_fraction) for split in SPLITS}
         piece_frames = config.piece_frames or self.store.chunk_frames
+        self._target_std: dict[int, np.ndarray] = {}  # games sampled -> float_target_std's result (it reads the store)
         items = self.items
         self.pieces = {split: plan_pieces(games, self.rows[split], piece_frames, items.first, items.last, items.stride) for split in SPLITS}
 
@@ -96,7 +97,12 @@ class ExampleSource:
         """(T,) float32: the standard deviation of each float target (float_tgt order) over the card's
         examples of up to `games` train games (every selected game where the split has none), evenly
         spaced in the table: the same for every run on this store and data config. Delta targets are
-        changes over the frames the layout's delta spans."""
+        changes over the frames the layout's delta spans. Read once per source and sample size."""
+        if games not in self._target_std:
+            self._target_std[games] = self._measure_target_std(games)
+        return self._target_std[games]
+
+    def _measure_target_std(self, games: int) -> np.ndarray:
         layout, rows = self.layout, self.rows["train"] if len(self.rows["train"]) else self.rows_of("all")
         K, d = layout.context_len, layout.lookahead
         span = d + 1 if layout.lookahead_delta == "from_context" else 1  # t+d minus t-1, or minus t+d-1

@@ -302,8 +302,9 @@ def deal_by_chunk(order: np.ndarray, chunks: np.ndarray, visits: int, rng: np.ra
     keys = chunks[order]  # (P,) in drawn order
     by_chunk = np.argsort(keys, kind="stable")  # drawn order kept within a chunk
     sorted_keys = keys[by_chunk]
-    run_starts = np.flatnonzero(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1))  # (chunks,)
-    dense = np.cumsum(np.diff(sorted_keys, prepend=sorted_keys[:1] - 1) != 0) - 1  # (P,) dense chunk number, sorted
+    new_chunk = np.diff(sorted_keys, prepend=sorted_keys[:1] - 1) != 0  # (P,) the first piece of each chunk
+    run_starts = np.flatnonzero(new_chunk)  # (chunks,)
+    dense = np.cumsum(new_chunk) - 1  # (P,) dense chunk number, sorted
     rank = np.arange(len(keys)) - run_starts[dense]  # (P,) place of a piece among its chunk's, drawn order
     hand = np.empty(len(keys), dtype=np.int64)
     hand[by_chunk] = dense * visits + rank % visits  # (P,) in drawn order
