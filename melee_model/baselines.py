@@ -20,7 +20,6 @@ from melee_model.layout import FrameLayout
 from melee_model.stepper import CLAMP_RANGES
 
 BASELINES = ("copy_last", "constant_velocity")
-MOVING_FIELDS = ("x", "y")
 
 
 def baseline_frames(name: str, layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +35,7 @@ def baseline_frames(name: str, layout: FrameLayout, float_windows: np.ndarray, i
         if K < 2:
             raise ConfigError("the constant-velocity baseline needs at least 2 context frames")
         schema = layout.schema
-        columns = [schema.float_index(f"p{p}.{f}") for p in (0, 1) for f in MOVING_FIELDS]
+        columns = list(layout.moving_columns)
         step = float_windows[:, K - 1, columns] - float_windows[:, K - 2, columns]  # (N, 4), encoded units
         moved = floats[..., columns] + step[:, None] * np.arange(1, horizon + 1, dtype=np.float32)[None, :, None]  # (N, H, 4)
         # Encoded values are affine in game units, so the range is clamped in encoded units.

@@ -90,6 +90,10 @@ class ModelConfig:
     # Mamba2 dt_bias / A_log init: "mamba_ssm" (dt log-uniform in [1e-3, 0.1], A uniform in [1, 16]) or
     # "reference" (the run card's code: dt_bias uniform in [-1, 1], A = 1 .. nheads)
     ssm_init: str = "mamba_ssm"
+    # The x and y outputs: "none" (the run card's): the predicted one-frame change itself;
+    # "constant_velocity": the change of each player's last step (frame t-1 minus t-2) added to
+    # that step, so an untrained model is the constant-velocity baseline (model.MotionPrior).
+    motion_prior: str = "none"
 
 
 @dataclass

@@ -37,6 +37,8 @@ FLOAT_BLOCKS = (("continuous", True), ("velocity", True), ("binary", False), ("d
 # written before state_age had its own group have it under "dynamics").
 INPUT_ONLY_FIELDS = ("state_age",)
 LOOKAHEAD_DELTAS = ("from_context", "from_previous")
+# Per-player fields that move with a velocity: the constant-velocity baseline and motion prior carry them on.
+MOVING_FIELDS = ("x", "y")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class FrameLayout:
     float_blocks: dict[str, slice] = field(init=False)  # block name -> slice of float_tgt
     int_target_columns: tuple[int, ...] = field(init=False)  # int columns in int_tgt order
     action_columns: tuple[int, int] = field(init=False)  # int columns of p0.action, p1.action
+    moving_columns: tuple[int, ...] = field(init=False)  # float columns of MOVING_FIELDS: p0.x, p0.y, p1.x, p1.y
+    moving_target_positions: tuple[int, ...] = field(init=False)  # and their positions in float_tgt (delta targets)
     embedded_fields: tuple[str, ...] = field(init=False)  # int fields to embed, in first-appearance order
 
     def __post_init__(self):
@@ -91,6 +95,10 @@ class FrameLayout:
         )
         set_("action_columns", (schema.int_index("p0.action"), schema.int_index("p1.action")))
         set_("embedded_fields", tuple(dict.fromkeys(c.field for c in schema.int_columns)))
+        set_("moving_columns", tuple(schema.float_index(f"p{p}.{f}") for p in (0, 1) for f in MOVING_FIELDS))
+        set_("moving_target_positions", tuple(columns.index(i) for i in self.moving_columns))
+        if not all(is_delta[j] for j in self.moving_target_positions):
+            raise ConfigError(f"the encoding must predict {', '.join(MOVING_FIELDS)} as delta targets")
         if len(self.button_columns) != 2 * N_BUTTONS:
             raise ConfigError(f"the encoding must have {N_BUTTONS} button columns per player")
 

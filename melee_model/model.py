@@ -11,7 +11,9 @@ C ctrl_dim, D d_model (or the MLP's last hidden size), T float_target_dim, V a f
 
 Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in order (binary entries
 are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
-float32; under autocast the outputs may be bfloat16 (the losses cast them back).
+float32; under autocast the outputs may be bfloat16 (the losses cast them back). With
+model.motion_prior "constant_velocity" both add each player's last x and y step to those outputs
+(`MotionPrior`); the targets, the losses and the rollouts stay the same.
 
 FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
 objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
@@ -22,6 +24,8 @@ recurrent step (`prefill`, `step`, `predict`) gives the same outputs one frame a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 
@@ -29,6 +33,8 @@ from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.mamba2 import Mamba2, Mamba2State
+
+MOTION_PRIORS = ("none", "constant_velocity")
 
 
 class FrameEmbedding(nn.Module):
@@ -72,6 +78,68 @@ class PredictionHeads(nn.Module):
         return out
 
 
+class MotionPrior(nn.Module):
+    """Constant velocity as every player's starting guess for x and y (model.motion_prior).
+
+    The float outputs at layout.moving_target_positions become the heads' values plus the last step
+    of those columns (the frame read minus the one before it; 0 where no frame before it was read,
+    and 0 for a step over MAX_STEP game units, a respawn or a teleport, which does not go on), so
+    the heads predict how the step changes (gravity, landings, hits) rather than the step itself,
+    which the model would otherwise have to recover as the difference of two large inputs. Those
+    rows of the heads start at zero (`silence`), so an untrained model moves players as the
+    constant_velocity baseline does. No parameters: weights keep their shapes.
+
+    steps(float_frames (B, K, F)) -> (B, K, P), P = len(layout.moving_columns): each frame's step.
+    add(pred_float (..., T), step (..., P)) -> (..., T).
+    """
+
+    MAX_STEP = 50.0  # game units in one frame; knockback launches stay under ~20
+
+    def __init__(self, layout: FrameLayout):
+        super().__init__()
+        scales = [abs(layout.schema.float_columns[i].scale) for i in layout.moving_columns]
+        self.register_buffer("columns", torch.tensor(layout.moving_columns), persistent=False)
+        self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)
+        self.register_buffer("max_step", self.MAX_STEP * torch.tensor(scales), persistent=False)  # (P,) encoded units
+        block = next(b for b in layout.float_blocks.values() if b.start <= self.positions.min() and self.positions.max() < b.stop)
+        self.block = next(name for name, b in layout.float_blocks.items() if b == block)
+        self.rows = [j - block.start for j in layout.moving_target_positions]  # the moving targets' rows in that block's head
+
+    def silence(self, heads: PredictionHeads) -> None:
+        """Zero the heads' rows of the moving targets, so that they start at the prior's guess."""
+        with torch.no_grad():
+            head = heads.float_heads[self.block]
+            head.weight[self.rows] = 0.0
+            head.bias[self.rows] = 0.0
+
+    def steps(self, float_frames: torch.Tensor) -> torch.Tensor:
+        moving = float_frames[..., self.columns]  # (B, K, P)
+        return torch.cat([torch.zeros_like(moving[:, :1]), moving[:, 1:] - moving[:, :-1]], dim=1)  # (B, K, P)
+
+    def add(self, pred_float: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        step = torch.where(step.abs() <= self.max_step, step, torch.zeros_like(step))  # (..., P)
+        return pred_float.index_add(-1, self.positions, step.to(pred_float.dtype))  # (..., T)
+
+
+def build_prior(config: ModelConfig, layout: FrameLayout, heads: PredictionHeads) -> MotionPrior | None:
+    """The model's motion prior (its rows of `heads` silenced), or None for "none"."""
+    if config.motion_prior not in MOTION_PRIORS:
+        raise ConfigError(f"unknown model.motion_prior {config.motion_prior!r}; options: {', '.join(MOTION_PRIORS)}")
+    if config.motion_prior == "none":
+        return None
+    prior = MotionPrior(layout)
+    prior.silence(heads)
+    return prior
+
+
+class FrameStackState(NamedTuple):
+    """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
+
+    layers: list[Mamba2State]  # one per layer
+    moving: torch.Tensor  # (B, P) the last frame's moving columns (layout.moving_columns)
+    step: torch.Tensor  # (B, P) those minus the frame before's (0 after a single frame): predict's `step`
+
+
 class FrameStackMamba2(nn.Module):
     """Embedded frames through pre-norm residual Mamba-2 blocks; a position plus its next_ctrl feeds the heads.
 
@@ -82,8 +150,9 @@ class FrameStackMamba2(nn.Module):
 
     Recurrent inference carries the layers' states instead of re-reading the frames:
     `prefill(float_ctx, int_ctx)` runs a real context and `step(float_t, int_t, state)` one frame more,
-    each returning the residual stream of its last frame (B, D) and the state; `predict(x, next_ctrl)`
-    applies the heads. Together they equal the full forward over the same frames.
+    each returning the residual stream of its last frame (B, D) and a FrameStackState;
+    `predict(x, next_ctrl, state.step)` applies the heads. Together they equal the full forward over
+    the same frames.
     """
 
     def __init__(self, layout: FrameLayout, config: ModelConfig):
@@ -111,39 +180,52 @@ class FrameStackMamba2(nn.Module):
         self.final_norm = nn.RMSNorm(config.d_model, eps=1e-5)
         self.ctrl_proj = nn.Linear(layout.ctrl_dim, config.d_model)
         self.heads = PredictionHeads(layout, config.d_model)
+        self.prior = build_prior(config, layout, self.heads)
+        # The columns a recurrent state tracks, prior or not (FrameStackState.moving).
+        self.register_buffer("moving_columns", torch.tensor(layout.moving_columns), persistent=False)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         x = self._frames(float_ctx, int_ctx)  # (B, K, D)
         for norm, mixer in zip(self.norms, self.mixers):
             x = x + mixer(norm(x))  # (B, K, D)
+        steps = self.prior.steps(float_ctx) if self.prior is not None else None  # (B, K, P)
         if next_ctrl.dim() == 2:  # the card's objective: the last position only
-            x = x[:, -1]  # (B, D)
+            x, steps = x[:, -1], steps[:, -1] if steps is not None else None  # (B, D), (B, P)
         elif next_ctrl.shape[1] != x.shape[1]:
             raise ValueError(f"next_ctrl has {next_ctrl.shape[1]} positions for {x.shape[1]} frames")
-        return self.predict(x, next_ctrl)
+        return self.predict(x, next_ctrl, steps)
 
-    def predict(self, x: torch.Tensor, next_ctrl: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The heads from the residual stream x (..., D) and the controls next_ctrl (..., C)."""
-        return self.heads(self.final_norm(x) + self.ctrl_proj(next_ctrl))
+    def predict(self, x: torch.Tensor, next_ctrl: torch.Tensor, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The heads from the residual stream x (..., D) and the controls next_ctrl (..., C); with a
+        motion prior, plus the last step of the moving columns at x's frame, step (..., P)."""
+        out = self.heads(self.final_norm(x) + self.ctrl_proj(next_ctrl))
+        if self.prior is not None:
+            if step is None:
+                raise ValueError("this model has a motion prior: predict needs the last step (FrameStackState.step)")
+            out["float"] = self.prior.add(out["float"], step)  # (..., T)
+        return out
 
-    def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, list[Mamba2State]]:
-        """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), one
-        Mamba2State per layer after it)."""
-        x, state = self._frames(float_ctx, int_ctx), []  # (B, K, D)
+    def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:
+        """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), the
+        state after it)."""
+        x, layers = self._frames(float_ctx, int_ctx), []  # (B, K, D)
         for norm, mixer in zip(self.norms, self.mixers):
             y, layer_state = mixer(norm(x), return_state=True)
             x = x + y  # (B, K, D)
-            state.append(layer_state)
-        return x[:, -1], state
+            layers.append(layer_state)
+        moving = float_ctx[..., self.moving_columns]  # (B, K, P)
+        step = moving[:, -1] - moving[:, -2] if moving.shape[1] > 1 else torch.zeros_like(moving[:, -1])  # (B, P)
+        return x[:, -1], FrameStackState(layers, moving[:, -1], step)
 
-    def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: list[Mamba2State]) -> tuple[torch.Tensor, list[Mamba2State]]:
-        """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new states)."""
-        x, new_state = self._frames(float_t[:, None], int_t[:, None])[:, 0], []  # (B, D)
-        for norm, mixer, layer_state in zip(self.norms, self.mixers, state):
+    def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: FrameStackState) -> tuple[torch.Tensor, FrameStackState]:
+        """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new state)."""
+        x, layers = self._frames(float_t[:, None], int_t[:, None])[:, 0], []  # (B, D)
+        for norm, mixer, layer_state in zip(self.norms, self.mixers, state.layers):
             y, layer_state = mixer.step(norm(x), layer_state)
             x = x + y  # (B, D)
-            new_state.append(layer_state)
-        return x, new_state
+            layers.append(layer_state)
+        moving = float_t[:, self.moving_columns]  # (B, P)
+        return x, FrameStackState(layers, moving, moving - state.moving)
 
     def _frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
         """(B, K, F), (B, K, I) -> the residual stream's input (B, K, D), float32."""
@@ -157,7 +239,7 @@ class FrameStackMamba2(nn.Module):
         return (
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
-            f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}"
+            f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}"
         )
 
 
@@ -185,6 +267,7 @@ class FrameStackMLP(nn.Module):
             nn.Dropout(config.dropout),
         )
         self.heads = PredictionHeads(layout, hidden2)
+        self.prior = build_prior(config, layout, self.heads)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         if next_ctrl.dim() != 2:
@@ -193,11 +276,14 @@ class FrameStackMLP(nn.Module):
             )
         frames = self.embed(float_ctx, int_ctx).flatten(1)  # (B, K*E)
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
-        return self.heads(h)
+        out = self.heads(h)
+        if self.prior is not None:
+            out["float"] = self.prior.add(out["float"], self.prior.steps(float_ctx)[:, -1])  # (B, T)
+        return out
 
     def architecture(self) -> str:
         c = self.config
-        return f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}"
+        return f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}, motion_prior {c.motion_prior}"
 
 
 ARCHS = {"mamba2": FrameStackMamba2, "mlp": FrameStackMLP}  # model.arch -> model

@@ -214,12 +214,12 @@ def _roll_recurrent(
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
     last_int = torch.as_tensor(int_windows[:, :K], device=device).long()  # (n, K, I)
-    x, state = model.prefill(windows[:, :K], last_int)  # (n, D), per layer
+    x, state = model.prefill(windows[:, :K], last_int)  # (n, D), FrameStackState
     last_float, last_int = windows[:, K - 1], last_int[:, -1]  # (n, F), (n, I)
     floats, ints = [], []
     for h in range(windows.shape[1] - K):
         replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
-        pred = model.predict(x, stepper.next_ctrl(last_float, replay))
+        pred = model.predict(x, stepper.next_ctrl(last_float, replay), state.step)
         last_float, last_int = stepper.frame(last_float, last_int, pred, replay)  # (n, F), (n, I)
         floats.append(last_float)
         ints.append(last_int)

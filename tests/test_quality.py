@@ -1,6 +1,7 @@
 """Evaluation that says whether a model is good: baselines, error against horizon, a sequence-trained
 checkpoint evaluated both ways, and benchmarks/model_quality.py end to end (short budget)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table,
 from melee_model.layout import layout_for
 from melee_model.model import build_model
 from melee_model.quality import MODEL, card_config, rollouts_with_baselines
-from melee_model.rollout import pick_starts, store_windows
+from melee_model.rollout import pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES
 from melee_model.train import Trainer
 
@@ -91,6 +92,42 @@ def test_constant_velocity_moves_positions_by_the_last_step(layout, windows):
     assert (moving[0][..., others] == still[0][..., others]).all() and (moving[1] == still[1]).all()
     with pytest.raises(ValueError, match="baseline"):
         baseline_frames("oracle", layout, floats, ints)
+
+
+@pytest.mark.parametrize("arch, stepping", [("mamba2", "recurrent"), ("mamba2", "window"), ("mlp", "window")])
+def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baseline(layout, windows, arch, stepping):
+    """model.motion_prior constant_velocity adds each player's last step to the x and y outputs, whose
+    head rows start at zero: untrained, a rollout moves x and y exactly as the baseline does, whatever
+    else it predicts."""
+    starts, floats, ints = windows
+    config = seq_config().model
+    model = build_model(dataclasses.replace(config, arch=arch, motion_prior="constant_velocity"), layout)
+    rolled = rollout_windows(model, layout, floats, ints, starts, "cpu", stepping=stepping).pred_floats  # (6, H, F)
+    baseline = baseline_frames("constant_velocity", layout, floats, ints)[0]
+    moving = list(layout.moving_columns)
+    np.testing.assert_allclose(rolled[..., moving], baseline[..., moving], rtol=0, atol=1e-4)
+    assert np.abs(baseline[:, 1:, moving] - baseline[:, :1, moving]).max() > 0.1  # the windows do move
+    plain = build_model(dataclasses.replace(config, arch=arch), layout)
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in model.parameters())
+    assert plain.state_dict().keys() == model.state_dict().keys()
+
+
+def test_the_motion_prior_stops_at_a_respawn(layout):
+    """A step over MotionPrior.MAX_STEP game units (a respawn, a teleport) is not carried on."""
+    model = build_model(dataclasses.replace(seq_config().model, motion_prior="constant_velocity"), layout)
+    x = layout.schema.float_index("p1.x")
+    frames = torch.zeros(3, 3, layout.n_float)  # (B, K, F): p1.x moves 10, 49 and 51 game units a frame
+    for b, units in enumerate((10.0, 49.0, 51.0)):
+        frames[b, :, x] = torch.arange(3) * units * layout.schema.float_columns[x].scale
+    steps = model.prior.steps(frames)[:, -1]  # (3, P)
+    added = model.prior.add(torch.zeros(3, layout.float_target_dim), steps)[:, layout.float_target_index("p1.x")]
+    units = added / layout.schema.float_columns[x].scale
+    np.testing.assert_allclose(units.numpy(), [10.0, 49.0, 0.0], rtol=1e-5)
+
+
+def test_an_unknown_motion_prior_is_refused(layout):
+    with pytest.raises(ValueError, match="motion_prior"):
+        build_model(dataclasses.replace(seq_config().model, motion_prior="gravity"), layout)
 
 
 # ---------------------------------------------------------------- error against horizon

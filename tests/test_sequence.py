@@ -62,9 +62,9 @@ def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> d
     return {"float_seq": torch.from_numpy(floats[frames]), "int_seq": torch.from_numpy(ints[frames]), "target_mask": torch.from_numpy(mask)}
 
 
-def small_model(layout: FrameLayout, seed: int = 0) -> torch.nn.Module:
+def small_model(layout: FrameLayout, seed: int = 0, motion_prior: str = "none") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(config().model, layout).eval()
+    return build_model(dataclasses.replace(config().model, motion_prior=motion_prior), layout).eval()
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,9 @@ def test_the_loaders_windows_are_the_cards_examples_on_the_device(shared_store):
 # ---------------------------------------------------------------- the model
 
 
-def test_sequence_forward_at_each_position_equals_the_card_forward(shared_store, layout):
-    model = small_model(layout)
+@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
+def test_sequence_forward_at_each_position_equals_the_card_forward(shared_store, layout, motion_prior):
+    model = small_model(layout, motion_prior=motion_prior)
     floats, ints = game(shared_store)
     parts = SequenceParts(layout, "cpu")(windows(floats, ints, [700, 5000]))
     with torch.no_grad():
@@ -160,10 +161,11 @@ def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layo
         assert np.isfinite(values["loss/total"]) and 0 <= values["metric/p0_action_acc"] <= 1
 
 
-def test_recurrent_step_equals_the_full_forward(shared_store, layout):
+@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
+def test_recurrent_step_equals_the_full_forward(shared_store, layout, motion_prior):
     """Prefill a real context, then one frame per step through every layer: the heads equal the full
-    forward's at every position (fp32)."""
-    model = small_model(layout)
+    forward's at every position (fp32), the motion prior's last step carried in the state."""
+    model = small_model(layout, motion_prior=motion_prior)
     floats, ints = game(shared_store)
     K, steps, starts = 10, 37, np.array([300, 6000, 9100])
     frames = starts[:, None] + np.arange(K + steps)  # (3, K+steps)
@@ -175,7 +177,7 @@ def test_recurrent_step_equals_the_full_forward(shared_store, layout):
         for i in range(K - 1, K + steps):
             if i >= K:
                 x, state = model.step(float_seq[:, i], int_seq[:, i], state)
-            stepped = model.predict(x, ctrl[:, i])
+            stepped = model.predict(x, ctrl[:, i], state.step)
             for key in stepped:
                 assert rel_err(stepped[key], full[key][:, i]) < STEP_TOL[torch.float32], (i, key)
 
@@ -350,7 +352,9 @@ def test_recurrent_step_equals_the_full_forward_on_cuda(backend):
         pytest.skip("needs mamba-ssm")
     layout = FrameLayout(EncodingConfig().schema())
     torch.manual_seed(0)
-    model = build_model(dataclasses.replace(config().model, backend=backend, d_model=64, headdim=32), layout).cuda().eval()
+    model = build_model(
+        dataclasses.replace(config().model, backend=backend, d_model=64, headdim=32, motion_prior="constant_velocity"), layout
+    ).cuda().eval()
     g = torch.Generator("cuda").manual_seed(0)
     vocabs = torch.tensor([c.vocab for c in layout.schema.int_columns], device="cuda")
     float_seq = torch.randn(3, 40, layout.n_float, device="cuda", generator=g)
@@ -359,9 +363,9 @@ def test_recurrent_step_equals_the_full_forward_on_cuda(backend):
     with torch.no_grad():
         full = model(float_seq, int_seq, ctrl)
         x, state = model.prefill(float_seq[:, :10], int_seq[:, :10])
-        stepped = [model.predict(x, ctrl[:, 9])["float"]]
+        stepped = [model.predict(x, ctrl[:, 9], state.step)["float"]]
         for i in range(10, 40):
             x, state = model.step(float_seq[:, i], int_seq[:, i], state)
-            stepped.append(model.predict(x, ctrl[:, i])["float"])
+            stepped.append(model.predict(x, ctrl[:, i], state.step)["float"])
     tolerance = CUDA_TOL[torch.float32] if backend == "cuda" else STEP_TOL[torch.float32]
     assert rel_err(torch.stack(stepped, 1), full["float"][:, 9:]) < tolerance
