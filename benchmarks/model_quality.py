@@ -249,6 +249,8 @@ def main() -> None:
         "threads": args.threads,
         "seq_len": configs["sequence"].data.seq_len,
         "batch_size": {name: c.data.batch_size for name, c in configs.items()},
+        "sampling": args.sampling,
+        "overrides": {"last": args.last_set, "sequence": args.sequence_set},
     }
     if args.json:
         json.dump(_finite({**results, "baselines": baselines, "setup": setup}), sys.stdout, indent=1)

@@ -231,6 +231,8 @@ def test_model_quality_script_short_budget(shared_store):
         "4",
         "--val-batches",
         "2",
+        "--sequence-set",
+        "model.motion_prior=constant_velocity",
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -253,6 +255,7 @@ def test_model_quality_script_short_budget(shared_store):
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
+    assert out["setup"]["overrides"] == {"last": [], "sequence": ["model.motion_prior=constant_velocity"]}
 
 
 # ---------------------------------------------------------------- two ranks, resumed
