@@ -352,9 +352,8 @@ def test_recurrent_step_equals_the_full_forward_on_cuda(backend):
         pytest.skip("needs mamba-ssm")
     layout = FrameLayout(EncodingConfig().schema())
     torch.manual_seed(0)
-    model = build_model(
-        dataclasses.replace(config().model, backend=backend, d_model=64, headdim=32, motion_prior="constant_velocity"), layout
-    ).cuda().eval()
+    model_config = dataclasses.replace(config().model, backend=backend, d_model=64, headdim=32, motion_prior="constant_velocity")
+    model = build_model(model_config, layout).cuda().eval()
     g = torch.Generator("cuda").manual_seed(0)
     vocabs = torch.tensor([c.vocab for c in layout.schema.int_columns], device="cuda")
     float_seq = torch.randn(3, 40, layout.n_float, device="cuda", generator=g)
