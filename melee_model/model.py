@@ -89,7 +89,8 @@ class MotionPrior(nn.Module):
     rows of the heads start at zero (`silence`), so an untrained model moves players as the
     constant_velocity baseline does. No parameters: weights keep their shapes.
 
-    steps(float_frames (B, K, F)) -> (B, K, P), P = len(layout.moving_columns): each frame's step.
+    moving(float_frames (..., F)) -> (..., P), P = len(layout.moving_columns): those columns.
+    steps(float_frames (B, K, F)) -> (B, K, P): each frame's step.
     add(pred_float (..., T), step (..., P)) -> (..., T).
     """
 
@@ -101,9 +102,9 @@ class MotionPrior(nn.Module):
         self.register_buffer("columns", torch.tensor(layout.moving_columns), persistent=False)
         self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)
         self.register_buffer("max_step", self.MAX_STEP * torch.tensor(scales), persistent=False)  # (P,) encoded units
-        block = next(b for b in layout.float_blocks.values() if b.start <= self.positions.min() and self.positions.max() < b.stop)
-        self.block = next(name for name, b in layout.float_blocks.items() if b == block)
-        self.rows = [j - block.start for j in layout.moving_target_positions]  # the moving targets' rows in that block's head
+        positions = layout.moving_target_positions
+        self.block, block = next((n, b) for n, b in layout.float_blocks.items() if b.start <= min(positions) and max(positions) < b.stop)
+        self.rows = [j - block.start for j in positions]  # the moving targets' rows in that block's head
 
     def silence(self, heads: PredictionHeads) -> None:
         """Zero the heads' rows of the moving targets, so that they start at the prior's guess."""
@@ -112,8 +113,12 @@ class MotionPrior(nn.Module):
             head.weight[self.rows] = 0.0
             head.bias[self.rows] = 0.0
 
+    def moving(self, float_frames: torch.Tensor) -> torch.Tensor:
+        """The moving columns of frames (..., F): (..., P)."""
+        return float_frames[..., self.columns]
+
     def steps(self, float_frames: torch.Tensor) -> torch.Tensor:
-        moving = float_frames[..., self.columns]  # (B, K, P)
+        moving = self.moving(float_frames)  # (B, K, P)
         return torch.cat([torch.zeros_like(moving[:, :1]), moving[:, 1:] - moving[:, :-1]], dim=1)  # (B, K, P)
 
     def add(self, pred_float: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -136,8 +141,10 @@ class FrameStackState(NamedTuple):
     """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
 
     layers: list[Mamba2State]  # one per layer
-    moving: torch.Tensor  # (B, P) the last frame's moving columns (layout.moving_columns)
-    step: torch.Tensor  # (B, P) those minus the frame before's (0 after a single frame): predict's `step`
+    # With a motion prior (else None): the last frame's moving columns (B, P), and those minus the
+    # frame before's (B, P), 0 after a single frame: predict's `step`.
+    moving: torch.Tensor | None = None
+    step: torch.Tensor | None = None
 
 
 class FrameStackMamba2(nn.Module):
@@ -181,8 +188,6 @@ class FrameStackMamba2(nn.Module):
         self.ctrl_proj = nn.Linear(layout.ctrl_dim, config.d_model)
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads)
-        # The columns a recurrent state tracks, prior or not (FrameStackState.moving).
-        self.register_buffer("moving_columns", torch.tensor(layout.moving_columns), persistent=False)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         x = self._frames(float_ctx, int_ctx)  # (B, K, D)
@@ -213,9 +218,9 @@ class FrameStackMamba2(nn.Module):
             y, layer_state = mixer(norm(x), return_state=True)
             x = x + y  # (B, K, D)
             layers.append(layer_state)
-        moving = float_ctx[..., self.moving_columns]  # (B, K, P)
-        step = moving[:, -1] - moving[:, -2] if moving.shape[1] > 1 else torch.zeros_like(moving[:, -1])  # (B, P)
-        return x[:, -1], FrameStackState(layers, moving[:, -1], step)
+        if self.prior is None:
+            return x[:, -1], FrameStackState(layers)
+        return x[:, -1], FrameStackState(layers, self.prior.moving(float_ctx[:, -1]), self.prior.steps(float_ctx)[:, -1])  # (B, P) each
 
     def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: FrameStackState) -> tuple[torch.Tensor, FrameStackState]:
         """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new state)."""
@@ -224,7 +229,9 @@ class FrameStackMamba2(nn.Module):
             y, layer_state = mixer.step(norm(x), layer_state)
             x = x + y  # (B, D)
             layers.append(layer_state)
-        moving = float_t[:, self.moving_columns]  # (B, P)
+        if self.prior is None:
+            return x, FrameStackState(layers)
+        moving = self.prior.moving(float_t)  # (B, P)
         return x, FrameStackState(layers, moving, moving - state.moving)
 
     def _frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
 from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, report_at
 from melee_model.layout import layout_for
-from melee_model.model import build_model
+from melee_model.model import build_model, count_parameters
 from melee_model.quality import MODEL, card_config, rollouts_with_baselines
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES
@@ -108,7 +108,7 @@ def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baselin
     np.testing.assert_allclose(rolled[..., moving], baseline[..., moving], rtol=0, atol=1e-4)
     assert np.abs(baseline[:, 1:, moving] - baseline[:, :1, moving]).max() > 0.1  # the windows do move
     plain = build_model(dataclasses.replace(config, arch=arch), layout)
-    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(plain) == count_parameters(model)
     assert plain.state_dict().keys() == model.state_dict().keys()
 
 

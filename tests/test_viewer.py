@@ -1,7 +1,7 @@
 """The rollout viewer: action and stage tables, the data it reads from encoded frames, and the page in a real browser.
 
 The browser tests drive Debian's Chromium through selenium (`apt-get install chromium chromium-driver`).
-Without it they skip (.ci/run installs it first, so CI runs them).
+Without it they skip; run_tests.sh installs it when it runs as root (scripts/setup_browser.sh), as in CI.
 """
 
 import io
