@@ -2,7 +2,8 @@
 the rollout baselines, on the same validation games.
 
     python benchmarks/model_quality.py --store S [--val-store V] [--minutes M] [--width small|card] [--json]
-        [--rollouts N] [--sampling RATE] [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
+        [--rollouts N] [--sampling RATE [--sampling-mode model|rollout]]
+        [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
 
 Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
 (objective "sequence") on S for the same wall-clock budget each (--minutes, default 10; the trainer's
@@ -10,9 +11,11 @@ train.max_seconds, with the lr schedule sized to the steps a calibrated step tim
 small width (d_model 128, 2 layers) or the card's, then evaluates both on the same games: V's, or S's
 val split. Both train without scheduled sampling (the card's noise starts after a whole epoch, which
 a short budget may not reach for one objective and pass for the other); --sampling RATE trains a
-third model, "sequence_sampled", with the model's own predictions as inputs (scheduled_sampling.mode
-model, full rate from the second epoch, delta targets from the frame it reads). Batches at the small width: 256 examples ("last") and 32
-windows of 64 positions ("sequence"); --last-set / --sequence-set override any config value.
+third model, "sequence_sampled", with the model's own predictions as inputs (--sampling-mode: "model",
+one-step predictions for that fraction of input frames, or "rollout", that fraction of windows rolled
+out from a random position on; full rate from the second epoch, delta targets from the frame it
+reads). Batches at the small width: 256 examples ("last") and 32 windows of 64 positions
+("sequence"); --last-set / --sequence-set override any config value.
 
 Figures per model: the card's teacher-forced metrics at K = 10 context frames (val_*), the same over
 the sequence windows (own_*: the sequence model's own context, 1 .. seq_len frames; the card model
@@ -79,7 +82,7 @@ RUN = [
     "train.scheduled_sampling.rate=0",
     "train.mixed_precision='no'",
 ]
-SAMPLED = ["train.scheduled_sampling.mode=model", "train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
+SAMPLED = ["train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
 # The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
 # reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss.
 TEACHER_FORCED = {
@@ -94,16 +97,18 @@ ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_matc
 
 def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:
     """Median seconds of one training step as the trainer takes it (next batch from the loader, to
-    the device, forward, loss, backward, clipping, AdamW, the metric sums), with a throwaway model."""
+    the device, scheduled sampling as from the second epoch on, forward, loss, backward, clipping,
+    AdamW, the metric sums), with a throwaway model."""
     torch.manual_seed(0)
     model = build_model(config.model, source.layout)
     optimizer = adamw(model, config.train.lr, config.train.weight_decay)
     objective = build_objective(config, source.layout, "cpu")
     metrics = MetricAccumulator(source.layout, "cpu")
     batches = iter(source.loader("train", 0, num_workers=0))
+    generator = torch.Generator().manual_seed(0)
 
     def step():
-        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")))
+        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")), 1, generator)
         losses = compute_losses(pred, rows, source.layout, config.loss)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
@@ -199,6 +204,9 @@ def main() -> None:
     parser.add_argument(
         "--sampling", type=float, help="also train 'sequence_sampled': scheduled sampling with the model's own frames at this rate"
     )
+    parser.add_argument(
+        "--sampling-mode", choices=["model", "rollout"], default="model", help="sequence_sampled's scheduled_sampling.mode (default model)"
+    )
     parser.add_argument("--last-set", action="append", default=[], metavar="KEY=VALUE", help="override the card objective's config")
     parser.add_argument(
         "--sequence-set",
@@ -220,7 +228,11 @@ def main() -> None:
     if args.sampling is not None:
         configs["sequence_sampled"] = load_config(
             CONFIGS["sequence"],
-            common + BATCHES[args.width]["sequence"] + SAMPLED + [f"train.scheduled_sampling.rate={args.sampling}"] + args.sequence_set,
+            common
+            + BATCHES[args.width]["sequence"]
+            + SAMPLED
+            + [f"train.scheduled_sampling.mode={args.sampling_mode}", f"train.scheduled_sampling.rate={args.sampling}"]
+            + args.sequence_set,
         )
     val_store, split = (args.val_store, "all") if args.val_store else (args.store, "val")
     results, runs = {}, {}
@@ -250,6 +262,7 @@ def main() -> None:
         "seq_len": configs["sequence"].data.seq_len,
         "batch_size": {name: c.data.batch_size for name, c in configs.items()},
         "sampling": args.sampling,
+        "sampling_mode": args.sampling_mode if args.sampling is not None else None,
         "overrides": {"last": args.last_set, "sequence": args.sequence_set},
     }
     if args.json:

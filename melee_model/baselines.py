@@ -5,8 +5,9 @@ Each baseline predicts frames t0 .. t0+H-1 from the same windows of real frames 
 rollout's output format, so `melee_model.horizons` scores models and baselines alike:
 - "copy_last": nothing changes; every predicted frame is the last real frame t0-1.
 - "constant_velocity": the last real frame, with each player's x and y moved on by their last real
-  step (frame t0-1 minus frame t0-2) once per frame, then clamped to the game's ranges as a rollout
-  clamps its own frames. Everything else (action, damage, stocks, ...) is copied as in copy_last.
+  step (frame t0-1 minus frame t0-2) once per frame, each frame settled as a rollout settles its own
+  (clamped to the game's ranges, and with model.stage_floor landed on the main platform).
+  Everything else (action, damage, stocks, ...) is copied as in copy_last.
 
 Shape letters: N rollouts, K context frames, H horizon, F n_float, I n_int.
 """
@@ -14,10 +15,11 @@ Shape letters: N rollouts, K context frames, H horizon, F n_float, I n_int.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from melee_encode.errors import ConfigError
 from melee_model.layout import FrameLayout
-from melee_model.stepper import CLAMP_RANGES
+from melee_model.stepper import FrameStepper
 
 BASELINES = ("copy_last", "constant_velocity")
 
@@ -34,14 +36,21 @@ def baseline_frames(name: str, layout: FrameLayout, float_windows: np.ndarray, i
     if name == "constant_velocity":
         if K < 2:
             raise ConfigError("the constant-velocity baseline needs at least 2 context frames")
-        schema = layout.schema
-        columns = list(layout.moving_columns)
-        step = float_windows[:, K - 1, columns] - float_windows[:, K - 2, columns]  # (N, 4), encoded units
-        moved = floats[..., columns] + step[:, None] * np.arange(1, horizon + 1, dtype=np.float32)[None, :, None]  # (N, H, 4)
-        # Encoded values are affine in game units, so the range is clamped in encoded units.
-        for k, i in enumerate(columns):
-            column = schema.float_columns[i]
-            low, high = sorted(bound * column.scale + column.offset for bound in CLAMP_RANGES[column.field])
-            moved[..., k] = np.clip(moved[..., k], low, high)
-        floats[..., columns] = moved
+        floats = constant_velocity(layout, float_windows[:, K - 2 : K], int_windows[:, K - 1], horizon)
     return floats, ints
+
+
+def constant_velocity(layout: FrameLayout, last_two: np.ndarray, last_int: np.ndarray, horizon: int) -> np.ndarray:
+    """The last real frame moved on by its step once per frame, each frame settled by the rollout's rule
+    (FrameStepper.settle: clamped, and landed with model.stage_floor): last_two (N, 2, F) frames t0-2
+    and t0-1, last_int (N, I) -> (N, H, F) float32."""
+    stepper, columns = FrameStepper(layout, "cpu"), list(layout.moving_columns)
+    frame, last_int = torch.from_numpy(last_two[:, 1]), torch.from_numpy(last_int.astype(np.int64))  # (N, F), (N, I)
+    step = frame[:, columns] - torch.from_numpy(last_two[:, 0, columns])  # (N, 4), encoded units
+    frames = []
+    for _ in range(horizon):
+        moved = frame.clone()
+        moved[:, columns] += step
+        frame = stepper.settle(frame, moved, last_int)  # (N, F)
+        frames.append(frame)
+    return torch.stack(frames, 1).numpy()  # (N, H, F)

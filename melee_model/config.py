@@ -94,6 +94,10 @@ class ModelConfig:
     # "constant_velocity": the change of each player's last step (frame t-1 minus t-2) added to
     # that step, so an untrained model is the constant-velocity baseline (model.MotionPrior).
     motion_prior: str = "none"
+    # Rollouts (and scheduled sampling's own frames) land a player on the main platform: one at or
+    # above y = 0 whose next y would pass below it, over the platform, is put on it (stepper.StageFloor).
+    # Off: the run card's frame rule, which only clamps to the game's ranges.
+    stage_floor: bool = False
 
 
 @dataclass
@@ -127,8 +131,10 @@ class LossConfig:
 class ScheduledSamplingConfig:
     """From epoch 1 on (0-based), inputs made less perfect for a fraction of samples (melee_model.scheduled_sampling)."""
 
-    mode: str = "noise"  # "noise": the run card's Gaussian noise; "model": the model's own predictions (sequence objective)
-    rate: float = 0.0  # fraction of samples (sequence objective: of input frames) at full anneal
+    # "noise": the run card's Gaussian noise; "model": the model's own one-step predictions; "rollout":
+    # windows rolled out from a random position on (both: the sequence objective)
+    mode: str = "noise"
+    rate: float = 0.0  # fraction of samples (sequence objective: of input frames; mode rollout: of windows) at full anneal
     noise: float = 0.1  # Gaussian scale at full anneal
     anneal_epochs: int = 3  # rate and noise grow as min(1, epoch / anneal_epochs)
     frames: int = 3  # last context frames corrupted (card objective, noise)

@@ -53,6 +53,7 @@ class Evaluation:
     curves: dict | None = None  # {predictor: {metric: (H,)}}: the model's rollouts and the baselines' (horizons.mean_curves)
     sequence: dict[str, float] | None = None  # sequence-trained models: the metrics over their own windows
     sequence_targets: int = 0
+    stage_floor: bool = False  # the rollouts' frame rule landed players on the main platform (model.stage_floor)
 
     @property
     def horizons(self) -> dict:
@@ -70,6 +71,7 @@ class Evaluation:
         if self.rollout is not None:
             out["rollout"] = {str(h): finite(values) for h, values in self.rollout.metrics.items()}
             out["rollouts"] = len(self.rollout.starts)
+            out["stage_floor"] = self.stage_floor
             out["horizons"] = {name: {str(h): finite(values) for h, values in table.items()} for name, table in self.horizons.items()}
         return out
 
@@ -108,12 +110,15 @@ def evaluate_checkpoint(
     html: str | Path | None = None,
     storage_options: dict | None = None,
     stepping: str | None = None,
+    stage_floor: bool | None = None,
 ) -> Evaluation:
     """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
 
     rollouts > 0 also runs that many rollouts of `horizon` frames (`stepping`: rollout.STEPPINGS, None
-    for the model's default) and the baselines on the same windows; `plot` then writes the first
-    rollout's PNG, `html` a page that plays them all (melee_model.viewer).
+    for the model's default; `stage_floor`: land players on the main platform, None for the
+    checkpoint's model.stage_floor; the baselines follow the same rule) and the baselines on the same
+    windows; `plot` then writes the first rollout's PNG, `html` a page that plays them all
+    (melee_model.viewer).
     """
     if (store is None) == (not replays):
         raise ConfigError("give a store or replays to evaluate on (one of them)")
@@ -123,6 +128,8 @@ def evaluate_checkpoint(
     if (plot is not None or html is not None) and rollouts <= 0:
         raise ConfigError("a plot or page needs rollouts (rollouts > 0)")
     config = checkpoint_config(checkpoint)
+    if stage_floor is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, stage_floor=stage_floor))
     device = torch.device(device) if device is not None else default_device()
     with _store_for(store, replays, config.encoding) as path:
         options = storage_options if store is not None else None
@@ -134,7 +141,7 @@ def evaluate_checkpoint(
             raise ConfigError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)
         metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers)
-        evaluation = Evaluation(split, games, examples, metrics)
+        evaluation = Evaluation(split, games, examples, metrics, stage_floor=layout.stage_floor)
         if config.data.objective == "sequence":
             windows = ExampleSource.for_experiment(path, config, options)
             evaluation.sequence, evaluation.sequence_targets = teacher_forced(
@@ -198,8 +205,9 @@ def metrics_table(evaluation: Evaluation) -> str:
     if evaluation.rollout is not None:
         lines += [
             "",
-            f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers; "
-            "the baselines on the same windows (* the best of each row)",
+            f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers"
+            + (", landing on the main platform (stage floor)" if evaluation.stage_floor else "")
+            + "; the baselines on the same windows (* the best of each row)",
         ]
         lines.append(comparison_table(evaluation.horizons))
         lines.append("pos_error: mean |pred - true| of x and y over both players; pos_error_euclid (the reference's): distance of (x, y)")

@@ -1,9 +1,9 @@
 """The example layout: which store columns feed each part of a training example and each head.
 
 `FrameLayout` is derived from a store's column schema (never from hard-coded offsets, which is how
-the reference broke when a flag moved its columns) and the example options (context length, press
-events, lookahead). Everything downstream (the data pipeline, the model, the losses and the
-rollouts) reads its indices and sizes from here.
+the reference broke when a flag moved its columns), the example options (context length, press
+events, lookahead) and the rollout's stage floor. Everything downstream (the data pipeline, the
+model, the losses and the rollouts) reads its indices and sizes from here.
 
 An example for target frame t (spec section 3), with K = context_len and d = lookahead:
     float_ctx (K, n_float)  frames t-K .. t-1            int_ctx (K, n_int)   the same frames
@@ -50,6 +50,7 @@ class FrameLayout:
     press_events: bool = False
     lookahead: int = 0
     lookahead_delta: str = "from_context"  # the delta's base frame with a lookahead: t-1, or t+d-1
+    stage_floor: bool = False  # model.stage_floor: predicted frames land on the main platform (stepper.StageFloor)
 
     # Derived in __post_init__:
     ctrl_columns: tuple[int, ...] = field(init=False)  # float columns of one frame's controls: p0 then p1
@@ -101,6 +102,8 @@ class FrameLayout:
             raise ConfigError(f"the encoding must predict {', '.join(MOVING_FIELDS)} as delta targets")
         if len(self.button_columns) != 2 * N_BUTTONS:
             raise ConfigError(f"the encoding must have {N_BUTTONS} button columns per player")
+        if self.stage_floor and len(self.int_columns_of("stage")) != 1:
+            raise ConfigError("model.stage_floor needs the stage as an int column of the encoding")
 
     @property
     def n_float(self) -> int:
@@ -150,5 +153,10 @@ def layout_for(config: ExperimentConfig, schema: Schema) -> FrameLayout:
     """The layout of an experiment's examples over a store's columns."""
     data = config.data
     return FrameLayout(
-        schema, context_len=data.context_len, press_events=data.press_events, lookahead=data.lookahead, lookahead_delta=data.lookahead_delta
+        schema,
+        context_len=data.context_len,
+        press_events=data.press_events,
+        lookahead=data.lookahead,
+        lookahead_delta=data.lookahead_delta,
+        stage_floor=config.model.stage_floor,
     )

@@ -20,7 +20,7 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import ExperimentConfig, ScheduledSamplingConfig
 from melee_model.layout import FrameLayout
-from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, own_frames, substitute
+from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
 
@@ -60,7 +60,7 @@ class SequenceObjective:
         self.parts = SequenceParts(layout, device)
         self.sampling = sampling
         self.noise = ContextNoise(layout, sampling, device)
-        self.stepper = FrameStepper(layout, device) if sampling.mode == "model" else None
+        self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" else None
 
     def outputs(
         self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
@@ -77,8 +77,14 @@ class SequenceObjective:
         rate = self.sampling.rate * anneal(epoch, self.sampling)
         if rate == 0:
             return parts
-        chosen = torch.rand(parts["target_mask"].shape, device=parts["float_in"].device, generator=generator) < rate  # (B, L)
-        return substitute(parts, self.parts, *own_frames(model, parts, self.stepper), chosen, self.sampling.targets)
+        shape, device = parts["target_mask"].shape, parts["float_in"].device
+        if self.sampling.mode == "model":
+            chosen = torch.rand(shape, device=device, generator=generator) < rate  # (B, L)
+            return substitute(parts, self.parts, *own_frames(model, parts, self.stepper), chosen, self.sampling.targets)
+        rolled = branches(*shape, rate, generator, device)  # (B, L)
+        if not rolled.any():
+            return parts
+        return substitute(parts, self.parts, *own_rollouts(model, parts, self.stepper, rolled), rolled, self.sampling.targets)
 
     @staticmethod
     def count(batch: dict) -> int:

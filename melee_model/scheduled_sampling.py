@@ -8,7 +8,12 @@ From epoch index 1 on, at a strength annealed as min(1, epoch / anneal_epochs) (
 - "model" (sequence objective only): true scheduled sampling. A first pass without gradients predicts
   every frame of the window from the real frames before it; a fraction `rate` of the input frames are
   then replaced by those predictions, made into frames as a rollout makes them (`FrameStepper.frame`;
-  `own_frames`, `substitute`).
+  `own_frames`, `substitute`). Each replaced frame is one step off the truth.
+- "rollout" (sequence objective only): a fraction `rate` of the windows is rolled out, as evaluation
+  rolls a model out: from a branch position drawn uniformly in 1 .. L-1, every later input frame is
+  the model's own prediction from its own frames before it, one recurrent step per frame without
+  gradients (`own_rollouts`, `branches`). The model then trains on the frames a rollout of 1 .. L-1
+  frames reaches, and with targets "noisy" learns the way back from its drift to the true frames.
 
 `targets` says what the delta targets are relative to:
 - "clean" (the run card's, and our default): the clean last context frame, so a noised example asks
@@ -34,7 +39,7 @@ from melee_model.stepper import FrameStepper
 
 NOISY_GROUPS = ("continuous", "velocity")
 TARGET_MODES = ("clean", "noisy")
-MODES = ("noise", "model")
+MODES = ("noise", "model", "rollout")
 
 
 def noisy_columns(layout: FrameLayout) -> list[int]:
@@ -120,6 +125,46 @@ def own_frames(model: torch.nn.Module, parts: dict, stepper: FrameStepper) -> tu
     floats, ints = stepper.frame(before_float, before_int, rows, parts["float_next"].flatten(0, 1))
     shape = parts["float_in"].shape[:2]
     return floats.unflatten(0, shape), ints.unflatten(0, shape)  # (B, L, F), (B, L, I)
+
+
+def branches(size: int, length: int, rate: float, generator: torch.Generator, device) -> torch.Tensor:
+    """Which input positions a rollout replaces: (B, L) bool, True from a window's branch position on.
+
+    Each of `size` windows is rolled out with probability `rate`, from a branch position uniform in
+    1 .. L-1 (position 0 has no prediction to replace it); the others keep every real frame.
+    """
+    rolled = torch.rand(size, device=device, generator=generator) < rate  # (B,)
+    branch = torch.randint(1, max(length, 2), (size,), device=device, generator=generator)  # (B,)
+    branch = torch.where(rolled, branch, torch.full_like(branch, length))  # (B,): L keeps the window real
+    return torch.arange(length, device=device) >= branch[:, None]  # (B, L)
+
+
+@torch.no_grad()
+def own_rollouts(model: torch.nn.Module, parts: dict, stepper: FrameStepper, rolled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's frames s+1 .. s+L as a rollout predicts them: (B, L, F) float32 and (B, L, I) int64,
+    laid out as `own_frames`' so that `substitute(..., rolled)` feeds them back.
+
+    Input position j reads the real frame s+j where rolled[:, j] (B, L) is unset, else the model's own
+    frame s+j predicted one recurrent step before (FrameStackMamba2's prefill, step and predict, with
+    the replay's controls). The real frames up to the earliest branch are run in one prefill; frames
+    predicted before it are never read back and are left as the real ones.
+    """
+    core = getattr(model, "module", model)  # the model itself under DistributedDataParallel
+    real_float, real_int, length = parts["float_in"], parts["int_in"], rolled.shape[1]  # (B, L, F), (B, L, I)
+    first = int(torch.nonzero(rolled.any(0))[0]) if rolled.any() else length  # the earliest branch
+    x, state = core.prefill(real_float[:, :first], real_int[:, :first])  # (B, D)
+    last_float, last_int = real_float[:, first - 1], real_int[:, first - 1]  # (B, F), (B, I)
+    own_float, own_int = parts["float_next"].clone(), torch.zeros_like(real_int)  # (B, L, F), (B, L, I)
+    own_int[:, :-1] = real_int[:, 1:]
+    for j in range(first - 1, length):
+        pred = core.predict(x, parts["next_ctrl"][:, j], state.step)
+        own_float[:, j], own_int[:, j] = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j])  # frame s+j+1
+        if j + 1 < length:
+            swap = rolled[:, j + 1, None]  # (B, 1)
+            last_float = torch.where(swap, own_float[:, j], real_float[:, j + 1])  # (B, F)
+            last_int = torch.where(swap, own_int[:, j], real_int[:, j + 1])  # (B, I)
+            x, state = core.step(last_float, last_int, state)  # (B, D)
+    return own_float, own_int
 
 
 def substitute(

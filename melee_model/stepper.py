@@ -10,7 +10,9 @@ A predicted frame is the last context frame with:
                                       (the int column clipped to its vocab; the float one, x0.01, not)
     character, stage               carried over
 then percent, x, y, shield and stocks clamped to their game ranges (converted with each column's
-scale/offset from the schema). Used by rollouts and by the true scheduled sampling of training.
+scale/offset from the schema), and with model.stage_floor a player who would fall through the main
+platform put on it (`StageFloor`). Used by rollouts, by the true scheduled sampling of training and,
+for the floor, by the constant-velocity baseline.
 
 Shape letters: N frames at once, F n_float, I n_int, C ctrl_dim, T float_target_dim.
 """
@@ -21,10 +23,54 @@ import numpy as np
 import torch
 
 from melee_encode.errors import ConfigError
+from melee_encode.stage_geometry import STAGE_GEOMETRY
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 
 # Game-unit ranges of the clamped fields (spec section 5).
 CLAMP_RANGES = {"percent": (0.0, 999.0), "x": (-300.0, 300.0), "y": (-200.0, 300.0), "shield": (0.0, 60.0), "stocks": (0.0, 4.0)}
+
+
+class StageFloor:
+    """The main platform as a floor the predicted frames cannot fall through (model.stage_floor).
+
+    A player at or above y = 0 in the last frame whose next y is below 0, with the next x over the
+    main platform of the frame's stage (main_left .. main_right, melee_encode.stage_geometry), lands:
+    next y := 0. A trained model has to hit a landing on its very frame; one frame late, it reads a
+    player below the stage, which in real games is one falling to its death, and keeps falling.
+    Players already below 0 (under the stage, recovering) are left alone, and so are stages without
+    geometry. Yoshi's Story's sloped ends are taken as flat. Works in encoded units: y = 0 is the
+    column's offset.
+
+    __call__(last_float (N, F), next_float (N, F), stage (N,) int64) -> next_float with y landed.
+    """
+
+    def __init__(self, layout: FrameLayout, device):
+        self.x_columns, self.x_scale, self.x_offset = _encoding(layout, "x", device)  # (2,) each
+        self.y_columns, self.y_scale, self.y_offset = _encoding(layout, "y", device)
+        # Stage id -> (left, right) of its main platform; NaN (never over it) where there is no geometry.
+        edges = torch.full((layout.vocab("stage"), 2), float("nan"))
+        for stage, geometry in STAGE_GEOMETRY.items():
+            if stage < len(edges):
+                edges[stage] = torch.tensor([geometry.main_left, geometry.main_right])
+        self.edges = edges.to(device)  # (S, 2) game units
+
+    def __call__(self, last_float: torch.Tensor, next_float: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+        above = (last_float[:, self.y_columns] - self.y_offset) / self.y_scale >= 0  # (N, 2)
+        below = (next_float[:, self.y_columns] - self.y_offset) / self.y_scale < 0  # (N, 2)
+        x = (next_float[:, self.x_columns] - self.x_offset) / self.x_scale  # (N, 2) game units
+        edges = self.edges[stage]  # (N, 2)
+        over = (x >= edges[:, :1]) & (x <= edges[:, 1:])  # (N, 2)
+        landed = next_float.clone()
+        landed[:, self.y_columns] = torch.where(above & below & over, self.y_offset.expand_as(x), next_float[:, self.y_columns])
+        return landed
+
+
+def _encoding(layout: FrameLayout, field: str, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both players' float columns of `field`, and their scales and offsets: (2,) each."""
+    schema = layout.schema
+    columns = [schema.float_index(f"p{p}.{field}") for p in (0, 1)]
+    scale, offset = ([getattr(schema.float_columns[i], key) for i in columns] for key in ("scale", "offset"))
+    return (torch.tensor(values, device=device) for values in (columns, scale, offset))
 
 
 class FrameStepper:
@@ -32,7 +78,8 @@ class FrameStepper:
 
     next_ctrl(last_float (N, F), replay_float (N, F)) -> (N, C), as build_batch makes it;
     frame(last_float (N, F), last_int (N, I), pred, replay_float (N, F)) -> the predicted frame,
-    (N, F) float32 and (N, I) int64; see the module docstring for how each column is set.
+    (N, F) float32 and (N, I) int64; see the module docstring for how each column is set;
+    settle(last_float, floats, last_int): the clamps and the floor alone (the baselines' frames).
     """
 
     def __init__(self, layout: FrameLayout, device):
@@ -62,6 +109,8 @@ class FrameStepper:
         # A negative scale would swap the ends of a range once encoded.
         self.clamp_low = torch.tensor(bounds.min(axis=1), dtype=torch.float32, device=device)
         self.clamp_high = torch.tensor(bounds.max(axis=1), dtype=torch.float32, device=device)
+        self.floor = StageFloor(layout, device) if layout.stage_floor else None
+        self.stage_column = layout.int_columns_of("stage")[0] if layout.stage_floor else None
 
     def next_ctrl(self, last_float: torch.Tensor, replay_float: torch.Tensor) -> torch.Tensor:
         controls = replay_float[:, self.ctrl_columns]  # (N, 26)
@@ -70,6 +119,14 @@ class FrameStepper:
         buttons = replay_float[:, self.button_columns] > 0.5  # (N, 16)
         pressed = buttons & (last_float[:, self.button_columns] <= 0.5)
         return torch.cat([controls, pressed.float()], dim=1)  # (N, 26 + 16)
+
+    def settle(self, last_float: torch.Tensor, floats: torch.Tensor, last_int: torch.Tensor) -> torch.Tensor:
+        """A new frame's floats (N, F) clamped to the game's ranges and, with a stage floor, landed;
+        last_float (N, F) and last_int (N, I) are the frame before it."""
+        floats[:, self.clamp_columns] = floats[:, self.clamp_columns].clamp(self.clamp_low, self.clamp_high)
+        if self.floor is None:
+            return floats
+        return self.floor(last_float, floats, last_int[:, self.stage_column])
 
     def frame(
         self, last_float: torch.Tensor, last_int: torch.Tensor, pred: dict, replay_float: torch.Tensor
@@ -80,7 +137,7 @@ class FrameStepper:
         floats[:, self.binary_columns] = (torch.sigmoid(out[:, self.binary_positions]) > 0.5).float()
         floats[:, self.dynamics_columns] = out[:, self.dynamics_positions]
         floats[:, self.ctrl_columns] = replay_float[:, self.ctrl_columns]
-        floats[:, self.clamp_columns] = floats[:, self.clamp_columns].clamp(self.clamp_low, self.clamp_high)
+        floats = self.settle(last_float, floats, last_int)
         ints = last_int.clone()  # (N, I)
         for field in TARGET_FIELDS:
             ints[:, self.int_columns[field]] = pred[field].argmax(-1)  # (N, 2)

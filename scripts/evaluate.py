@@ -40,6 +40,11 @@ def main() -> int:
     parser.add_argument("--horizon", type=int, default=300, help="frames per rollout (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
     parser.add_argument("--stepping", choices=STEPPINGS, help="rollouts: recurrent state (Mamba-2's default) or a K-frame window per frame")
+    parser.add_argument(
+        "--stage-floor",
+        choices=["on", "off"],
+        help="rollouts and baselines: land players falling onto the main platform (default: the checkpoint's model.stage_floor)",
+    )
     parser.add_argument("--plot", metavar="PNG", help="write the first rollout's plot here (implies --rollout)")
     parser.add_argument(
         "--html",
@@ -70,6 +75,7 @@ def main() -> int:
         html=args.html,
         storage_options=parse_storage_options(args.storage_option),
         stepping=args.stepping,
+        stage_floor=None if args.stage_floor is None else args.stage_floor == "on",
     )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=1))

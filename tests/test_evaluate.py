@@ -295,6 +295,8 @@ def test_evaluate_script_metrics_rollouts_and_plot(shared_store, checkpoint, tmp
         "4",
         "--horizon",
         "60",
+        "--stage-floor",
+        "on",
         "--plot",
         str(plot),
     )
@@ -310,7 +312,7 @@ def test_evaluate_script_metrics_rollouts_and_plot(shared_store, checkpoint, tmp
         "val_action/cat_idle",
     ):
         assert isinstance(out[key], float), key
-    assert out["rollouts"] == 4 and set(out["rollout"]) == {"1", "10", "60"}
+    assert out["rollouts"] == 4 and set(out["rollout"]) == {"1", "10", "60"} and out["stage_floor"] is True
     assert set(out["rollout"]["60"]) == set(HORIZON_METRICS)
     data = plot.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000

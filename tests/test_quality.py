@@ -13,6 +13,7 @@ import torch
 from test_train import torchrun_train
 
 from melee_encode import open_store
+from melee_encode.stage_geometry import STAGE_GEOMETRY
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
@@ -21,7 +22,7 @@ from melee_model.layout import layout_for
 from melee_model.model import build_model, count_parameters
 from melee_model.quality import MODEL, card_config, rollouts_with_baselines
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
-from melee_model.stepper import CLAMP_RANGES
+from melee_model.stepper import CLAMP_RANGES, FrameStepper
 from melee_model.train import Trainer
 
 from conftest import ROOT
@@ -94,12 +95,14 @@ def test_constant_velocity_moves_positions_by_the_last_step(layout, windows):
         baseline_frames("oracle", layout, floats, ints)
 
 
+@pytest.mark.parametrize("stage_floor", [False, True])
 @pytest.mark.parametrize("arch, stepping", [("mamba2", "recurrent"), ("mamba2", "window"), ("mlp", "window")])
-def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baseline(layout, windows, arch, stepping):
+def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baseline(layout, windows, arch, stepping, stage_floor):
     """model.motion_prior constant_velocity adds each player's last step to the x and y outputs, whose
     head rows start at zero: untrained, a rollout moves x and y exactly as the baseline does, whatever
-    else it predicts."""
+    else it predicts; with model.stage_floor both land on the main platform alike."""
     starts, floats, ints = windows
+    layout = dataclasses.replace(layout, stage_floor=stage_floor)
     config = seq_config().model
     model = build_model(dataclasses.replace(config, arch=arch, motion_prior="constant_velocity"), layout)
     rolled = rollout_windows(model, layout, floats, ints, starts, "cpu", stepping=stepping).pred_floats  # (6, H, F)
@@ -110,6 +113,54 @@ def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baselin
     plain = build_model(dataclasses.replace(config, arch=arch), layout)
     assert count_parameters(plain) == count_parameters(model)
     assert plain.state_dict().keys() == model.state_dict().keys()
+
+
+BATTLEFIELD = 31  # peppi's stage id
+
+
+def frames_at(layout, points: dict, stage: int = BATTLEFIELD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of zeros (N, F) and (N, I) on `stage`, with the given columns at game-unit values:
+    points {"p0.y": [5, -10], ...}, one value per frame."""
+    count = len(next(iter(points.values())))
+    floats, ints = torch.zeros(count, layout.n_float), torch.zeros(count, layout.n_int, dtype=torch.long)
+    for name, values in points.items():
+        column = layout.schema.float_columns[layout.schema.float_index(name)]
+        floats[:, layout.schema.float_index(name)] = torch.tensor(values) * column.scale + column.offset
+    ints[:, layout.int_columns_of("stage")[0]] = stage
+    return floats, ints
+
+
+def test_the_stage_floor_lands_only_a_player_falling_onto_the_main_platform(layout):
+    """model.stage_floor: a player at or above y = 0 whose next y is below it, over the main platform,
+    is put on it; beside the platform, already under it, or still above, the frame is left alone;
+    so is a stage without geometry, and every frame when the floor is off."""
+    edge = STAGE_GEOMETRY[BATTLEFIELD].main_right
+    # Frames: over the platform, beside it, under the stage, still above it, at y = 0 sliding down.
+    last, _ = frames_at(layout, {"p0.x": [0, edge + 5, 0, 0, -edge], "p0.y": [5, 5, -10, 5, 0]})
+    new, ints = frames_at(layout, {"p0.x": [0, edge + 10, 0, 0, -edge], "p0.y": [-3, -3, -12, 2, -0.5]})
+    floored = FrameStepper(dataclasses.replace(layout, stage_floor=True), "cpu")
+    landed = floored.settle(last, new.clone(), ints)
+    np.testing.assert_allclose(decoded(layout, landed.numpy(), "p0.y"), [0, -3, -12, 2, 0], atol=1e-4)
+    unknown_stage = ints.clone()
+    unknown_stage[:, layout.int_columns_of("stage")[0]] = 0
+    for stepper, frame_ints in ((floored, unknown_stage), (FrameStepper(layout, "cpu"), ints)):
+        np.testing.assert_allclose(
+            decoded(layout, stepper.settle(last, new.clone(), frame_ints).numpy(), "p0.y"), [-3, -3, -12, 2, -0.5], atol=1e-4
+        )
+
+
+def test_constant_velocity_lands_on_the_main_platform_with_the_stage_floor(layout):
+    """The baseline moves frame by frame: over the platform a falling player stays on it while x goes
+    on, and falls again once past the edge."""
+    edge = STAGE_GEOMETRY[BATTLEFIELD].main_right
+    context = {"p0.x": [edge - 4.5] * (K - 1) + [edge - 3.5], "p0.y": [3] * (K - 1) + [2]}  # last step: x +1, y -1
+    floats, ints = frames_at(layout, {name: values + [0] * 6 for name, values in context.items()})  # K + 6 frames
+    floats, ints = floats[None].numpy(), ints[None].numpy().astype(np.int16)  # (1, K+6, ...)
+    expected = {False: [1, 0, -1, -2, -3, -4], True: [1, 0, 0, -1, -2, -3]}
+    for stage_floor, y in expected.items():
+        moved, _ = baseline_frames("constant_velocity", dataclasses.replace(layout, stage_floor=stage_floor), floats, ints)
+        np.testing.assert_allclose(decoded(layout, moved[0], "p0.x"), edge - 3.5 + np.arange(1, 7), atol=1e-3)
+        np.testing.assert_allclose(decoded(layout, moved[0], "p0.y"), y, atol=1e-4)
 
 
 def test_the_motion_prior_stops_at_a_respawn(layout):
@@ -212,7 +263,26 @@ def test_a_sequence_checkpoint_evaluates_on_card_examples_and_its_own_windows(sh
     assert set(out["horizons"]["copy_last"]["60"]) == set(HORIZON_METRICS)
     assert out["sequence"]["targets"] == 2 * 8 * 32 and isinstance(out["sequence"]["val_metric/change_acc_both"], float)
     text = metrics_table(evaluation)
-    assert "own windows" in text and "constant_velocity" in text
+    assert "own windows" in text and "constant_velocity" in text and "stage floor" not in text
+    assert out["stage_floor"] is False
+
+
+def test_a_checkpoint_rolls_out_with_the_stage_floor_on_request(shared_store, sequence_checkpoint):
+    """evaluate_checkpoint(stage_floor=True) lands the rollouts and the constant-velocity baseline
+    on the main platform, whatever the checkpoint's model.stage_floor."""
+    floored = evaluate_checkpoint(sequence_checkpoint, shared_store, max_batches=1, rollouts=4, horizon=H, stage_floor=True)
+    assert floored.stage_floor and floored.to_json()["stage_floor"] is True
+    assert "landing on the main platform (stage floor)" in metrics_table(floored)
+    layout = layout_for(seq_config(), open_store(shared_store).schema)
+    starts = floored.rollout.starts
+    floats, ints = store_windows(open_store(shared_store), starts, K, H)
+    expected = horizon_errors(
+        layout,
+        *baseline_frames("constant_velocity", dataclasses.replace(layout, stage_floor=True), floats, ints),
+        floats[:, K:],
+        ints[:, K:],
+    )
+    assert floored.horizons["constant_velocity"] == expected
 
 
 # ---------------------------------------------------------------- benchmarks/model_quality.py
@@ -233,6 +303,12 @@ def test_model_quality_script_short_budget(shared_store):
         "2",
         "--sequence-set",
         "model.motion_prior=constant_velocity",
+        "--last-set",
+        "model.stage_floor=true",
+        "--sampling",
+        "0.5",
+        "--sampling-mode",
+        "rollout",
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -249,13 +325,14 @@ def test_model_quality_script_short_budget(shared_store):
         "steps",
         "train_s",
     )
-    for name in ("last", "sequence"):
+    for name in ("last", "sequence", "sequence_sampled"):
         assert all(isinstance(out[name][key], (int, float)) for key in keys), name
         assert out[name]["steps"] > 0 and 6 <= out[name]["train_s"] < 30
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
-    assert out["setup"]["overrides"] == {"last": [], "sequence": ["model.motion_prior=constant_velocity"]}
+    assert out["setup"]["sampling"] == 0.5 and out["setup"]["sampling_mode"] == "rollout"
+    assert out["setup"]["overrides"] == {"last": ["model.stage_floor=true"], "sequence": ["model.motion_prior=constant_velocity"]}
 
 
 # ---------------------------------------------------------------- two ranks, resumed

@@ -22,7 +22,7 @@ from melee_model.model import build_model
 from melee_model.objective import SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import rollout
-from melee_model.scheduled_sampling import ContextNoise, own_frames, substitute
+from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
 
@@ -214,11 +214,12 @@ def test_the_mlp_has_no_sequence_objective_and_no_recurrent_rollout(shared_store
     assert rollout(mlp, layout, floats, ints, [100], 3, "cpu").pred_floats.shape == (1, 3, layout.n_float)
 
 
-def test_lookahead_and_model_sampling_need_their_objective(layout):
+@pytest.mark.parametrize("mode", ["model", "rollout"])
+def test_lookahead_and_model_sampling_need_their_objective(layout, mode):
     with pytest.raises(ConfigError, match="lookahead"):
         SequenceParts(dataclasses.replace(layout, lookahead=1), "cpu")
     card = dataclasses.replace(config(), data=dataclasses.replace(config().data, objective="last"))
-    card.train.scheduled_sampling.mode = "model"
+    card.train.scheduled_sampling.mode = mode
     with pytest.raises(ConfigError, match="sequence"):
         build_objective(card, layout, "cpu")
 
@@ -294,6 +295,62 @@ def test_model_sampling_changes_the_inputs_from_the_second_epoch(shared_store, l
     sampled_pred, _ = objective.outputs(model, batch, 3, torch.Generator().manual_seed(0))
     assert torch.equal(clean["float"], again["float"])
     assert not torch.equal(clean["float"], sampled_pred["float"])
+
+
+def test_branches_roll_out_a_fraction_of_windows_from_one_position_on():
+    size = 4000
+    rolled = branches(size, L, 0.25, torch.Generator().manual_seed(3), "cpu")  # (size, L)
+    assert rolled.shape == (size, L) and not rolled[:, 0].any()
+    some = rolled.any(1)
+    assert abs(some.float().mean().item() - 0.25) < 0.03
+    # Once a window branches, every later input is its own: positions branch .. L-1.
+    assert torch.equal(rolled[:, 1:] >= rolled[:, :-1], torch.ones(size, L - 1, dtype=torch.bool))
+    first = rolled[some].float().argmax(1)
+    assert first.min() == 1 and first.max() == L - 1
+    assert torch.equal(rolled, branches(size, L, 0.25, torch.Generator().manual_seed(3), "cpu"))
+    assert not branches(size, L, 0.0, torch.Generator().manual_seed(3), "cpu").any()
+
+
+@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
+def test_a_window_rolled_out_from_its_branch_is_the_evaluation_rollout(shared_store, layout, motion_prior):
+    """own_rollouts from branch position b of windows starting at s predicts frames s+b .. s+L as the
+    evaluation's recurrent rollout from t0 = s+b after b real frames; frames before the branch
+    stay the real ones."""
+    model = small_model(layout, motion_prior=motion_prior)
+    floats, ints = game(shared_store)
+    starts, b = np.array([1500, 4200, 7500]), layout.context_len
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, starts))
+    rolled = torch.arange(L).expand(len(starts), L) >= b  # (3, L)
+    own_float, own_int = own_rollouts(model, parts, FrameStepper(layout, "cpu"), rolled)
+    evaluation = rollout(model, layout, floats, ints, starts + b, L - b + 1, "cpu", stepping="recurrent")
+    # fp32: equal within rounding, the ints exactly.
+    np.testing.assert_allclose(own_float[:, b - 1 :].numpy(), evaluation.pred_floats, rtol=0, atol=1e-4)
+    assert torch.equal(own_int[:, b - 1 :], torch.from_numpy(evaluation.pred_ints).long())
+    assert torch.equal(own_float[:, : b - 1], parts["float_next"][:, : b - 1])
+    mixed = substitute(parts, SequenceParts(layout, "cpu"), own_float, own_int, rolled)
+    assert torch.equal(mixed["float_in"][:, b:], own_float[:, b - 1 : -1]) and torch.equal(
+        mixed["float_in"][:, :b], parts["float_in"][:, :b]
+    )
+
+
+def test_rollout_sampling_feeds_the_model_its_rollouts_from_the_second_epoch(shared_store, layout):
+    sampled = config()
+    sampled.train.scheduled_sampling.mode, sampled.train.scheduled_sampling.rate = "rollout", 1.0
+    sampled.train.scheduled_sampling.targets = "noisy"
+    objective = build_objective(sampled, layout, "cpu")
+    model = small_model(layout)
+    floats, ints = game(shared_store)
+    batch = windows(floats, ints, [1500, 7500])
+    clean_pred, clean_rows = objective.outputs(model, batch, 0, torch.Generator().manual_seed(0))
+    pred, rows = objective.outputs(model, batch, 3, torch.Generator().manual_seed(0))
+    rolled = branches(2, L, 1.0, torch.Generator().manual_seed(0), "cpu").flatten()  # (2L,) the same draw
+    assert rolled.any() and not torch.equal(clean_pred["float"][rolled], pred["float"][rolled])
+    # Before the branch the window is real: the same predictions and targets as without sampling.
+    assert torch.equal(clean_pred["float"][~rolled], pred["float"][~rolled])
+    assert torch.equal(clean_rows["float_tgt"][~rolled], rows["float_tgt"][~rolled])
+    # After it, the delta targets lead from the model's own frames back to the true ones.
+    assert not torch.equal(clean_rows["float_tgt"][rolled], rows["float_tgt"][rolled])
+    assert torch.equal(clean_rows["int_tgt"], rows["int_tgt"])
 
 
 # ---------------------------------------------------------------- planning
