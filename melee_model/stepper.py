@@ -41,7 +41,7 @@ class StageFloor:
     geometry. Yoshi's Story's sloped ends are taken as flat. Works in encoded units: y = 0 is the
     column's offset.
 
-    __call__(last_float (N, F), next_float (N, F), stage (N,) int64) -> next_float with y landed.
+    __call__(last_float (N, F), next_float (N, F), last_int (N, I)) -> next_float with y landed.
     """
 
     def __init__(self, layout: FrameLayout, device):
@@ -53,12 +53,13 @@ class StageFloor:
             if stage < len(edges):
                 edges[stage] = torch.tensor([geometry.main_left, geometry.main_right])
         self.edges = edges.to(device)  # (S, 2) game units
+        self.stage_column = layout.int_columns_of("stage")[0]
 
-    def __call__(self, last_float: torch.Tensor, next_float: torch.Tensor, stage: torch.Tensor) -> torch.Tensor:
+    def __call__(self, last_float: torch.Tensor, next_float: torch.Tensor, last_int: torch.Tensor) -> torch.Tensor:
         above = (last_float[:, self.y_columns] - self.y_offset) / self.y_scale >= 0  # (N, 2)
         below = (next_float[:, self.y_columns] - self.y_offset) / self.y_scale < 0  # (N, 2)
         x = (next_float[:, self.x_columns] - self.x_offset) / self.x_scale  # (N, 2) game units
-        edges = self.edges[stage]  # (N, 2)
+        edges = self.edges[last_int[:, self.stage_column]]  # (N, 2)
         over = (x >= edges[:, :1]) & (x <= edges[:, 1:])  # (N, 2)
         landed = next_float.clone()
         landed[:, self.y_columns] = torch.where(above & below & over, self.y_offset.expand_as(x), next_float[:, self.y_columns])
@@ -110,7 +111,6 @@ class FrameStepper:
         self.clamp_low = torch.tensor(bounds.min(axis=1), dtype=torch.float32, device=device)
         self.clamp_high = torch.tensor(bounds.max(axis=1), dtype=torch.float32, device=device)
         self.floor = StageFloor(layout, device) if layout.stage_floor else None
-        self.stage_column = layout.int_columns_of("stage")[0] if layout.stage_floor else None
 
     def next_ctrl(self, last_float: torch.Tensor, replay_float: torch.Tensor) -> torch.Tensor:
         controls = replay_float[:, self.ctrl_columns]  # (N, 26)
@@ -126,7 +126,7 @@ class FrameStepper:
         floats[:, self.clamp_columns] = floats[:, self.clamp_columns].clamp(self.clamp_low, self.clamp_high)
         if self.floor is None:
             return floats
-        return self.floor(last_float, floats, last_int[:, self.stage_column])
+        return self.floor(last_float, floats, last_int)
 
     def frame(
         self, last_float: torch.Tensor, last_int: torch.Tensor, pred: dict, replay_float: torch.Tensor
