@@ -126,7 +126,8 @@ def train_for(config: ExperimentConfig, store: str, seconds: float, output: str)
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
     trainer.fit()
-    per_step = config.data.batch_size * (config.data.seq_len - config.data.warmup if config.data.objective == "sequence" else 1)
+    data = config.data
+    per_step = data.batch_size * (data.seq_len - data.warmup + config.train.unroll.frames if data.objective == "sequence" else 1)
     run = {
         "steps": trainer.progress.step,
         "train_s": time.perf_counter() - started,

@@ -144,6 +144,16 @@ class ScheduledSamplingConfig:
 
 
 @dataclass
+class UnrollConfig:
+    """A short rollout per window trained through the model's own frames (melee_model.unroll; sequence objective)."""
+
+    frames: int = 0  # frames rolled out per window, each a target; 0: off (the run card's)
+    weight: float = 1.0  # each rolled-out target counts this many teacher-forced ones
+    start_epoch: int = 1  # the first epoch (0-based) that unrolls: a model trained teacher-forced first
+    fields: str = "all"  # "all": whole own frames; "position": only x and y are the rollout's, the rest true
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 2
     max_steps: int | None = None  # stop earlier (optimizer steps), e.g. for smoke runs
@@ -166,6 +176,7 @@ class TrainConfig:
     eval_at_start: bool = False  # validate the untrained model first (logged at step 0)
     seed: int = 0
     scheduled_sampling: ScheduledSamplingConfig = field(default_factory=ScheduledSamplingConfig)
+    unroll: UnrollConfig = field(default_factory=UnrollConfig)
     # Escape hatches (spec section 6), checked every `check_every` steps (each check syncs the host).
     check_every: int = 50
     stop_on_nonfinite: bool = True

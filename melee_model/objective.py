@@ -9,7 +9,8 @@ loss and metrics read (`data.objective`).
 `outputs(model, batch)` -> (pred, rows): pred "float" (N, T), field -> (N, 2, V); rows "float_tgt"
 (N, T), "int_tgt" (N, 12), "int_ctx" (N, K, I) and, for sequences, "weight" (N,): what
 `compute_losses` and `MetricAccumulator.update` take. Given the epoch and a generator (training),
-scheduled sampling applies first (melee_model.scheduled_sampling). `count(batch)` is the number of
+scheduled sampling applies first (melee_model.scheduled_sampling), and with train.unroll the sequence
+objective adds the rows of a short rollout trained through the model's own frames (melee_model.unroll). `count(batch)` is the number of
 targets of a loader batch, read on the host.
 """
 
@@ -18,11 +19,12 @@ from __future__ import annotations
 import torch
 
 from melee_encode.errors import ConfigError
-from melee_model.config import ExperimentConfig, ScheduledSamplingConfig
+from melee_model.config import ExperimentConfig, ScheduledSamplingConfig, UnrollConfig
 from melee_model.layout import FrameLayout
 from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
+from melee_model.unroll import check_unroll, join_rows, unrolled_rows
 
 OBJECTIVES = ("last", "sequence")
 
@@ -56,11 +58,11 @@ class SequenceObjective:
 
     name = "sequence"
 
-    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device):
+    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device, unroll: UnrollConfig | None = None):
         self.parts = SequenceParts(layout, device)
-        self.sampling = sampling
+        self.sampling, self.unroll = sampling, unroll or UnrollConfig()
         self.noise = ContextNoise(layout, sampling, device)
-        self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" else None
+        self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" or self.unroll.frames else None
 
     def outputs(
         self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
@@ -69,10 +71,13 @@ class SequenceObjective:
         if epoch is not None:
             parts = self._sample(model, parts, epoch, generator)
         pred = model(parts["float_in"], parts["int_in"], parts["next_ctrl"])  # (B, L, ...)
-        return position_rows(pred, parts)
+        rows = position_rows(pred, parts)
+        if epoch is None or not self.unroll.frames or epoch < self.unroll.start_epoch:
+            return rows
+        return join_rows(rows, unrolled_rows(model, parts, self.stepper, self.parts, self.unroll, generator))
 
     def _sample(self, model: torch.nn.Module, parts: dict, epoch: int, generator: torch.Generator) -> dict:
-        if self.stepper is None:
+        if self.sampling.mode == "noise":
             return self.noise.apply_frames(parts, epoch, generator)
         rate = self.sampling.rate * anneal(epoch, self.sampling)
         if rate == 0:
@@ -102,4 +107,7 @@ def build_objective(config: ExperimentConfig, layout: FrameLayout, device) -> La
         raise ConfigError(
             f"data.objective 'sequence' needs a causal sequence model (model.arch mamba2); {config.model.arch!r} trains with the card objective 'last' only"
         )
-    return (SequenceObjective if objective == "sequence" else LastObjective)(layout, sampling, device)
+    check_unroll(config.train.unroll, objective, config.data.seq_len)
+    if objective == "sequence":
+        return SequenceObjective(layout, sampling, device, config.train.unroll)
+    return LastObjective(layout, sampling, device)

@@ -213,6 +213,11 @@ def plan_markdown(plan: dict, config: ExperimentConfig) -> str:
                 "Scheduled sampling",
                 f"{sampling.mode} {sampling.rate:g} (noise={sampling.noise:g}, anneal={sampling.anneal_epochs} epochs, corrupt={sampling.frames} frames, {sampling.targets} targets)",
             ),
+            *(
+                [("Unrolled training", f"{train.unroll.frames} frames per window, weight {train.unroll.weight:g}")]
+                if train.unroll.frames
+                else []
+            ),
             ("Optimizer updates per epoch", _n(plan["updates_per_epoch"])),
             ("Total optimizer updates", _n(plan["total_updates"]) + (f" (train.max_steps {train.max_steps})" if train.max_steps else "")),
         ],

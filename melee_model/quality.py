@@ -20,7 +20,7 @@ import torch
 
 from melee_encode import Store
 from melee_model.baselines import BASELINES, baseline_frames
-from melee_model.config import ExperimentConfig
+from melee_model.config import ExperimentConfig, UnrollConfig
 from melee_model.examples import ExampleSource
 from melee_model.horizons import mean_curves
 from melee_model.layout import FrameLayout
@@ -35,14 +35,14 @@ MODEL = "model"  # the model's column among the baselines'
 
 def card_config(config: ExperimentConfig) -> ExperimentConfig:
     """`config` with the run card's objective ("last", K = data.context_len frames per example); a
-    sequence config's batches keep their number of targets (batch_size x seq_len examples)."""
+    sequence config's batches keep their number of targets (batch_size x seq_len examples); no unroll."""
     data = config.data
     batch_size = data.batch_size * data.seq_len if data.objective == "sequence" else data.batch_size
     sampling = dataclasses.replace(config.train.scheduled_sampling, mode="noise")
     return dataclasses.replace(
         config,
         data=dataclasses.replace(data, objective="last", batch_size=batch_size),
-        train=dataclasses.replace(config.train, scheduled_sampling=sampling),
+        train=dataclasses.replace(config.train, scheduled_sampling=sampling, unroll=UnrollConfig()),
     )
 
 

@@ -111,6 +111,11 @@ class Trainer:
             f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
             f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs"
         )
+        unroll = self.config.train.unroll
+        if unroll.frames:
+            self._print(
+                f"unrolled training: each window also rolled out {unroll.frames} frames through its own frames, weight {unroll.weight:g}"
+            )
         val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})

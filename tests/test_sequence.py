@@ -13,7 +13,7 @@ from numerics import CUDA_TOL, STEP_TOL, rel_err
 from melee_encode import open_store
 from melee_encode.errors import ConfigError
 from melee_model.batches import batch_to_device, build_batch
-from melee_model.config import ExperimentConfig, LossConfig, ScheduledSamplingConfig, from_dict, load_config
+from melee_model.config import ExperimentConfig, LossConfig, ScheduledSamplingConfig, UnrollConfig, from_dict, load_config
 from melee_model.examples import PART_SHIFT, ExampleSource
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
@@ -25,6 +25,7 @@ from melee_model.rollout import rollout
 from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
+from melee_model.unroll import position_columns, unrolled, unrolled_rows
 
 from conftest import ROOT
 
@@ -356,6 +357,97 @@ def test_rollout_sampling_feeds_the_model_its_rollouts_from_the_second_epoch(sha
 # ---------------------------------------------------------------- planning
 
 
+@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
+def test_an_unrolled_window_is_the_rollout_from_its_branch(shared_store, layout, motion_prior):
+    """The unroll's own frames are own_rollouts' from the same branch (the evaluation's rollout, tested
+    above), and its rows are that rollout's: delta targets from the own frame read, the true ints."""
+    model, builder, stepper = small_model(layout, motion_prior=motion_prior), SequenceParts(layout, "cpu"), FrameStepper(layout, "cpu")
+    floats, ints = game(shared_store)
+    parts = builder(windows(floats, ints, [1500, 4200, 7500]))
+    branch, frames = 20, 12
+    preds, own_float, own_int = unrolled(model, parts, stepper, branch, frames)
+    with torch.no_grad():
+        rolled_float, rolled_int = own_rollouts(model, parts, stepper, torch.arange(L).expand(3, L) >= branch)  # (3, L, ...)
+    np.testing.assert_allclose(own_float.detach().numpy(), rolled_float[:, branch - 1 : branch + frames - 1].numpy(), rtol=0, atol=1e-5)
+    assert torch.equal(own_int, rolled_int[:, branch - 1 : branch + frames - 1])
+
+    config = UnrollConfig(frames=frames, weight=0.5)
+    generator = torch.Generator().manual_seed(3)
+    pred_rows, rows = unrolled_rows(model, parts, stepper, builder, config, generator)
+    drawn = int(torch.randint(1, L - frames + 1, (1,), generator=torch.Generator().manual_seed(3)))
+    _, drawn_float, _ = unrolled(model, parts, stepper, drawn, frames)
+    true_next = parts["float_next"][:, drawn : drawn + frames]
+    assert torch.equal(rows["float_tgt"], builder.float_targets(drawn_float, true_next).flatten(0, 1))
+    assert torch.equal(rows["int_tgt"], parts["int_tgt"][:, drawn : drawn + frames].flatten(0, 1))
+    assert pred_rows["float"].shape == (3 * frames, layout.float_target_dim) and rows["weight"].tolist() == [0.5] * (3 * frames)
+
+
+def test_the_unrolled_loss_reaches_every_step_before_it(shared_store, layout):
+    """A rolled-out frame's position depends, through the gradient, on the prediction of every step
+    before it (a step's error is carried on), and on none after it."""
+    model = small_model(layout, motion_prior="constant_velocity")
+    floats, ints = game(shared_store)
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, [1500, 7500]))
+    preds, own_float, _ = unrolled(model, parts, FrameStepper(layout, "cpu"), 10, 6)
+    x = layout.schema.float_index("p0.x")
+    grads = torch.autograd.grad(own_float[:, 3, x].sum(), [p["float"] for p in preds], allow_unused=True, materialize_grads=True)
+    position = layout.float_target_columns.index(x)
+    assert all(g[:, position].abs().min() > 0 for g in grads[:3])  # own frame 3 is made from preds 0 .. 2
+    assert all(g.abs().max() == 0 for g in grads[3:])
+
+
+def test_a_position_unroll_rolls_out_x_and_y_alone(shared_store, layout):
+    """fields 'position': the own frames are the true ones but for both players' x and y, which are
+    the rollout's (its first frame as the whole unroll's; later ones drift apart from it)."""
+    model, stepper = small_model(layout, motion_prior="constant_velocity"), FrameStepper(layout, "cpu")
+    parts = SequenceParts(layout, "cpu")(windows(*game(shared_store), [1500, 4200, 7500]))
+    positions = position_columns(layout, "cpu")
+    _, whole, _ = unrolled(model, parts, stepper, 20, 6)
+    _, own_float, own_int = unrolled(model, parts, stepper, 20, 6, positions)
+    true_float, true_int = parts["float_in"][:, 20:26], parts["int_in"][:, 20:26]
+    others = torch.ones(true_float.shape[-1], dtype=torch.bool)
+    others[positions] = False
+    assert torch.equal(own_float[..., others], true_float[..., others]) and torch.equal(own_int, true_int)
+    assert torch.equal(own_float[:, 0, positions], whole[:, 0, positions])
+    assert not torch.equal(own_float[:, :, positions], true_float[:, :, positions])
+
+
+def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
+    unrolled_config = config()
+    unrolled_config.train.unroll = UnrollConfig(frames=8, weight=0.25)
+    objective, plain = build_objective(unrolled_config, layout, "cpu"), build_objective(config(), layout, "cpu")
+    model = small_model(layout)
+    batch = windows(*game(shared_store), [1500, 7500])
+    first_epoch = objective.outputs(model, batch, 0, torch.Generator().manual_seed(0))  # start_epoch 1: not yet
+    pred, rows = objective.outputs(model, batch, 1, torch.Generator().manual_seed(0))
+    plain_pred, plain_rows = plain.outputs(model, batch, 1, torch.Generator().manual_seed(0))
+    assert len(first_epoch[1]["weight"]) == 2 * L
+    assert len(rows["weight"]) == 2 * (L + 8) and rows["weight"][2 * L :].tolist() == [0.25] * 16
+    assert torch.equal(pred["float"][: 2 * L], plain_pred["float"]) and torch.equal(rows["float_tgt"][: 2 * L], plain_rows["float_tgt"])
+    losses = compute_losses(pred, rows, layout, LossConfig())
+    losses["total"].backward()
+    assert torch.isfinite(losses["total"]) and all(p.grad is not None for p in model.heads.parameters())
+    evaluated, evaluated_rows = objective.outputs(model, batch)  # evaluation: the windows alone
+    assert len(evaluated_rows["weight"]) == 2 * L
+
+
+@pytest.mark.parametrize(
+    "data, unroll, message",
+    [
+        ({"objective": "last"}, {"frames": 4}, "needs data.objective 'sequence'"),
+        ({}, {"frames": L}, "must be under data.seq_len"),
+        ({}, {"frames": -1}, ">= 0"),
+        ({}, {"frames": 4, "start_epoch": -1}, ">= 0"),
+        ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position"),
+    ],
+)
+def test_an_unroll_that_cannot_run_is_refused(layout, data, unroll, message):
+    refused = config(**data)
+    refused.train.unroll = UnrollConfig(**unroll)
+    with pytest.raises(ConfigError, match=message):
+        build_objective(refused, layout, "cpu")
+
+
 def test_plan_counts_targets_and_windows(shared_store):
     seq = load_config(
         ROOT / "experiments" / "mamba2-v3-seq.yaml",
@@ -371,6 +463,9 @@ def test_plan_counts_targets_and_windows(shared_store):
     assert plan["epoch_hours"] == pytest.approx(plan["batches_per_epoch"] * 0.1 / 3600)
     text = plan_markdown(plan, seq)
     assert f"windows, {plan['train_targets']:,} targets |" in text and f"windows, up to {plan['targets_per_batch']:,} targets" in text
+    assert "Unrolled training" not in text
+    seq.train.unroll = UnrollConfig(frames=16, weight=0.5)
+    assert "| Unrolled training | 16 frames per window, weight 0.5 |" in plan_markdown(plan, seq)
 
 
 @pytest.mark.parametrize("targets", ["clean", "noisy"])
