@@ -24,7 +24,7 @@ from melee_model.layout import FrameLayout
 from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
-from melee_model.unroll import check_unroll, join_rows, unrolled_rows
+from melee_model.unroll import Unroll, check_unroll, join_rows
 
 OBJECTIVES = ("last", "sequence")
 
@@ -60,9 +60,10 @@ class SequenceObjective:
 
     def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device, unroll: UnrollConfig | None = None):
         self.parts = SequenceParts(layout, device)
-        self.sampling, self.unroll = sampling, unroll or UnrollConfig()
+        self.sampling, unrolls = sampling, unroll is not None and unroll.frames > 0
         self.noise = ContextNoise(layout, sampling, device)
-        self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" or self.unroll.frames else None
+        self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" or unrolls else None
+        self.unroll = Unroll(unroll, layout, self.parts, self.stepper, device) if unrolls else None
 
     def outputs(
         self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
@@ -72,9 +73,9 @@ class SequenceObjective:
             parts = self._sample(model, parts, epoch, generator)
         pred = model(parts["float_in"], parts["int_in"], parts["next_ctrl"])  # (B, L, ...)
         rows = position_rows(pred, parts)
-        if epoch is None or not self.unroll.frames or epoch < self.unroll.start_epoch:
+        if epoch is None or self.unroll is None or epoch < self.unroll.config.start_epoch:
             return rows
-        return join_rows(rows, unrolled_rows(model, parts, self.stepper, self.parts, self.unroll, generator))
+        return join_rows(rows, self.unroll.rows(model, parts, generator))
 
     def _sample(self, model: torch.nn.Module, parts: dict, epoch: int, generator: torch.Generator) -> dict:
         if self.sampling.mode == "noise":

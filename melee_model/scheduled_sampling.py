@@ -29,6 +29,8 @@ so every micro-batch of an accumulated step draws its own noise and mask, and a 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from melee_encode.errors import ConfigError
@@ -139,32 +141,71 @@ def branches(size: int, length: int, rate: float, generator: torch.Generator, de
     return torch.arange(length, device=device) >= branch[:, None]  # (B, L)
 
 
-@torch.no_grad()
-def own_rollouts(model: torch.nn.Module, parts: dict, stepper: FrameStepper, rolled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each window's frames s+1 .. s+L as a rollout predicts them: (B, L, F) float32 and (B, L, I) int64,
-    laid out as `own_frames`' so that `substitute(..., rolled)` feeds them back.
+class Rollout(NamedTuple):
+    """What `roll_out` made: preds[k], the model's dict ("float" (B, T), field -> (B, 2, V)), is its
+    prediction at input position first-1+k (first: the earliest branch); own_float (B, L, F) and
+    own_int (B, L, I) hold frames s+1 .. s+L as predicted (the real ones before first-1); read_float
+    (B, L, F) and read_int (B, L, I) the input frames s .. s+L-1 the model read."""
+
+    preds: list[dict]
+    own_float: torch.Tensor
+    own_int: torch.Tensor
+    read_float: torch.Tensor
+    read_int: torch.Tensor
+
+
+def roll_out(
+    model: torch.nn.Module, parts: dict, stepper: FrameStepper, rolled: torch.Tensor, columns: torch.Tensor | None = None
+) -> Rollout:
+    """Windows rolled out from their branch positions, one recurrent step per frame (FrameStackMamba2's
+    prefill, step and predict, with the replay's controls); gradients as the caller has them on.
 
     Input position j reads the real frame s+j where rolled[:, j] (B, L) is unset, else the model's own
-    frame s+j predicted one recurrent step before (FrameStackMamba2's prefill, step and predict, with
-    the replay's controls). The real frames up to the earliest branch are run in one prefill; frames
-    predicted before it are never read back and are left as the real ones.
+    frame s+j predicted one step before; with `columns` (float column indices) only those columns of
+    it, the rest of the frame (ints included) staying real. The real frames up to the earliest branch
+    are run in one prefill, without gradients.
     """
     core = getattr(model, "module", model)  # the model itself under DistributedDataParallel
     real_float, real_int, length = parts["float_in"], parts["int_in"], rolled.shape[1]  # (B, L, F), (B, L, I)
     first = int(torch.nonzero(rolled.any(0))[0]) if rolled.any() else length  # the earliest branch
-    x, state = core.prefill(real_float[:, :first], real_int[:, :first])  # (B, D)
+    with torch.no_grad():
+        x, state = core.prefill(real_float[:, :first], real_int[:, :first])  # (B, D)
     last_float, last_int = real_float[:, first - 1], real_int[:, first - 1]  # (B, F), (B, I)
-    own_float, own_int = parts["float_next"].clone(), torch.zeros_like(real_int)  # (B, L, F), (B, L, I)
-    own_int[:, :-1] = real_int[:, 1:]
+    preds, own, read = [], [], []
     for j in range(first - 1, length):
         pred = core.predict(x, parts["next_ctrl"][:, j], state.step)
-        own_float[:, j], own_int[:, j] = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j])  # frame s+j+1
+        own_float, own_int = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j])  # frame s+j+1
+        preds.append(pred)
+        own.append((own_float, own_int))
         if j + 1 < length:
             swap = rolled[:, j + 1, None]  # (B, 1)
-            last_float = torch.where(swap, own_float[:, j], real_float[:, j + 1])  # (B, F)
-            last_int = torch.where(swap, own_int[:, j], real_int[:, j + 1])  # (B, I)
+            if columns is None:
+                mixed_float, mixed_int = own_float, own_int
+            else:
+                mixed_float, mixed_int = real_float[:, j + 1].clone(), real_int[:, j + 1]
+                mixed_float[:, columns] = own_float[:, columns]
+            last_float = torch.where(swap, mixed_float, real_float[:, j + 1])  # (B, F)
+            last_int = torch.where(swap, mixed_int, real_int[:, j + 1])  # (B, I)
+            read.append((last_float, last_int))
             x, state = core.step(last_float, last_int, state)  # (B, D)
-    return own_float, own_int
+    stacked = lambda frames, k: torch.stack([frame[k] for frame in frames], dim=1)  # noqa: E731
+    return Rollout(
+        preds,
+        torch.cat([parts["float_next"][:, : first - 1], stacked(own, 0)], dim=1),  # (B, L, F)
+        torch.cat([real_int[:, 1:first], stacked(own, 1)], dim=1),  # (B, L, I)
+        torch.cat([real_float[:, :first], *([stacked(read, 0)] if read else [])], dim=1),  # (B, L, F)
+        torch.cat([real_int[:, :first], *([stacked(read, 1)] if read else [])], dim=1),  # (B, L, I)
+    )
+
+
+@torch.no_grad()
+def own_rollouts(model: torch.nn.Module, parts: dict, stepper: FrameStepper, rolled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each window's frames s+1 .. s+L as a rollout from rolled (B, L)'s branches predicts them: (B, L, F)
+    float32 and (B, L, I) int64 (`roll_out`'s own frames), laid out as `own_frames`' so that
+    `substitute(..., rolled)` feeds them back. Frames predicted before the earliest branch are never
+    read back and are left as the real ones."""
+    rollout = roll_out(model, parts, stepper, rolled)
+    return rollout.own_float, rollout.own_int
 
 
 def substitute(

@@ -6,7 +6,7 @@ is carried on to every later frame. Here each window is also rolled out for `fra
 branch position b, drawn per batch uniformly in 1 .. L-frames: the real frames s .. s+b-1 are run in
 one prefill (without gradients), then frames s+b .. s+b+frames-1 are the model's own, each made from
 its prediction by `FrameStepper.frame` and read back with one recurrent step, gradients kept through
-all of them. Every rolled-out frame's prediction is a target row like the teacher-forced ones, its
+all of them (the loop of rollout scheduled sampling, `scheduled_sampling.roll_out`). Every rolled-out frame's prediction is a target row like the teacher-forced ones, its
 delta targets taken from the model's own frame it read (true next frame minus own frame), so that a
 row's float error is the rollout's error at that frame, and its gradient reaches every step before
 it. It starts at epoch `start_epoch` (default 1: the untrained model's rollouts are noise, whose
@@ -25,6 +25,7 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import UnrollConfig
 from melee_model.layout import FrameLayout
+from melee_model.scheduled_sampling import roll_out
 from melee_model.sequence import SequenceParts
 from melee_model.stepper import FrameStepper
 
@@ -52,58 +53,47 @@ def draw_branch(length: int, frames: int, generator: torch.Generator) -> int:
     return int(torch.randint(1, length - frames + 1, (1,), device=generator.device, generator=generator))
 
 
-def position_columns(layout: FrameLayout, device) -> torch.Tensor:
-    """The float columns of both players' x and y: (4,)."""
-    return torch.tensor([layout.schema.float_index(f"p{p}.{f}") for p in (0, 1) for f in ("x", "y")], device=device)
-
-
 def unrolled(
-    model: torch.nn.Module, parts: dict, stepper: FrameStepper, branch: int, frames: int, positions: torch.Tensor | None = None
+    model: torch.nn.Module, parts: dict, stepper: FrameStepper, branch: int, frames: int, columns: torch.Tensor | None = None
 ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
-    """Each window rolled out from position `branch` for `frames` frames, with gradients.
+    """Each window rolled out from position `branch` for `frames` frames, with gradients
+    (scheduled_sampling.roll_out over the window's first branch + frames positions).
 
     Returns (preds, own_float (B, n, F), own_int (B, n, I)): own frame k is frame s+branch+k as the
-    rollout made it, and preds[k] the model's prediction of frame s+branch+k+1 from it (the model's
-    dict, "float" (B, T), field -> (B, 2, V)). With `positions` (float column indices), only those
-    columns are the rollout's and the rest of each own frame is the true one. parts: SequenceParts'.
+    rollout made it and the model read it, and preds[k] the model's prediction of frame s+branch+k+1
+    from it (the model's dict, "float" (B, T), field -> (B, 2, V)). With `columns` (float column
+    indices), only those columns are the rollout's and the rest of each own frame is the true one.
+    parts: SequenceParts'.
     """
-    core = getattr(model, "module", model)  # the model itself under DistributedDataParallel
-    with torch.no_grad():
-        x, state = core.prefill(parts["float_in"][:, :branch], parts["int_in"][:, :branch])  # (B, D)
-    last_float, last_int = parts["float_in"][:, branch - 1], parts["int_in"][:, branch - 1]  # (B, F), (B, I)
-    pred = core.predict(x, parts["next_ctrl"][:, branch - 1], state.step)
-    preds, own_float, own_int = [], [], []
-    for j in range(branch, branch + frames):
-        last_float, last_int = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j - 1])  # frame s+j
-        if positions is not None:
-            made, last_float, last_int = last_float, parts["float_in"][:, j].clone(), parts["int_in"][:, j]
-            last_float[:, positions] = made[:, positions]
-        x, state = core.step(last_float, last_int, state)  # (B, D)
-        pred = core.predict(x, parts["next_ctrl"][:, j], state.step)
-        preds.append(pred)
-        own_float.append(last_float)
-        own_int.append(last_int)
-    return preds, torch.stack(own_float, dim=1), torch.stack(own_int, dim=1)  # (B, n, F), (B, n, I)
+    end = branch + frames
+    window = {key: parts[key][:, :end] for key in ("float_in", "int_in", "float_next", "next_ctrl")}
+    rolled = (torch.arange(end, device=parts["float_in"].device) >= branch).expand(len(parts["float_in"]), end)  # (B, end)
+    rollout = roll_out(model, window, stepper, rolled, columns)
+    return rollout.preds[1:], rollout.read_float[:, branch:], rollout.read_int[:, branch:]
 
 
-def unrolled_rows(
-    model: torch.nn.Module, parts: dict, stepper: FrameStepper, builder: SequenceParts, config: UnrollConfig, generator: torch.Generator
-) -> tuple[dict, dict]:
-    """The rolled-out targets as rows of card examples, N = B * n: (pred rows, target rows), laid out
-    as `sequence.position_rows`' with weight = config.weight where the position is a target."""
-    length = parts["target_mask"].shape[1]
-    branch = draw_branch(length, config.frames, generator)
-    positions = position_columns(builder.layout, parts["float_in"].device) if config.fields == "position" else None
-    preds, own_float, own_int = unrolled(model, parts, stepper, branch, config.frames, positions)
-    positions = slice(branch, branch + config.frames)
-    pred_rows = {key: torch.stack([p[key] for p in preds], dim=1).flatten(0, 1) for key in preds[0]}  # (N, ...)
-    rows = {
-        "float_tgt": builder.float_targets(own_float, parts["float_next"][:, positions]).flatten(0, 1),  # (N, T)
-        "int_tgt": parts["int_tgt"][:, positions].flatten(0, 1),  # (N, 12)
-        "int_ctx": own_int.flatten(0, 1)[:, None],  # (N, 1, I)
-        "weight": parts["target_mask"][:, positions].flatten().float() * config.weight,  # (N,)
-    }
-    return pred_rows, rows
+class Unroll:
+    """train.unroll for one layout, on one device: rows(model, parts, generator) -> the rolled-out
+    targets as rows of card examples, N = B * n: (pred rows, target rows), laid out as
+    `sequence.position_rows`' with weight = config.weight where the position is a target."""
+
+    def __init__(self, config: UnrollConfig, layout: FrameLayout, builder: SequenceParts, stepper: FrameStepper, device):
+        self.config, self.builder, self.stepper = config, builder, stepper
+        self.columns = torch.tensor(layout.moving_columns, device=device) if config.fields == "position" else None  # (4,) x, y
+
+    def rows(self, model: torch.nn.Module, parts: dict, generator: torch.Generator) -> tuple[dict, dict]:
+        frames = self.config.frames
+        branch = draw_branch(parts["target_mask"].shape[1], frames, generator)
+        preds, own_float, own_int = unrolled(model, parts, self.stepper, branch, frames, self.columns)
+        targets = slice(branch, branch + frames)
+        pred_rows = {key: torch.stack([p[key] for p in preds], dim=1).flatten(0, 1) for key in preds[0]}  # (N, ...)
+        rows = {
+            "float_tgt": self.builder.float_targets(own_float, parts["float_next"][:, targets]).flatten(0, 1),  # (N, T)
+            "int_tgt": parts["int_tgt"][:, targets].flatten(0, 1),  # (N, 12)
+            "int_ctx": own_int.flatten(0, 1)[:, None],  # (N, 1, I)
+            "weight": parts["target_mask"][:, targets].flatten().float() * self.config.weight,  # (N,)
+        }
+        return pred_rows, rows
 
 
 def join_rows(first: tuple[dict, dict], second: tuple[dict, dict]) -> tuple[dict, dict]:

@@ -1,4 +1,4 @@
-"""The environment the project is built in: torch's one pin, and the GPU check's preparation."""
+"""The environment the project is built in: torch's one pin, CI's command, and the GPU check's preparation."""
 
 import configparser
 import subprocess
@@ -36,6 +36,14 @@ def test_torch_pin_is_written_once_and_installed():
     for script in ("scripts/setup_env.sh", "benchmarks/gpu_check.sh", "benchmarks/prepare_gpu_check.sh"):
         assert pin not in (ROOT / script).read_text(), f"{script} repeats torch's version; read pyproject.toml"
     assert Version(torch.__version__).base_version == pin  # what scripts/setup_env.sh installed
+
+
+def test_ci_runs_the_readmes_test_command():
+    """.ci/run's command is the README's second set-up line, word for word."""
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()  # the README's first code block
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert setup[1].startswith("./run_tests.sh") and ci[-1] == setup[1]
 
 
 @pytest.mark.slow

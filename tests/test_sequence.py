@@ -25,7 +25,7 @@ from melee_model.rollout import rollout
 from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
-from melee_model.unroll import position_columns, unrolled, unrolled_rows
+from melee_model.unroll import Unroll, unrolled
 
 from conftest import ROOT
 
@@ -373,7 +373,7 @@ def test_an_unrolled_window_is_the_rollout_from_its_branch(shared_store, layout,
 
     config = UnrollConfig(frames=frames, weight=0.5)
     generator = torch.Generator().manual_seed(3)
-    pred_rows, rows = unrolled_rows(model, parts, stepper, builder, config, generator)
+    pred_rows, rows = Unroll(config, layout, builder, stepper, "cpu").rows(model, parts, generator)
     drawn = int(torch.randint(1, L - frames + 1, (1,), generator=torch.Generator().manual_seed(3)))
     _, drawn_float, _ = unrolled(model, parts, stepper, drawn, frames)
     true_next = parts["float_next"][:, drawn : drawn + frames]
@@ -401,7 +401,7 @@ def test_a_position_unroll_rolls_out_x_and_y_alone(shared_store, layout):
     the rollout's (its first frame as the whole unroll's; later ones drift apart from it)."""
     model, stepper = small_model(layout, motion_prior="constant_velocity"), FrameStepper(layout, "cpu")
     parts = SequenceParts(layout, "cpu")(windows(*game(shared_store), [1500, 4200, 7500]))
-    positions = position_columns(layout, "cpu")
+    positions = torch.tensor(layout.moving_columns)  # both players' x and y
     _, whole, _ = unrolled(model, parts, stepper, 20, 6)
     _, own_float, own_int = unrolled(model, parts, stepper, 20, 6, positions)
     true_float, true_int = parts["float_in"][:, 20:26], parts["int_in"][:, 20:26]
