@@ -29,6 +29,8 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from .errors import ReplayError
 from .replay import OPTIONAL_SOURCES, SOURCE_VERSIONS, RawGame, drop_sources, read_replay
 from .sources import ReplaySource, local_replay_path
@@ -89,11 +91,17 @@ class Repair:
 
 @dataclass
 class _Stream:
-    """A replay's event stream: the Event Payloads table and the complete events after it."""
+    """A replay's event stream: the Event Payloads table and the complete events after it.
+
+    The events are three arrays of one row per complete event, in order: a long replay holds
+    hundreds of thousands, which numpy reads at a fraction of the cost of Python tuples.
+    """
 
     data: bytes  # the stream's bytes as found (possibly cut short)
     sizes: dict[int, int]  # command byte -> payload size
-    events: list[tuple[int, int, int]]  # (command, start, end) of each complete event, in order
+    codes: np.ndarray  # (events,) uint8: each event's command byte
+    starts: np.ndarray  # (events,) int64: offset of each event's command byte
+    ends: np.ndarray  # (events,) int64: offset just past each event's payload
     version: tuple[int, int, int]
     tail: bytes  # what follows the stream in a whole file: the metadata element and "}"
     closed: bool  # the raw length is set, the stream that long, and the file ends with "}"
@@ -156,23 +164,23 @@ def read_as_3_7(data: bytes) -> Repair:
 def cut_truncated(data: bytes) -> Repair:
     """Cut a replay that ends mid-event after its last complete frame (see the module docstring)."""
     stream = _read_stream(data)
-    game_end = [end for code, _, end in stream.events if code == GAME_END]
-    if game_end and stream.closed:
+    game_end = stream.ends[stream.codes == GAME_END]
+    if len(game_end) and stream.closed:
         raise SalvageError("not truncated: the stream has its Game End and the file is closed")
-    if game_end:
+    if len(game_end):
         return Repair(
             _container(stream.data[: game_end[0]]), "cut_truncated", "truncated after Game End: metadata dropped, every frame kept"
         )
     has_bookends = stream.version >= (3, 0, 0) and BOOKEND in stream.sizes
-    complete = _bookend_ends(stream) if has_bookends else _post_frame_ends(stream)
-    if not complete:
+    frames, ends = _bookend_ends(stream) if has_bookends else _post_frame_ends(stream)
+    if not len(ends):
         raise SalvageError("truncated before the first complete frame")
-    frame, end = complete[-1]
-    starts = [start for code, start, _ in stream.events if code in FRAME_EVENTS]
-    if stream.events[-1][2] + 5 <= len(stream.data) and stream.data[stream.events[-1][2]] in FRAME_EVENTS:
-        starts.append(stream.events[-1][2])  # the event cut short: its frame id was sent
-    last_sent = max(_frame_id(stream.data, start) for start in starts)
-    return Repair(_container(stream.data[:end]), "cut_truncated", f"truncated: cut after frame {frame} of {last_sent} sent")
+    starts = stream.starts[np.isin(stream.codes, FRAME_EVENTS)]
+    last = int(stream.ends[-1])
+    if last + 5 <= len(stream.data) and stream.data[last] in FRAME_EVENTS:
+        starts = np.append(starts, last)  # the event cut short: its frame id was sent
+    last_sent = int(_frame_ids(stream.data, starts).max())
+    return Repair(_container(stream.data[: ends[-1]]), "cut_truncated", f"truncated: cut after frame {frames[-1]} of {last_sent} sent")
 
 
 _FIXES = {TRUNCATED: (cut_truncated,), EMPTY_FRAME_END: (read_as_3_7,)}
@@ -189,13 +197,17 @@ def _padded(stream: _Stream, version: tuple[int, int, int]) -> tuple[bytes, dict
     wanted = _payload_sizes(version)
     padded = {code: wanted[code] - size for code, size in stream.sizes.items() if wanted.get(code, 0) > size}
     sizes = {code: size + padded.get(code, 0) for code, size in stream.sizes.items()}
-    pieces = [bytes([PAYLOADS, 3 * len(sizes) + 1]), *(struct.pack(">BH", code, size) for code, size in sizes.items())]
-    for code, start, end in stream.events:
-        event = stream.data[start:end]
-        if code == GAME_START:
-            event = event[:1] + bytes(version) + event[4:]
-        pieces.append(event + bytes(padded.get(code, 0)))
-    return b"".join(pieces), padded
+    table = b"".join([bytes([PAYLOADS, 3 * len(sizes) + 1]), *(struct.pack(">BH", code, size) for code, size in sizes.items())])
+    extra = np.zeros(256, np.int64)
+    extra[list(padded)] = list(padded.values())
+    lengths = stream.ends - stream.starts
+    moved = np.concatenate([[0], np.cumsum(lengths + extra[stream.codes])])  # (events + 1,) where each event lands
+    out = np.zeros(int(moved[-1]), np.uint8)
+    shift = np.repeat(moved[:-1] - stream.starts, lengths)  # (event bytes,) how far each byte moves
+    source = np.arange(stream.starts[0], stream.ends[-1])  # (event bytes,) the walk found the events back to back
+    out[source + shift] = np.frombuffer(stream.data, np.uint8)[source]
+    out[1:4] = version  # in the Game Start, the first event (_read_stream checks it)
+    return table + out.tobytes(), padded
 
 
 def _absent(stream: _Stream) -> tuple[str, ...]:
@@ -217,17 +229,33 @@ def _read_stream(data: bytes) -> _Stream:
         raise SalvageError("no readable Event Payloads event")
     table = stream[2 : 1 + stream[1]]
     sizes = {table[i]: int.from_bytes(table[i + 1 : i + 3], "big") for i in range(0, len(table), 3)}
-    events = []
-    position = 1 + stream[1]
-    while position < len(stream) and stream[position] in sizes and position + 1 + sizes[stream[position]] <= len(stream):
-        events.append((stream[position], position, position + 1 + sizes[stream[position]]))
-        position = events[-1][2]
-    if not events or events[0][0] != GAME_START or events[0][2] - events[0][1] < 4:
+    starts, position = _walk(stream, sizes, 1 + stream[1])
+    codes = np.frombuffer(stream, np.uint8)[starts]
+    ends = starts + 1 + np.array([sizes.get(code, 0) for code in range(256)])[codes]
+    if not len(starts) or codes[0] != GAME_START or ends[0] - starts[0] < 4:
         raise SalvageError("no Game Start event")
-    version = tuple(stream[events[0][1] + 1 : events[0][1] + 4])
+    version = tuple(stream[starts[0] + 1 : starts[0] + 4])
     tail = data[start + (length or position) :]
     closed = length > 0 and len(stream) == length and data.endswith(b"}")
-    return _Stream(stream, sizes, events, version, tail if tail[:1] in (b"U", b"}") else b"}", closed)
+    return _Stream(stream, sizes, codes, starts, ends, version, tail if tail[:1] in (b"U", b"}") else b"}", closed)
+
+
+def _walk(stream: bytes, sizes: dict[int, int], position: int) -> tuple[np.ndarray, int]:
+    """The start offsets of the complete events from `position` on, and where the walk stopped.
+
+    Each event's start follows from the one before it, so this stays a Python loop: kept to a
+    table look-up and an append per event."""
+    step = [0] * 256  # command byte -> event length; 0 for a byte that starts no event
+    for code, size in sizes.items():
+        step[code] = 1 + size
+    starts, end = [], len(stream)
+    while position < end:
+        length = step[stream[position]]
+        if not length or position + length > end:
+            break
+        starts.append(position)
+        position += length
+    return np.array(starts, np.int64), position
 
 
 def _declared_version(data: bytes) -> tuple[int, ...]:
@@ -239,29 +267,41 @@ def _declared_version(data: bytes) -> tuple[int, ...]:
     return tuple(data[game_start + 1 : game_start + 4]) if data[game_start : game_start + 1] == bytes([GAME_START]) else ()
 
 
-def _bookend_ends(stream: _Stream) -> list[tuple[int, int]]:
-    """(frame id, end offset) of each Frame Bookend: where each complete frame ends."""
-    return [(_frame_id(stream.data, start), end) for code, start, end in stream.events if code == BOOKEND]
+def _bookend_ends(stream: _Stream) -> tuple[np.ndarray, np.ndarray]:
+    """(frame ids, end offsets) of the Frame Bookends: where each complete frame ends."""
+    bookends = stream.codes == BOOKEND
+    return _frame_ids(stream.data, stream.starts[bookends]), stream.ends[bookends]
 
 
-def _post_frame_ends(stream: _Stream) -> list[tuple[int, int]]:
-    """(frame id, end offset) of each frame whose characters all sent their post-frame."""
-    complete, frame, pres, posts = [], None, set(), set()
-    for code, start, end in stream.events:
-        if code not in (PRE, POST):
-            continue
-        frame_id, character = _frame_id(stream.data, start), stream.data[start + 5 : start + 7]  # port, is follower
-        if frame_id != frame:
-            frame, pres, posts = frame_id, set(), set()
-        (pres if code == PRE else posts).add(character)
-        if code == POST and posts >= pres:
-            complete.append((frame_id, end))
-    return complete
+def _post_frame_ends(stream: _Stream) -> tuple[np.ndarray, np.ndarray]:
+    """(frame ids, end offsets) of the post-frames after which every character that sent a
+    pre-frame of their frame has sent its post-frame: where each complete frame ends."""
+    frame_events = np.isin(stream.codes, (PRE, POST))
+    codes, starts, ends = stream.codes[frame_events], stream.starts[frame_events], stream.ends[frame_events]
+    frames = _frame_ids(stream.data, starts)
+    data = np.frombuffer(stream.data, np.uint8)
+    _, character = np.unique(data[starts + 5].astype(np.int64) * 256 + data[starts + 6], return_inverse=True)  # port, is follower
+    first = np.flatnonzero(np.concatenate([[True], frames[1:] != frames[:-1]]))  # where each frame's run of events starts
+    run = np.repeat(first, np.diff(np.append(first, len(frames))))  # (events,) the start of each event's run
+    complete = codes == POST
+    for one in range(character.max(initial=-1) + 1):  # a replay has 2 to 8 characters
+        pre = _seen_in_run((codes == PRE) & (character == one), run)
+        post = _seen_in_run((codes == POST) & (character == one), run)
+        complete &= post | ~pre
+    return frames[complete], ends[complete]
 
 
-def _frame_id(stream: bytes, start: int) -> int:
-    """The frame id a frame event's payload starts with (int32 after the command byte)."""
-    return struct.unpack_from(">i", stream, start + 1)[0]
+def _seen_in_run(sent: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """(events,) bool: whether `sent` held at this event or an earlier one of its run (`run`: the
+    index each event's run starts at)."""
+    count = sent.cumsum()  # (events,)
+    return count > count[run] - sent[run]
+
+
+def _frame_ids(stream: bytes, starts: np.ndarray) -> np.ndarray:
+    """(events,) int64: the frame id each frame event's payload starts with (big-endian int32)."""
+    data = np.frombuffer(stream, np.uint8)
+    return data[starts[:, None] + np.arange(1, 5)].view(">i4").ravel().astype(np.int64)
 
 
 def _container(raw: bytes, tail: bytes = b"}") -> bytes:
