@@ -1,6 +1,6 @@
 """Encode throughput against peppi-py's bare parse of the same replays, in the same run.
 
-    python benchmarks/encode_throughput.py ../shared/replays [--workers 2] [--repeat 10] [--json]
+    python benchmarks/encode_throughput.py ../shared/replays [--workers 2] [--repeat 60] [--trials 5] [--json]
 
 Measures, each encode in a fresh process on a fresh store:
 - peppi-py's `read_slippi` over the replays (the floor: parse only);
@@ -108,7 +108,10 @@ def main() -> None:
     parser.add_argument("sources", nargs="*", default=["../shared/replays"])
     parser.add_argument("--workers", type=int, default=2, help="workers for the scaling run (default 2)")
     parser.add_argument(
-        "--repeat", type=int, default=20, help="corpus repetitions for the long runs (default 20: amortizes the ~1 s start of the helpers)"
+        "--repeat",
+        type=int,
+        default=60,
+        help="corpus repetitions for the long runs (default 60: the ~1 s start of the helpers was a third of a 20x run's wall time)",
     )
     parser.add_argument("--trials", type=int, default=5, help="trials of peppi, one worker and the pool, back to back (default 5)")
     parser.add_argument("--json", action="store_true")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, replay
 
 
 def benchmark(name: str, *args: str) -> dict:
@@ -15,6 +15,16 @@ def benchmark(name: str, *args: str) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "WANDB_MODE": "disabled"}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+def test_encode_throughput_measures_the_encode_against_the_bare_parse():
+    replays = [replay("peppi/game.slp"), replay("slippi-js/incomplete.slp"), replay("peppi/items.slp")]  # incomplete: salvaged
+    figures = benchmark("encode_throughput.py", *replays, "--repeat", "2", "--trials", "1")
+    assert figures["frames"] > 0 and figures["frames_per_s"] > 0 and figures["peppi_frames_per_s"] > 0
+    assert figures["ratio_to_peppi"] == figures["frames_per_s"] / figures["peppi_frames_per_s"]  # one trial: its own ratio
+    assert 0 < figures["bytes_per_frame"] < figures["store_bytes_per_frame"]
+    assert figures["speedup_workers"] > 0 and figures["peppi_speedup_workers"] > 0
 
 
 @pytest.mark.slow
