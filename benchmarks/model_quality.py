@@ -2,7 +2,7 @@
 the rollout baselines, on the same validation games.
 
     python benchmarks/model_quality.py --store S [--val-store V] [--minutes M] [--width small|card] [--json]
-        [--rollouts N] [--sampling RATE [--sampling-mode model|rollout]]
+        [--rollouts N] [--sampling RATE [--sampling-mode model|rollout]] [--output DIR]
         [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
 
 Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
@@ -216,6 +216,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override the sequence objective's config (and sequence_sampled's)",
     )
+    parser.add_argument("--output", help="keep each model's run in DIR/<model> (its last checkpoint: latest/model.pt; default: removed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1; evaluation always uses 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -237,7 +238,8 @@ def main() -> None:
         )
     val_store, split = (args.val_store, "all") if args.val_store else (args.store, "val")
     results, runs = {}, {}
-    with tempfile.TemporaryDirectory(prefix="model-quality-") as tmp, contextlib.redirect_stdout(sys.stderr):
+    runs_dir = contextlib.nullcontext(args.output) if args.output else tempfile.TemporaryDirectory(prefix="model-quality-")
+    with runs_dir as tmp, contextlib.redirect_stdout(sys.stderr):
         models = {}
         for name, config in configs.items():
             models[name], runs[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))

@@ -30,6 +30,10 @@ class DataConfig:
     # With lookahead d, delta targets are frame t+d minus: "from_context" the last context frame t-1
     # (ours), or "from_previous" frame t+d-1 (the reference's). The same when d is 0.
     lookahead_delta: str = "from_context"
+    # Stocks, a dynamics column: "absolute" (the run card's) predicts the count itself, as the rest of
+    # that block; "delta" predicts its change like a position's, and a rollout's frame rounds the
+    # result to whole stocks. Absolute predictions were half a stock off from a rollout's first frame.
+    stocks_target: str = "absolute"
     val_fraction: float = 0.1  # share of games in validation, decided per match (or per game by content hash)
     # Load-time game filters (empty: all). Names or ids, as melee-encode's filters.
     end_methods: list = field(default_factory=list)

@@ -14,6 +14,8 @@ An example for target frame t (spec section 3), with K = context_len and d = loo
                             d(c) = value at t+d minus value at the delta's base frame:
                             lookahead_delta "from_context" (ours): t-1, the last context frame;
                             "from_previous" (the reference's): t+d-1. Both are t-1 when d = 0.
+                            With stocks_target "delta", the stocks of the dynamics blocks are
+                            d(stocks) too (the card: absolute, as the rest of those blocks).
     int_tgt (12)            per player: action, jumps_left, l_cancel, hurtbox_state, ground,
                             last_attack_landed at frame t+d
 
@@ -37,6 +39,7 @@ FLOAT_BLOCKS = (("continuous", True), ("velocity", True), ("binary", False), ("d
 # written before state_age had its own group have it under "dynamics").
 INPUT_ONLY_FIELDS = ("state_age",)
 LOOKAHEAD_DELTAS = ("from_context", "from_previous")
+STOCKS_TARGETS = ("absolute", "delta")
 # Per-player fields that move with a velocity: the constant-velocity baseline and motion prior carry them on.
 MOVING_FIELDS = ("x", "y")
 
@@ -51,6 +54,7 @@ class FrameLayout:
     lookahead: int = 0
     lookahead_delta: str = "from_context"  # the delta's base frame with a lookahead: t-1, or t+d-1
     stage_floor: bool = False  # model.stage_floor: predicted frames land on the main platform (stepper.StageFloor)
+    stocks_target: str = "absolute"  # data.stocks_target: stocks predicted as they are, or as a change (a delta target)
 
     # Derived in __post_init__:
     ctrl_columns: tuple[int, ...] = field(init=False)  # float columns of one frame's controls: p0 then p1
@@ -70,6 +74,8 @@ class FrameLayout:
         schema = self.schema
         if self.lookahead_delta not in LOOKAHEAD_DELTAS:
             raise ConfigError(f"data.lookahead_delta must be one of {', '.join(LOOKAHEAD_DELTAS)}, got {self.lookahead_delta!r}")
+        if self.stocks_target not in STOCKS_TARGETS:
+            raise ConfigError(f"data.stocks_target must be one of {', '.join(STOCKS_TARGETS)}, got {self.stocks_target!r}")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
         controls = [schema.float_indices(player=p, group="controller") for p in (0, 1)]
         set_("ctrl_columns", tuple(controls[0] + controls[1]))
@@ -83,7 +89,7 @@ class FrameLayout:
                     i for i in schema.float_indices(player=player, group=group) if schema.float_columns[i].field not in INPUT_ONLY_FIELDS
                 ]
                 columns += block
-                is_delta += [delta] * len(block)
+                is_delta += [delta or self._stocks_delta(i) for i in block]
             blocks[group] = slice(start, len(columns))
         set_("float_target_columns", tuple(columns))
         set_("float_target_is_delta", tuple(is_delta))
@@ -104,6 +110,9 @@ class FrameLayout:
             raise ConfigError(f"the encoding must have {N_BUTTONS} button columns per player")
         if self.stage_floor and len(self.int_columns_of("stage")) != 1:
             raise ConfigError("model.stage_floor needs the stage as an int column of the encoding")
+
+    def _stocks_delta(self, column: int) -> bool:
+        return self.stocks_target == "delta" and self.schema.float_columns[column].field == "stocks"
 
     @property
     def n_float(self) -> int:
@@ -159,4 +168,5 @@ def layout_for(config: ExperimentConfig, schema: Schema) -> FrameLayout:
         lookahead=data.lookahead,
         lookahead_delta=data.lookahead_delta,
         stage_floor=config.model.stage_floor,
+        stocks_target=data.stocks_target,
     )

@@ -316,6 +316,7 @@ def describe_model(model: nn.Module, layout: FrameLayout) -> str:
             f"frame: {layout.n_float} floats + {layout.n_int} ints -> {model.embed.out_dim} embedded; context {layout.context_len} frames",
             f"next_ctrl: {layout.ctrl_dim}; targets: {layout.float_target_dim} floats, "
             f"{layout.int_target_dim} ints ({', '.join(TARGET_FIELDS)} per player)",
+            *(["stocks: predicted as a change (data.stocks_target delta)"] if layout.stocks_target == "delta" else []),
             *(["rollouts: predicted frames land on the main platform (model.stage_floor)"] if layout.stage_floor else []),
         ]
     )

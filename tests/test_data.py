@@ -156,6 +156,22 @@ def test_delta_targets_with_a_lookahead(lookahead, lookahead_delta, delta):
         FrameLayout(EncodingConfig().schema(), lookahead_delta="from_t")
 
 
+def test_stocks_can_be_a_delta_target():
+    # Every column of frame f holds f**2: a delta target at t = 10 is 100 - 81 = 19, an absolute one 100.
+    card, delta = FrameLayout(EncodingConfig().schema()), FrameLayout(EncodingConfig().schema(), stocks_target="delta")
+    stocks = [card.float_target_index(f"p{p}.stocks") for p in (0, 1)]
+    assert not any(card.float_target_is_delta[j] for j in stocks)  # the run card's: absolute
+    assert len(delta.delta_target_positions) == len(card.delta_target_positions) + 2
+    assert set(delta.delta_target_positions) - set(card.delta_target_positions) == set(stocks)
+    assert delta.float_target_columns == card.float_target_columns  # the same heads, in the same order
+    floats = np.repeat((np.arange(20.0) ** 2)[:, None], delta.n_float, axis=1).astype(np.float32)  # (20, F)
+    float_tgt = build_batch(floats, np.zeros((20, delta.n_int), np.int16), np.array([10]), delta)["float_tgt"][0]  # (T,)
+    dynamics = range(delta.float_blocks["dynamics"].start, delta.float_blocks["dynamics"].stop)
+    assert [float_tgt[j] for j in dynamics] == [19.0 if j in stocks else 100.0 for j in dynamics]
+    with pytest.raises(ValueError, match="stocks_target must be one of"):
+        FrameLayout(EncodingConfig().schema(), stocks_target="classes")
+
+
 @pytest.mark.parametrize("lookahead, lookahead_delta", [(0, "from_context"), (2, "from_context"), (2, "from_previous")])
 def test_float_target_std_is_the_spread_of_the_examples_targets(shared_store, lookahead, lookahead_delta):
     src = source(shared_store, lookahead=lookahead, lookahead_delta=lookahead_delta)

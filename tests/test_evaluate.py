@@ -218,6 +218,29 @@ def test_state_age_as_a_float_follows_the_same_rule():
     assert seen == [[1.49, 0.06], [1.50, 0.07], [0.0, 0.08], [0.01, 0.09]]
 
 
+def test_stocks_predicted_as_a_change_stay_whole_stocks():
+    layout = FrameLayout(EncodingConfig().schema(), stocks_target="delta")
+    stepper = FrameStepper(layout, "cpu")
+    schema = layout.schema
+    stocks = [schema.float_index("p0.stocks"), schema.float_index("p1.stocks")]
+    hitlag = [schema.float_index("p0.hitlag"), schema.float_index("p1.hitlag")]
+    floats, ints = torch.zeros(1, layout.n_float), torch.zeros(1, layout.n_int, dtype=torch.long)
+    floats[0, stocks] = torch.tensor([0.75, 1.0])  # 3 and 4 stocks, x0.25
+    seen = []
+    # The predicted change of p0 then p1, in encoded units (0.25 a stock), per step.
+    for change in ([-0.2, -0.05], [-0.1, -0.12], [0.06, 0.2], [-0.7, -0.05]):
+        pred = {"float": torch.full((1, layout.float_target_dim), 0.3)}  # hitlag and the rest say 0.3
+        pred["float"][0, [layout.float_target_index(f"p{p}.stocks") for p in (0, 1)]] = torch.tensor(change)
+        for field in TARGET_FIELDS:
+            pred[field] = torch.zeros(1, 2, layout.vocab(field))
+        floats, ints = stepper.frame(floats, ints, pred, floats)
+        assert floats[0, hitlag].tolist() == pytest.approx([0.3, 0.3])  # still absolute
+        seen.append([round(v / 0.25, 4) for v in floats[0, stocks].tolist()])
+    # 3 - 0.8 stocks rounds to 2, 4 - 0.2 to 4; a change under half a stock keeps the count; 2 - 2.8
+    # rounds to -1 and 4 + 0.8 to 5, clamped to 0 and 4.
+    assert seen == [[2.0, 4.0], [2.0, 4.0], [2.0, 4.0], [0.0, 4.0]]
+
+
 @pytest.mark.parametrize("encoding", [EncodingConfig(state_age_as_embed=False), EncodingConfig(projectiles=True, state_flags=False)])
 def test_steps_in_other_encodings(encoding):
     layout = FrameLayout(encoding.schema())

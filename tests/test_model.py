@@ -66,6 +66,9 @@ def test_describe_model_gives_the_frame_sizes():
     assert "FrameStackMLP" in text
     assert "138 floats + 17 ints -> 278 embedded" in text
     assert "next_ctrl: 26" in text and "112 floats" in text
+    assert "stocks" not in text
+    delta = FrameLayout(EncodingConfig().schema(), stocks_target="delta")
+    assert "stocks: predicted as a change" in describe_model(small_model("mlp"), delta)
 
 
 # ---------------------------------------------------------------- outputs

@@ -289,7 +289,7 @@ def test_a_checkpoint_rolls_out_with_the_stage_floor_on_request(shared_store, se
 
 
 @pytest.mark.slow
-def test_model_quality_script_short_budget(shared_store):
+def test_model_quality_script_short_budget(shared_store, tmp_path):
     command = [
         sys.executable,
         str(ROOT / "benchmarks" / "model_quality.py"),
@@ -309,6 +309,8 @@ def test_model_quality_script_short_budget(shared_store):
         "0.5",
         "--sampling-mode",
         "rollout",
+        "--output",
+        str(tmp_path),
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
@@ -328,6 +330,7 @@ def test_model_quality_script_short_budget(shared_store):
     for name in ("last", "sequence", "sequence_sampled"):
         assert all(isinstance(out[name][key], (int, float)) for key in keys), name
         assert out[name]["steps"] > 0 and 6 <= out[name]["train_s"] < 30
+        assert (tmp_path / name / "latest" / "model.pt").is_file(), name  # --output keeps the runs
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"

@@ -76,9 +76,9 @@ def layout(shared_store) -> FrameLayout:
 # ---------------------------------------------------------------- examples
 
 
-@pytest.mark.parametrize("press_events", [False, True])
-def test_every_position_is_the_cards_example_at_the_same_frames(shared_store, press_events):
-    layout = FrameLayout(open_store(shared_store).schema, press_events=press_events)
+@pytest.mark.parametrize("press_events, stocks_target", [(False, "absolute"), (True, "absolute"), (False, "delta")])
+def test_every_position_is_the_cards_example_at_the_same_frames(shared_store, press_events, stocks_target):
+    layout = FrameLayout(open_store(shared_store).schema, press_events=press_events, stocks_target=stocks_target)
     floats, ints = game(shared_store)
     starts = np.array([0, 1234, len(floats) - L - 1])
     parts = SequenceParts(layout, "cpu")(windows(floats, ints, starts))
