@@ -229,9 +229,11 @@ def _read_stream(data: bytes) -> _Stream:
         raise SalvageError("no readable Event Payloads event")
     table = stream[2 : 1 + stream[1]]
     sizes = {table[i]: int.from_bytes(table[i + 1 : i + 3], "big") for i in range(0, len(table), 3)}
-    starts, position = _walk(stream, sizes, 1 + stream[1])
+    lengths = np.zeros(256, np.int64)  # command byte -> event length; 0 for a byte that starts no event
+    lengths[list(sizes)] = [1 + size for size in sizes.values()]
+    starts, position = _walk(stream, lengths.tolist(), 1 + stream[1])
     codes = np.frombuffer(stream, np.uint8)[starts]
-    ends = starts + 1 + np.array([sizes.get(code, 0) for code in range(256)])[codes]
+    ends = starts + lengths[codes]
     if not len(starts) or codes[0] != GAME_START or ends[0] - starts[0] < 4:
         raise SalvageError("no Game Start event")
     version = tuple(stream[starts[0] + 1 : starts[0] + 4])
@@ -240,17 +242,15 @@ def _read_stream(data: bytes) -> _Stream:
     return _Stream(stream, sizes, codes, starts, ends, version, tail if tail[:1] in (b"U", b"}") else b"}", closed)
 
 
-def _walk(stream: bytes, sizes: dict[int, int], position: int) -> tuple[np.ndarray, int]:
-    """The start offsets of the complete events from `position` on, and where the walk stopped.
+def _walk(stream: bytes, lengths: list[int], position: int) -> tuple[np.ndarray, int]:
+    """The start offsets of the complete events from `position` on, and where the walk stopped;
+    lengths[command byte] is an event's length, 0 for a byte that starts none.
 
     Each event's start follows from the one before it, so this stays a Python loop: kept to a
-    table look-up and an append per event."""
-    step = [0] * 256  # command byte -> event length; 0 for a byte that starts no event
-    for code, size in sizes.items():
-        step[code] = 1 + size
+    list look-up and an append per event."""
     starts, end = [], len(stream)
     while position < end:
-        length = step[stream[position]]
+        length = lengths[stream[position]]
         if not length or position + length > end:
             break
         starts.append(position)

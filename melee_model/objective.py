@@ -58,9 +58,10 @@ class SequenceObjective:
 
     name = "sequence"
 
-    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device, unroll: UnrollConfig | None = None):
+    def __init__(self, layout: FrameLayout, sampling: ScheduledSamplingConfig, device, unroll: UnrollConfig):
         self.parts = SequenceParts(layout, device)
-        self.sampling, unrolls = sampling, unroll is not None and unroll.frames > 0
+        self.sampling = sampling
+        unrolls = unroll.frames > 0
         self.noise = ContextNoise(layout, sampling, device)
         self.stepper = FrameStepper(layout, device) if sampling.mode != "noise" or unrolls else None
         self.unroll = Unroll(unroll, layout, self.parts, self.stepper, device) if unrolls else None

@@ -98,10 +98,10 @@ class FrameStepper:
         self.binary_positions, self.binary_columns = index(range(binary.start, binary.stop)), index(targets[binary])
         absolute = [j for j in range(dynamics.start, dynamics.stop) if not layout.float_target_is_delta[j]]  # stocks can be a delta
         self.dynamics_positions, self.dynamics_columns = index(absolute), index(targets[absolute])
-        counted = [(i, c) for i, c in enumerate(schema.float_columns) if c.field == "stocks" and layout.stocks_target == "delta"]
-        self.count_columns = index(i for i, _ in counted)
-        self.count_scale = torch.tensor([c.scale for _, c in counted], dtype=torch.float32, device=device)
-        self.count_offset = torch.tensor([c.offset for _, c in counted], dtype=torch.float32, device=device)
+        counted = [i for i in layout.delta_target_columns if schema.float_columns[i].field == "stocks"]  # data.stocks_target delta
+        self.count_columns = index(counted)
+        self.count_scale = torch.tensor([schema.float_columns[i].scale for i in counted], dtype=torch.float32, device=device)
+        self.count_offset = torch.tensor([schema.float_columns[i].offset for i in counted], dtype=torch.float32, device=device)
         self.ctrl_columns, self.button_columns = index(layout.ctrl_columns), index(layout.button_columns)
         self.int_columns = {f: index(schema.int_index(f"p{p}.{f}") for p in (0, 1)) for f in TARGET_FIELDS}  # field -> (2,)
         self.action_columns = index(layout.action_columns)
@@ -144,8 +144,9 @@ class FrameStepper:
         floats[:, self.delta_columns] += out[:, self.delta_positions]
         floats[:, self.binary_columns] = (torch.sigmoid(out[:, self.binary_positions]) > 0.5).float()
         floats[:, self.dynamics_columns] = out[:, self.dynamics_positions]
-        counts = (floats[:, self.count_columns] - self.count_offset) / self.count_scale  # (N, 2), or (N, 0)
-        floats[:, self.count_columns] = counts.round() * self.count_scale + self.count_offset
+        if len(self.count_columns):
+            counts = (floats[:, self.count_columns] - self.count_offset) / self.count_scale  # (N, 2)
+            floats[:, self.count_columns] = counts.round() * self.count_scale + self.count_offset
         floats[:, self.ctrl_columns] = replay_float[:, self.ctrl_columns]
         floats = self.settle(last_float, floats, last_int)
         ints = last_int.clone()  # (N, I)
