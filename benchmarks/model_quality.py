@@ -21,7 +21,11 @@ Figures per model: the card's teacher-forced metrics at K = 10 context frames (v
 the sequence windows (own_*: the sequence model's own context, 1 .. seq_len frames; the card model
 read that way too), and --rollouts rollouts of 300 frames from the same start points, recurrent
 (`rollout_*`) and with a K-frame window per step (`window_rollout_*`), next to the baselines
-copy_last and constant_velocity on the very same windows. `targets` is steps x targets per full batch.
+copy_last and constant_velocity on the very same windows. Paired on those rollouts, each model's
+recurrent pos_error over the card objective's and over each baseline's at every horizon, with a 90%
+interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [ratio, low, high]). With
+64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
+rollouts a ratio needs"), hence the default of 512. `targets` is steps x targets per full batch.
 Training uses --threads torch threads (default 1: on a shared 2-core machine a second thread made
 small steps 2-7x slower, measured); evaluation always one.
 JSON: {"last": {...}, "sequence": {...}, "baselines": {"copy_last": {...}, "constant_velocity": {...}}, "setup": {...}}.
@@ -41,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,13 +55,14 @@ from melee_model.baselines import BASELINES  # noqa: E402
 from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
-from melee_model.horizons import HORIZONS, at_horizons  # noqa: E402
+from melee_model.horizons import at_horizons, report_at  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator  # noqa: E402
 from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
-from melee_model.quality import MODEL, card_config, rollout_starts, rollouts_with_baselines, teacher_forced  # noqa: E402
+from melee_model.quality import baseline_errors, card_config, paired_ratio, rollout_starts, teacher_forced  # noqa: E402
+from melee_model.rollout import rollout_store, store_windows  # noqa: E402
 from melee_model.train import Trainer  # noqa: E402
 
 from _report import time_calls  # noqa: E402
@@ -137,8 +143,10 @@ def train_for(config: ExperimentConfig, store: str, seconds: float, output: str)
     return trainer.accelerator.unwrap_model(trainer.model).eval(), run
 
 
-def assess(model, name: str, configs: dict, sources: dict, split: str, starts, horizon: int, max_batches: int | None) -> tuple[dict, dict]:
-    """One model's figures (flat keys) and the baselines' rollout errors on the same windows."""
+def assess(
+    model, name: str, configs: dict, sources: dict, split: str, starts, horizon: int, max_batches: int | None
+) -> tuple[dict, np.ndarray]:
+    """One model's figures (flat keys), and its recurrent rollouts' pos_error (N, H) per rollout."""
     device = torch.device("cpu")
     card, sequence = card_config(configs[name]), configs["sequence"]
     tf, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
@@ -146,11 +154,22 @@ def assess(model, name: str, configs: dict, sources: dict, split: str, starts, h
     figures = {f"val_{name}": tf[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()}
     figures.update({f"own_{name}": own[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()})
     layout, store = sources["card"].layout, sources["card"].store
-    _, curves = rollouts_with_baselines(model, layout, store, starts, horizon, device, "recurrent")
-    _, window = rollouts_with_baselines(model, layout, store, starts, horizon, device, "window")
-    figures.update(rollout_keys(at_horizons(curves[MODEL]), "rollout_"))
-    figures.update(rollout_keys(at_horizons(window[MODEL]), "window_rollout_"))
-    return figures, {b: rollout_keys(at_horizons(curves[b]), "rollout_") for b in BASELINES}
+    recurrent = rollout_store(model, layout, store, starts, horizon, device, stepping="recurrent")
+    window = rollout_store(model, layout, store, starts, horizon, device, stepping="window")
+    figures.update(rollout_keys(recurrent.metrics, "rollout_"))
+    figures.update(rollout_keys(window.metrics, "window_rollout_"))
+    return figures, recurrent.per_rollout["pos_error"]
+
+
+def paired_keys(errors: dict[str, np.ndarray], name: str, games: np.ndarray, horizons) -> dict:
+    """Model `name`'s rollout pos_error over each other predictor's on the same rollouts, at each
+    horizon, with the 90% interval over games: {"rollout_pos_error_vs_<other>_<h>": [ratio, low, high]}."""
+    others = ([] if name == "last" else ["last"]) + list(BASELINES)
+    return {
+        f"rollout_pos_error_vs_{other}_{h}": list(paired_ratio(errors[other][:, h - 1], errors[name][:, h - 1], games))
+        for other in others
+        for h in horizons
+    }
 
 
 def rollout_keys(errors: dict, prefix: str) -> dict:
@@ -162,15 +181,12 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
     """One row per figure, a column per model and per baseline."""
     columns = {**results, **baselines}
     names = list(columns)
-    width = max(12, *(len(n) + 2 for n in names))
-    lines = [f"{'':<30}" + "".join(f"{n:>{width}}" for n in names)]
+    width = max(20, *(len(n) + 2 for n in names))
+    lines = [f"{'':<38}" + "".join(f"{n:>{width}}" for n in names)]
 
     def row(label: str, key: str, fmt: str = ".4f"):
-        cells = [columns[n].get(key) for n in names]
-        lines.append(
-            f"{label:<30}"
-            + "".join(f"{'-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt):>{width}}" for v in cells)
-        )
+        cells = [cell(columns[n].get(key), fmt) for n in names]
+        lines.append(f"{label:<38}" + "".join(f"{c:>{width}}" for c in cells))
 
     row("steps", "steps", ",d")
     row("train seconds", "train_s", ".0f")
@@ -183,7 +199,18 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
         for metric in ROLLOUT_ROWS:
             row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
         row(f"window rollout pos_error @{h}", f"window_rollout_pos_error_{h}")
+        for other in ("last", *BASELINES):
+            row(f"pos_error / {other}'s @{h}", f"rollout_pos_error_vs_{other}_{h}")
     return lines
+
+
+def cell(value, fmt: str) -> str:
+    """A table cell: a number, a paired ratio [ratio, low, high] as "r (low-high)", or "-" for none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, list):
+        return "{:.2f} ({:.2f}-{:.2f})".format(*value)
+    return format(value, fmt)
 
 
 def _finite(value):
@@ -199,7 +226,7 @@ def main() -> None:
     parser.add_argument("--val-store", help="evaluate on every game of this store (default: the store's val split)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall clock per model (default 10)")
     parser.add_argument("--width", choices=sorted(WIDTHS), default="small")
-    parser.add_argument("--rollouts", type=int, default=64, help="rollouts of --horizon frames (default 64)")
+    parser.add_argument("--rollouts", type=int, default=512, help="rollouts of --horizon frames (default 512)")
     parser.add_argument("--horizon", type=int, default=300)
     parser.add_argument("--val-batches", type=int, help="at most this many batches per teacher-forced evaluation (default: all)")
     parser.add_argument(
@@ -221,6 +248,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    horizons = report_at(args.horizon)
 
     common = RUN + WIDTHS[args.width]
     configs = {
@@ -249,9 +277,15 @@ def main() -> None:
             "sequence": ExampleSource.for_experiment(val_store, configs["sequence"]),
         }
         starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
+        layout, store = sources["card"].layout, sources["card"].store
+        per_baseline = baseline_errors(layout, *store_windows(store, starts, layout.context_len, args.horizon))
+        baselines = {
+            name: rollout_keys(at_horizons({m: v.mean(axis=0) for m, v in e.items()}), "rollout_") for name, e in per_baseline.items()
+        }
+        errors = {name: e["pos_error"] for name, e in per_baseline.items()}
         for name, model in models.items():
-            results[name], baselines = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)
-            results[name].update(runs[name])
+            results[name], errors[name] = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)
+            results[name].update(runs[name], **paired_keys(errors, name, starts[:, 0], horizons))
     setup = {
         "store": args.store,
         "val_store": val_store,
@@ -275,8 +309,9 @@ def main() -> None:
     title = f"model quality: {args.minutes:g} min each, {args.width} width, {setup['val_games']} val games of {val_store}, {setup['rollouts']} rollouts"
     print(title)
     print("-" * len(title))
-    print("\n".join(table(results, baselines, [h for h in HORIZONS if h <= args.horizon])))
+    print("\n".join(table(results, baselines, horizons)))
     print("pos_*: game units; damage_error: percent; *_match: fraction of players; rollouts recurrent unless 'window'")
+    print("pos_error / X's: the model's mean over X's on the same rollouts (90% interval, games resampled)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 - `rollouts_with_baselines`: autoregressive rollouts from given start points, and the baselines
   (`melee_model.baselines`) on the very same windows, scored frame by frame (`melee_model.horizons`;
   `at_horizons` reads the curves off at horizons).
+  `baseline_errors` gives the baselines' per rollout.
+- `paired_ratio`: how two predictors' errors on the same rollouts compare, with an interval that
+  says whether the rollouts were enough to tell.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from melee_encode import Store
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, UnrollConfig
 from melee_model.examples import ExampleSource
-from melee_model.horizons import mean_curves
+from melee_model.horizons import per_frame
 from melee_model.layout import FrameLayout
 from melee_model.losses import float_scale
 from melee_model.metrics import VAL_PREFIX, score
@@ -84,13 +87,35 @@ def rollouts_with_baselines(
     model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None
 ) -> tuple[RolloutResult, dict]:
     """The model's rollouts of `horizon` frames from `starts`, and {predictor: {metric: (H,) curve}}
-    (horizons.mean_curves) for the model (key MODEL) and every baseline, all on the same real windows."""
+    (the mean over rollouts) for the model (key MODEL) and every baseline, all on the same real windows."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)  # (N, K+H, F), (N, K+H, I)
     result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
+    curves = {MODEL: result.curves}
+    for name, errors in baseline_errors(layout, float_windows, int_windows).items():
+        curves[name] = {metric: values.mean(axis=0) for metric, values in errors.items()}
+    return result, curves
+
+
+def baseline_errors(layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+    """{baseline: {metric: (N, H) each rollout's value}} on real windows (N, K+H, F) and (N, K+H, I)
+    whose first K frames are the context (horizons.per_frame's metrics)."""
     K = layout.context_len
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    curves = {MODEL: result.curves}
-    for name in BASELINES:
-        pred_floats, pred_ints = baseline_frames(name, layout, float_windows, int_windows)
-        curves[name] = mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints)
-    return result, curves
+    return {
+        name: per_frame(layout, *baseline_frames(name, layout, float_windows, int_windows), true_floats, true_ints) for name in BASELINES
+    }
+
+
+def paired_ratio(
+    base: np.ndarray, other: np.ndarray, games: np.ndarray, level: float = 0.9, draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(other) / mean(base) for two predictors' errors on the same rollouts, (N,) each, and the
+    central `level` interval of that ratio over a bootstrap that resamples whole games (`games` (N,):
+    each rollout's game; rollouts of one game are not independent): (ratio, low, high)."""
+    _, game_of = np.unique(games, return_inverse=True)  # (N,) game index of each rollout
+    base_sums = np.bincount(game_of, weights=base)  # (G,)
+    other_sums = np.bincount(game_of, weights=other)  # (G,)
+    picks = np.random.default_rng(seed).integers(0, len(base_sums), (draws, len(base_sums)))  # (draws, G)
+    ratios = other_sums[picks].sum(axis=1) / base_sums[picks].sum(axis=1)  # (draws,)
+    tail = (1 - level) / 2
+    return float(other.sum() / base.sum()), float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))

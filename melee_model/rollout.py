@@ -30,7 +30,7 @@ import torch
 
 from melee_encode import Store
 from melee_encode.errors import ConfigError
-from melee_model.horizons import HORIZONS, at_horizons, mean_curves, player_values
+from melee_model.horizons import HORIZONS, at_horizons, per_frame, player_values
 from melee_model.layout import FrameLayout
 from melee_model.stepper import FrameStepper
 
@@ -53,12 +53,14 @@ class RolloutResult:
     """What a batch of rollouts produced.
 
     metrics[h][name] is the mean over rollouts of horizons.HORIZON_METRICS name at the h-th predicted
-    frame (frame t0+h-1); curves[name] (H,) holds that mean for every frame.
+    frame (frame t0+h-1); curves[name] (H,) holds that mean for every frame, and per_rollout[name]
+    (N, H) each rollout's value (for paired comparisons of two predictors on the same rollouts).
     """
 
     starts: np.ndarray  # (N, 2) int64: (game, t0) of each rollout
     metrics: dict[int, dict[str, float]]
     curves: dict[str, np.ndarray]
+    per_rollout: dict[str, np.ndarray]
     pred_floats: np.ndarray  # (N, H, F) the predicted frames t0 .. t0+H-1
     pred_ints: np.ndarray  # (N, H, I)
     first: Trajectory
@@ -185,14 +187,15 @@ def rollout_windows(
     pred_floats = np.concatenate([p[0] for p in pieces])  # (N, H, F)
     pred_ints = np.concatenate([p[1] for p in pieces])  # (N, H, I)
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    curves = mean_curves(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (H,)
+    per_rollout = per_frame(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (N, H)
+    curves = {name: values.mean(axis=0) for name, values in per_rollout.items()}  # name -> (H,)
     metrics = at_horizons(curves, HORIZONS if horizons is None else horizons)
     first = Trajectory(
         start=(int(starts[0][0]), int(starts[0][1])),
         pred=game_units(layout, pred_floats[0], pred_ints[0]),
         true=game_units(layout, true_floats[0], true_ints[0]),
     )
-    return RolloutResult(np.asarray(starts, dtype=np.int64), metrics, curves, pred_floats, pred_ints, first)
+    return RolloutResult(np.asarray(starts, dtype=np.int64), metrics, curves, per_rollout, pred_floats, pred_ints, first)
 
 
 def _stepped_roll(model: torch.nn.Module, stepping: str | None):

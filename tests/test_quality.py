@@ -20,7 +20,7 @@ from melee_model.evaluate import evaluate_checkpoint, metrics_table
 from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, report_at
 from melee_model.layout import layout_for
 from melee_model.model import build_model, count_parameters
-from melee_model.quality import MODEL, card_config, rollouts_with_baselines
+from melee_model.quality import MODEL, baseline_errors, card_config, paired_ratio, rollouts_with_baselines
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
 from melee_model.train import Trainer
@@ -228,6 +228,27 @@ def test_rollouts_and_baselines_share_the_windows(shared_store, layout, windows)
     assert at_horizons(curves[MODEL]) == horizon_errors(layout, result.pred_floats, result.pred_ints, floats[:, K:], ints[:, K:])
     for name in BASELINES:
         assert at_horizons(curves[name]) == horizon_errors(layout, *baseline_frames(name, layout, floats, ints), floats[:, K:], ints[:, K:])
+    # each rollout's own errors, whose means are the curves: what paired comparisons read
+    per_baseline = baseline_errors(layout, floats, ints)
+    for name, per_rollout in [(MODEL, result.per_rollout), *per_baseline.items()]:
+        assert all(values.shape == (len(starts), H) for values in per_rollout.values())
+        assert all(np.array_equal(values.mean(axis=0), curves[name][metric]) for metric, values in per_rollout.items())
+
+
+def test_paired_ratio_resamples_whole_games():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(1, 10, 40)
+    other = base * rng.uniform(0.5, 1.5, 40)  # per-rollout ratios that differ
+    assert paired_ratio(base, base, np.arange(40)) == (1.0, 1.0, 1.0)
+    assert paired_ratio(base, 0.5 * base, np.arange(40)) == pytest.approx((0.5, 0.5, 0.5))
+    ratio, low, high = paired_ratio(base, other, np.arange(40))  # every rollout a game of its own
+    assert ratio == pytest.approx(other.sum() / base.sum()) and low < ratio < high and 0.5 < low and high < 1.5
+    assert paired_ratio(base, other, np.zeros(40)) == pytest.approx((ratio, ratio, ratio))  # one game: nothing to resample
+    game = np.repeat(np.arange(4), 10)  # 4 games of 10 rollouts, where the games differ, not the rollouts
+    by_game = base * np.where(game < 2, 0.6, 1.4)
+    _, low_games, high_games = paired_ratio(base, by_game, game)
+    _, low_rollouts, high_rollouts = paired_ratio(base, by_game, np.arange(40))  # as if every rollout were independent
+    assert high_games - low_games > 1.5 * (high_rollouts - low_rollouts)
 
 
 # ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
@@ -333,6 +354,12 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         assert (tmp_path / name / "latest" / "model.pt").is_file(), name  # --output keeps the runs
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
+    for name, other in [("sequence", "last"), ("sequence_sampled", "last"), ("last", "copy_last"), ("sequence", "constant_velocity")]:
+        ratio, low, high = out[name][f"rollout_pos_error_vs_{other}_60"]  # paired on the same rollouts
+        errors = out["baselines"] if other in BASELINES else out
+        assert ratio == pytest.approx(out[name]["rollout_pos_error_60"] / errors[other]["rollout_pos_error_60"], rel=1e-6)
+        assert low <= ratio <= high
+    assert "rollout_pos_error_vs_last_60" not in out["last"]
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
     assert out["setup"]["sampling"] == 0.5 and out["setup"]["sampling_mode"] == "rollout"
     assert out["setup"]["overrides"] == {"last": ["model.stage_floor=true"], "sequence": ["model.motion_prior=constant_velocity"]}
