@@ -25,8 +25,8 @@ copy_last and constant_velocity on the very same windows. Paired on those rollou
 recurrent pos_error over the card objective's and over each baseline's at every horizon, with a 90%
 interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [ratio, low, high]). With
 64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
-rollouts a ratio needs"), hence the default of 512. `targets` is steps x targets per full batch.
-Training uses --threads torch threads (default 1: on a shared 2-core machine a second thread made
+rollouts a ratio needs"), hence the default of 512. `targets` counts the target rows of the steps
+taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads (default 1: on a shared 2-core machine a second thread made
 small steps 2-7x slower, measured); evaluation always one.
 JSON: {"last": {...}, "sequence": {...}, "baselines": {"copy_last": {...}, "constant_velocity": {...}}, "setup": {...}}.
 """
@@ -132,15 +132,23 @@ def train_for(config: ExperimentConfig, store: str, seconds: float, output: str)
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
     trainer.fit()
-    data = config.data
-    per_step = data.batch_size * (data.seq_len - data.warmup + config.train.unroll.frames if data.objective == "sequence" else 1)
     run = {
         "steps": trainer.progress.step,
         "train_s": time.perf_counter() - started,
         "planned_steps": planned,
-        "targets": trainer.progress.step * per_step,
+        "targets": targets_trained(config, trainer.progress.step, trainer.updates_per_epoch),
     }
     return trainer.accelerator.unwrap_model(trainer.model).eval(), run
+
+
+def targets_trained(config: ExperimentConfig, steps: int, steps_per_epoch: int) -> int:
+    """Target rows in `steps` full batches: one per example ("last"), or every position past the
+    warm-up of each window, plus the unrolled frames of each window from train.unroll.start_epoch on."""
+    data, unroll = config.data, config.train.unroll
+    if data.objective != "sequence":
+        return steps * data.batch_size
+    unrolled_steps = max(0, steps - unroll.start_epoch * steps_per_epoch) if unroll.frames else 0
+    return data.batch_size * (steps * (data.seq_len - data.warmup) + unrolled_steps * unroll.frames)
 
 
 def assess(

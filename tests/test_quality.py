@@ -365,6 +365,20 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
     assert out["setup"]["overrides"] == {"last": ["model.stage_floor=true"], "sequence": ["model.motion_prior=constant_velocity"]}
 
 
+def test_model_quality_counts_unrolled_targets_from_their_start_epoch():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from model_quality import targets_trained
+
+    card = from_dict(ExperimentConfig, {"data": {"batch_size": 256}})
+    assert targets_trained(card, 10, 4) == 2560
+    windows = {"objective": "sequence", "batch_size": 32, "seq_len": 64, "warmup": 4}
+    sequence = from_dict(ExperimentConfig, {"data": windows})
+    assert targets_trained(sequence, 10, 4) == 10 * 32 * 60
+    unrolled = from_dict(ExperimentConfig, {"data": windows, "train": {"unroll": {"frames": 8, "start_epoch": 2}}})
+    assert targets_trained(unrolled, 7, 4) == 7 * 32 * 60  # epoch 2 starts at step 8
+    assert targets_trained(unrolled, 10, 4) == 10 * 32 * 60 + 2 * 32 * 8
+
+
 # ---------------------------------------------------------------- two ranks, resumed
 
 
