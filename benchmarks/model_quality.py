@@ -26,8 +26,9 @@ recurrent pos_error over the card objective's and over each baseline's at every 
 interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [ratio, low, high]). With
 64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
 rollouts a ratio needs"), hence the default of 512. `targets` counts the target rows of the steps
-taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads (default 1: on a shared 2-core machine a second thread made
-small steps 2-7x slower, measured); evaluation always one.
+taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads
+(default 1: on a shared 2-core machine a second thread made small steps 2-7x slower, measured);
+evaluation always one.
 JSON: {"last": {...}, "sequence": {...}, "baselines": {"copy_last": {...}, "constant_velocity": {...}}, "setup": {...}}.
 """
 
@@ -55,14 +56,14 @@ from melee_model.baselines import BASELINES  # noqa: E402
 from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
-from melee_model.horizons import at_horizons, report_at  # noqa: E402
+from melee_model.horizons import at_horizons, curves_of, report_at  # noqa: E402
 from melee_model.losses import compute_losses  # noqa: E402
 from melee_model.metrics import VAL_PREFIX, MetricAccumulator  # noqa: E402
 from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
 from melee_model.quality import baseline_errors, card_config, paired_ratio, rollout_starts, teacher_forced  # noqa: E402
-from melee_model.rollout import rollout_store, store_windows  # noqa: E402
+from melee_model.rollout import rollout_windows, store_windows  # noqa: E402
 from melee_model.train import Trainer  # noqa: E402
 
 from _report import time_calls  # noqa: E402
@@ -151,19 +152,18 @@ def targets_trained(config: ExperimentConfig, steps: int, steps_per_epoch: int) 
     return data.batch_size * (steps * (data.seq_len - data.warmup) + unrolled_steps * unroll.frames)
 
 
-def assess(
-    model, name: str, configs: dict, sources: dict, split: str, starts, horizon: int, max_batches: int | None
-) -> tuple[dict, np.ndarray]:
-    """One model's figures (flat keys), and its recurrent rollouts' pos_error (N, H) per rollout."""
+def assess(model, name: str, configs: dict, sources: dict, split: str, windows, starts, max_batches: int | None) -> tuple[dict, np.ndarray]:
+    """One model's figures (flat keys), and its recurrent rollouts' pos_error (N, H) per rollout, from
+    the real windows (floats, ints) that every model and baseline rolls out from."""
     device = torch.device("cpu")
     card, sequence = card_config(configs[name]), configs["sequence"]
     tf, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
     own, _ = teacher_forced(model, sources["sequence"], sequence, split, device, max_batches)
     figures = {f"val_{name}": tf[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()}
     figures.update({f"own_{name}": own[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()})
-    layout, store = sources["card"].layout, sources["card"].store
-    recurrent = rollout_store(model, layout, store, starts, horizon, device, stepping="recurrent")
-    window = rollout_store(model, layout, store, starts, horizon, device, stepping="window")
+    layout = sources["card"].layout
+    recurrent = rollout_windows(model, layout, *windows, starts, device, stepping="recurrent")
+    window = rollout_windows(model, layout, *windows, starts, device, stepping="window")
     figures.update(rollout_keys(recurrent.metrics, "rollout_"))
     figures.update(rollout_keys(window.metrics, "window_rollout_"))
     return figures, recurrent.per_rollout["pos_error"]
@@ -286,13 +286,12 @@ def main() -> None:
         }
         starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
         layout, store = sources["card"].layout, sources["card"].store
-        per_baseline = baseline_errors(layout, *store_windows(store, starts, layout.context_len, args.horizon))
-        baselines = {
-            name: rollout_keys(at_horizons({m: v.mean(axis=0) for m, v in e.items()}), "rollout_") for name, e in per_baseline.items()
-        }
+        windows = store_windows(store, starts, layout.context_len, args.horizon)  # read once, for every predictor
+        per_baseline = baseline_errors(layout, *windows)
+        baselines = {name: rollout_keys(at_horizons(curves_of(e)), "rollout_") for name, e in per_baseline.items()}
         errors = {name: e["pos_error"] for name, e in per_baseline.items()}
         for name, model in models.items():
-            results[name], errors[name] = assess(model, name, configs, sources, split, starts, args.horizon, args.val_batches)
+            results[name], errors[name] = assess(model, name, configs, sources, split, windows, starts, args.val_batches)
             results[name].update(runs[name], **paired_keys(errors, name, starts[:, 0], horizons))
     setup = {
         "store": args.store,

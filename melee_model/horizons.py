@@ -81,7 +81,12 @@ def mean_curves(
     layout: FrameLayout, pred_floats: np.ndarray, pred_ints: np.ndarray, true_floats: np.ndarray, true_ints: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Each of HORIZON_METRICS per predicted frame, averaged over the rollouts: metric -> (H,)."""
-    return {name: values.mean(axis=0) for name, values in per_frame(layout, pred_floats, pred_ints, true_floats, true_ints).items()}
+    return curves_of(per_frame(layout, pred_floats, pred_ints, true_floats, true_ints))
+
+
+def curves_of(per_rollout: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-rollout values (N, H) averaged over the rollouts: metric -> (H,)."""
+    return {name: values.mean(axis=0) for name, values in per_rollout.items()}
 
 
 def at_horizons(curves: dict[str, np.ndarray], horizons=HORIZONS) -> dict[int, dict[str, float]]:

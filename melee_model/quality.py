@@ -25,7 +25,7 @@ from melee_encode import Store
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, UnrollConfig
 from melee_model.examples import ExampleSource
-from melee_model.horizons import per_frame
+from melee_model.horizons import curves_of, per_frame
 from melee_model.layout import FrameLayout
 from melee_model.losses import float_scale
 from melee_model.metrics import VAL_PREFIX, score
@@ -92,7 +92,7 @@ def rollouts_with_baselines(
     result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
     curves = {MODEL: result.curves}
     for name, errors in baseline_errors(layout, float_windows, int_windows).items():
-        curves[name] = {metric: values.mean(axis=0) for metric, values in errors.items()}
+        curves[name] = curves_of(errors)
     return result, curves
 
 

@@ -30,7 +30,7 @@ import torch
 
 from melee_encode import Store
 from melee_encode.errors import ConfigError
-from melee_model.horizons import HORIZONS, at_horizons, per_frame, player_values
+from melee_model.horizons import HORIZONS, at_horizons, curves_of, per_frame, player_values
 from melee_model.layout import FrameLayout
 from melee_model.stepper import FrameStepper
 
@@ -188,7 +188,7 @@ def rollout_windows(
     pred_ints = np.concatenate([p[1] for p in pieces])  # (N, H, I)
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
     per_rollout = per_frame(layout, pred_floats, pred_ints, true_floats, true_ints)  # name -> (N, H)
-    curves = {name: values.mean(axis=0) for name, values in per_rollout.items()}  # name -> (H,)
+    curves = curves_of(per_rollout)  # name -> (H,)
     metrics = at_horizons(curves, HORIZONS if horizons is None else horizons)
     first = Trajectory(
         start=(int(starts[0][0]), int(starts[0][1])),

@@ -27,6 +27,9 @@ from melee_model.train import Trainer
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from model_quality import targets_trained  # noqa: E402
+
 K, H = 10, 60
 
 
@@ -366,9 +369,6 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
 
 
 def test_model_quality_counts_unrolled_targets_from_their_start_epoch():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from model_quality import targets_trained
-
     card = from_dict(ExperimentConfig, {"data": {"batch_size": 256}})
     assert targets_trained(card, 10, 4) == 2560
     windows = {"objective": "sequence", "batch_size": 32, "seq_len": 64, "warmup": 4}
