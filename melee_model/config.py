@@ -98,6 +98,11 @@ class ModelConfig:
     # "constant_velocity": the change of each player's last step (frame t-1 minus t-2) added to
     # that step, so an untrained model is the constant-velocity baseline (model.MotionPrior).
     motion_prior: str = "none"
+    # Each frame's x and y steps (that frame minus the one before, in game units; 0 for the first frame
+    # read and for a respawn) as 4 more inputs (model.MotionSteps), so the model reads each player's
+    # velocity from positions, which every replay has; older replays have no speed columns (a store's
+    # fields_missing: 69% of the frames of ../shared/replays, 14% of ../shared/corpus). Off: the card's.
+    motion_inputs: bool = False
     # Rollouts (and scheduled sampling's own frames) land a player on the main platform: one at or
     # above y = 0 whose next y would pass below it, over the platform, is put on it (stepper.StageFloor).
     # Off: the run card's frame rule, which only clamps to the game's ranges.

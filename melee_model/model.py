@@ -13,7 +13,9 @@ Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in
 are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
 float32; under autocast the outputs may be bfloat16 (the losses cast them back). With
 model.motion_prior "constant_velocity" both add each player's last x and y step to those outputs
-(`MotionPrior`); the targets, the losses and the rollouts stay the same.
+(`MotionPrior`); the targets, the losses and the rollouts stay the same. With model.motion_inputs
+each frame also feeds the model its players' x and y steps in game units (`MotionSteps`), which
+every replay version has, where older replays have no speed columns.
 
 FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
 objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
@@ -37,25 +39,70 @@ from melee_model.mamba2 import Mamba2, Mamba2State
 MOTION_PRIORS = ("none", "constant_velocity")
 
 
-class FrameEmbedding(nn.Module):
-    """A frame as one vector: its floats, then the embeddings of its int columns in int-column order.
+class MotionSteps(nn.Module):
+    """Each player's x and y step: a frame's layout.moving_columns minus the frame before's.
 
-    One table per int field, shared by both players (p0.action and p1.action look up the same table).
-    float_ctx (B, K, F), int_ctx (B, K, I) -> (B, K, E), E = F + sum of the columns' embedding dims.
+    A step over MAX_STEP game units (a respawn, a teleport) is 0, since that motion does not go on;
+    so is the first frame's, which has no frame before it. No parameters.
+
+    moving(float_frames (..., F)) -> (..., P), P = len(layout.moving_columns): those columns.
+    steps(float_frames (B, K, F)) -> (B, K, P): each frame's step, encoded units.
+    step(moving (B, P), before (B, P)) -> (B, P): one frame's step from its columns and the last frame's.
+    game_units(step (..., P)) -> (..., P): the same steps in game units.
     """
 
-    def __init__(self, layout: FrameLayout, embed_dims: dict):
+    MAX_STEP = 50.0  # game units in one frame; knockback launches stay under ~20
+
+    def __init__(self, layout: FrameLayout):
+        super().__init__()
+        scales = torch.tensor([abs(layout.schema.float_columns[i].scale) for i in layout.moving_columns])
+        self.register_buffer("columns", torch.tensor(layout.moving_columns), persistent=False)
+        self.register_buffer("scales", scales, persistent=False)  # (P,) encoded units per game unit
+        self.register_buffer("max_step", self.MAX_STEP * scales, persistent=False)  # (P,) encoded units
+
+    def moving(self, float_frames: torch.Tensor) -> torch.Tensor:
+        return float_frames[..., self.columns]
+
+    def steps(self, float_frames: torch.Tensor) -> torch.Tensor:
+        moving = self.moving(float_frames)  # (B, K, P)
+        return self._gate(torch.cat([torch.zeros_like(moving[:, :1]), moving[:, 1:] - moving[:, :-1]], dim=1))  # (B, K, P)
+
+    def step(self, moving: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        return self._gate(moving - before)  # (B, P)
+
+    def game_units(self, step: torch.Tensor) -> torch.Tensor:
+        return step / self.scales
+
+    def _gate(self, step: torch.Tensor) -> torch.Tensor:
+        return torch.where(step.abs() <= self.max_step, step, torch.zeros_like(step))
+
+
+class FrameEmbedding(nn.Module):
+    """A frame as one vector: its floats, then the embeddings of its int columns in int-column order,
+    then, with model.motion_inputs, its players' x and y steps in game units (`MotionSteps`).
+
+    One table per int field, shared by both players (p0.action and p1.action look up the same table).
+    float_ctx (B, K, F), int_ctx (B, K, I), steps (B, K, P) or None -> (B, K, E),
+    E = F + sum of the columns' embedding dims (+ P with motion inputs).
+    """
+
+    def __init__(self, layout: FrameLayout, embed_dims: dict, motion: MotionSteps | None = None):
         super().__init__()
         missing = [f for f in layout.embedded_fields if f not in embed_dims]
         if missing:
             raise ConfigError(f"model.embed_dims has no size for int field(s) {', '.join(missing)}")
         self.tables = nn.ModuleDict({f: nn.Embedding(layout.vocab(f), embed_dims[f]) for f in layout.embedded_fields})
         self.column_fields = tuple(c.field for c in layout.schema.int_columns)
-        self.out_dim = layout.n_float + sum(embed_dims[f] for f in self.column_fields)
+        self.motion = motion
+        n_steps = len(layout.moving_columns) if motion is not None else 0
+        self.out_dim = layout.n_float + sum(embed_dims[f] for f in self.column_fields) + n_steps
 
-    def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
+    def forward(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, steps: torch.Tensor | None = None) -> torch.Tensor:
         embedded = [self.tables[f](int_ctx[..., i]) for i, f in enumerate(self.column_fields)]  # each (B, K, dim)
-        return torch.cat([float_ctx, *embedded], dim=-1)  # (B, K, E)
+        if self.motion is None:
+            return torch.cat([float_ctx, *embedded], dim=-1)  # (B, K, E)
+        steps = self.motion.steps(float_ctx) if steps is None else steps  # (B, K, P)
+        return torch.cat([float_ctx, *embedded, self.motion.game_units(steps).to(float_ctx.dtype)], dim=-1)  # (B, K, E)
 
 
 class PredictionHeads(nn.Module):
@@ -82,26 +129,18 @@ class MotionPrior(nn.Module):
     """Constant velocity as every player's starting guess for x and y (model.motion_prior).
 
     The float outputs at layout.moving_target_positions become the heads' values plus the last step
-    of those columns (the frame read minus the one before it; 0 where no frame before it was read,
-    and 0 for a step over MAX_STEP game units, a respawn or a teleport, which does not go on), so
-    the heads predict how the step changes (gravity, landings, hits) rather than the step itself,
-    which the model would otherwise have to recover as the difference of two large inputs. Those
-    rows of the heads start at zero (`silence`), so an untrained model moves players as the
+    of those columns (`MotionSteps`: 0 where no frame before it was read, and over MAX_STEP), so the
+    heads predict how the step changes (gravity, landings, hits) rather than the step itself, which
+    the model would otherwise have to recover as the difference of two large inputs. Those rows of
+    the heads start at zero (`silence`), so an untrained model moves players as the
     constant_velocity baseline does. No parameters: weights keep their shapes.
 
-    moving(float_frames (..., F)) -> (..., P), P = len(layout.moving_columns): those columns.
-    steps(float_frames (B, K, F)) -> (B, K, P): each frame's step.
     add(pred_float (..., T), step (..., P)) -> (..., T).
     """
 
-    MAX_STEP = 50.0  # game units in one frame; knockback launches stay under ~20
-
     def __init__(self, layout: FrameLayout):
         super().__init__()
-        scales = [abs(layout.schema.float_columns[i].scale) for i in layout.moving_columns]
-        self.register_buffer("columns", torch.tensor(layout.moving_columns), persistent=False)
         self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)
-        self.register_buffer("max_step", self.MAX_STEP * torch.tensor(scales), persistent=False)  # (P,) encoded units
         positions = layout.moving_target_positions
         self.block, block = next((n, b) for n, b in layout.float_blocks.items() if b.start <= min(positions) and max(positions) < b.stop)
         self.rows = [j - block.start for j in positions]  # the moving targets' rows in that block's head
@@ -113,17 +152,13 @@ class MotionPrior(nn.Module):
             head.weight[self.rows] = 0.0
             head.bias[self.rows] = 0.0
 
-    def moving(self, float_frames: torch.Tensor) -> torch.Tensor:
-        """The moving columns of frames (..., F): (..., P)."""
-        return float_frames[..., self.columns]
-
-    def steps(self, float_frames: torch.Tensor) -> torch.Tensor:
-        moving = self.moving(float_frames)  # (B, K, P)
-        return torch.cat([torch.zeros_like(moving[:, :1]), moving[:, 1:] - moving[:, :-1]], dim=1)  # (B, K, P)
-
     def add(self, pred_float: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        step = torch.where(step.abs() <= self.max_step, step, torch.zeros_like(step))  # (..., P)
         return pred_float.index_add(-1, self.positions, step.to(pred_float.dtype))  # (..., T)
+
+
+def build_motion(config: ModelConfig, layout: FrameLayout) -> MotionSteps | None:
+    """The players' steps, which a motion prior or motion inputs read; None when neither is on."""
+    return MotionSteps(layout) if config.motion_prior != "none" or config.motion_inputs else None
 
 
 def build_prior(config: ModelConfig, layout: FrameLayout, heads: PredictionHeads) -> MotionPrior | None:
@@ -141,8 +176,8 @@ class FrameStackState(NamedTuple):
     """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
 
     layers: list[Mamba2State]  # one per layer
-    # With a motion prior (else None): the last frame's moving columns (B, P), and those minus the
-    # frame before's (B, P), 0 after a single frame: predict's `step`.
+    # With a motion prior or motion inputs (else None): the last frame's moving columns (B, P), and
+    # its step (MotionSteps; 0 after a single frame): predict's `step`.
     moving: torch.Tensor | None = None
     step: torch.Tensor | None = None
 
@@ -165,7 +200,8 @@ class FrameStackMamba2(nn.Module):
     def __init__(self, layout: FrameLayout, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed = FrameEmbedding(layout, config.embed_dims)
+        self.motion = build_motion(config, layout)
+        self.embed = FrameEmbedding(layout, config.embed_dims, self.motion if config.motion_inputs else None)
         self.in_proj = nn.Linear(self.embed.out_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.norms = nn.ModuleList([nn.RMSNorm(config.d_model, eps=1e-5) for _ in range(config.n_layers)])
@@ -190,10 +226,10 @@ class FrameStackMamba2(nn.Module):
         self.prior = build_prior(config, layout, self.heads)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
-        x = self._frames(float_ctx, int_ctx)  # (B, K, D)
+        steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
+        x = self._frames(float_ctx, int_ctx, steps)  # (B, K, D)
         for norm, mixer in zip(self.norms, self.mixers):
             x = x + mixer(norm(x))  # (B, K, D)
-        steps = self.prior.steps(float_ctx) if self.prior is not None else None  # (B, K, P)
         if next_ctrl.dim() == 2:  # the card's objective: the last position only
             x, steps = x[:, -1], steps[:, -1] if steps is not None else None  # (B, D), (B, P)
         elif next_ctrl.shape[1] != x.shape[1]:
@@ -213,30 +249,30 @@ class FrameStackMamba2(nn.Module):
     def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:
         """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), the
         state after it)."""
-        x, layers = self._frames(float_ctx, int_ctx), []  # (B, K, D)
+        steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
+        x, layers = self._frames(float_ctx, int_ctx, steps), []  # (B, K, D)
         for norm, mixer in zip(self.norms, self.mixers):
             y, layer_state = mixer(norm(x), return_state=True)
             x = x + y  # (B, K, D)
             layers.append(layer_state)
-        if self.prior is None:
+        if self.motion is None:
             return x[:, -1], FrameStackState(layers)
-        return x[:, -1], FrameStackState(layers, self.prior.moving(float_ctx[:, -1]), self.prior.steps(float_ctx)[:, -1])  # (B, P) each
+        return x[:, -1], FrameStackState(layers, self.motion.moving(float_ctx[:, -1]), steps[:, -1])  # (B, P) each
 
     def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: FrameStackState) -> tuple[torch.Tensor, FrameStackState]:
         """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new state)."""
-        x, layers = self._frames(float_t[:, None], int_t[:, None])[:, 0], []  # (B, D)
+        moving = self.motion.moving(float_t) if self.motion is not None else None  # (B, P)
+        step = self.motion.step(moving, state.moving) if self.motion is not None else None  # (B, P)
+        x, layers = self._frames(float_t[:, None], int_t[:, None], step[:, None] if step is not None else None)[:, 0], []  # (B, D)
         for norm, mixer, layer_state in zip(self.norms, self.mixers, state.layers):
             y, layer_state = mixer.step(norm(x), layer_state)
             x = x + y  # (B, D)
             layers.append(layer_state)
-        if self.prior is None:
-            return x, FrameStackState(layers)
-        moving = self.prior.moving(float_t)  # (B, P)
-        return x, FrameStackState(layers, moving, moving - state.moving)
+        return x, FrameStackState(layers, moving, step)
 
-    def _frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> torch.Tensor:
-        """(B, K, F), (B, K, I) -> the residual stream's input (B, K, D), float32."""
-        x = self.dropout(self.in_proj(self.embed(float_ctx, int_ctx)))  # (B, K, D)
+    def _frames(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor, steps: torch.Tensor | None) -> torch.Tensor:
+        """(B, K, F), (B, K, I), the frames' steps (B, K, P) or None -> the residual stream's input (B, K, D), float32."""
+        x = self.dropout(self.in_proj(self.embed(float_ctx, int_ctx, steps)))  # (B, K, D)
         # The residual stream stays float32 under autocast (mamba-ssm's residual_in_fp32): small block
         # updates would round away in bfloat16, and RMSNorm gets an input matching its fp32 weight.
         return x.float()
@@ -246,7 +282,8 @@ class FrameStackMamba2(nn.Module):
         return (
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
-            f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}"
+            f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}, "
+            f"motion_inputs {c.motion_inputs}"
         )
 
 
@@ -263,7 +300,8 @@ class FrameStackMLP(nn.Module):
             raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
         self.config = config
         self.context_len = layout.context_len
-        self.embed = FrameEmbedding(layout, config.embed_dims)
+        self.motion = build_motion(config, layout)
+        self.embed = FrameEmbedding(layout, config.embed_dims, self.motion if config.motion_inputs else None)
         hidden1, hidden2 = config.mlp_hidden
         self.mlp = nn.Sequential(
             nn.Linear(layout.context_len * self.embed.out_dim + layout.ctrl_dim, hidden1),
@@ -281,16 +319,20 @@ class FrameStackMLP(nn.Module):
             raise ConfigError(
                 "FrameStackMLP predicts from a whole K-frame context only: it trains with data.objective 'last', not 'sequence'"
             )
-        frames = self.embed(float_ctx, int_ctx).flatten(1)  # (B, K*E)
+        steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
+        frames = self.embed(float_ctx, int_ctx, steps).flatten(1)  # (B, K*E)
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
         out = self.heads(h)
         if self.prior is not None:
-            out["float"] = self.prior.add(out["float"], self.prior.steps(float_ctx)[:, -1])  # (B, T)
+            out["float"] = self.prior.add(out["float"], steps[:, -1])  # (B, T)
         return out
 
     def architecture(self) -> str:
         c = self.config
-        return f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}, motion_prior {c.motion_prior}"
+        return (
+            f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}, "
+            f"motion_prior {c.motion_prior}, motion_inputs {c.motion_inputs}"
+        )
 
 
 ARCHS = {"mamba2": FrameStackMamba2, "mlp": FrameStackMLP}  # model.arch -> model

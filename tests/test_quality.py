@@ -167,16 +167,39 @@ def test_constant_velocity_lands_on_the_main_platform_with_the_stage_floor(layou
 
 
 def test_the_motion_prior_stops_at_a_respawn(layout):
-    """A step over MotionPrior.MAX_STEP game units (a respawn, a teleport) is not carried on."""
+    """A step over MotionSteps.MAX_STEP game units (a respawn, a teleport) is not carried on."""
     model = build_model(dataclasses.replace(seq_config().model, motion_prior="constant_velocity"), layout)
     x = layout.schema.float_index("p1.x")
     frames = torch.zeros(3, 3, layout.n_float)  # (B, K, F): p1.x moves 10, 49 and 51 game units a frame
     for b, units in enumerate((10.0, 49.0, 51.0)):
         frames[b, :, x] = torch.arange(3) * units * layout.schema.float_columns[x].scale
-    steps = model.prior.steps(frames)[:, -1]  # (3, P)
+    steps = model.motion.steps(frames)[:, -1]  # (3, P)
     added = model.prior.add(torch.zeros(3, layout.float_target_dim), steps)[:, layout.float_target_index("p1.x")]
     units = added / layout.schema.float_columns[x].scale
     np.testing.assert_allclose(units.numpy(), [10.0, 49.0, 0.0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["mamba2", "mlp"])
+def test_motion_inputs_are_each_frames_steps_in_game_units(layout, arch):
+    """model.motion_inputs appends each frame's x and y steps in game units to its embedding: 0 for
+    the first frame read and for a step over MotionSteps.MAX_STEP; 4 inputs more, d_model or the first
+    hidden layer's weights more per input, nothing else."""
+    config = dataclasses.replace(seq_config().model, arch=arch)
+    model = build_model(dataclasses.replace(config, motion_inputs=True), layout)
+    x, y = layout.schema.float_index("p1.x"), layout.schema.float_index("p0.y")
+    frames = torch.zeros(3, 3, layout.n_float)  # (B, K, F): p1.x moves 10, 49 and 51 game units a frame, p0.y falls 2
+    for b, units in enumerate((10.0, 49.0, 51.0)):
+        frames[b, :, x] = torch.arange(3) * units * layout.schema.float_columns[x].scale
+    frames[:, :, y] = -2.0 * torch.arange(3) * layout.schema.float_columns[y].scale
+    ints = torch.zeros(3, 3, layout.n_int, dtype=torch.long)
+    inputs = model.embed(frames, ints)[..., -4:]  # (B, K, P): p0.x, p0.y, p1.x, p1.y
+    expected = torch.zeros(3, 3, 4)
+    expected[:, 1:, 1] = -2.0
+    expected[:, 1:, 2] = torch.tensor([10.0, 49.0, 0.0])[:, None]
+    torch.testing.assert_close(inputs, expected, rtol=1e-5, atol=1e-5)
+    plain = count_parameters(build_model(config, layout))
+    per_input = config.d_model if arch == "mamba2" else layout.context_len * config.mlp_hidden[0]
+    assert count_parameters(model) == plain + 4 * per_input
 
 
 def test_an_unknown_motion_prior_is_refused(layout):

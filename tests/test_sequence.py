@@ -63,9 +63,13 @@ def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> d
     return {"float_seq": torch.from_numpy(floats[frames]), "int_seq": torch.from_numpy(ints[frames]), "target_mask": torch.from_numpy(mask)}
 
 
-def small_model(layout: FrameLayout, seed: int = 0, motion_prior: str = "none") -> torch.nn.Module:
+# The ways a model reads motion: neither, the constant-velocity prior, the step inputs.
+MOTIONS = {"plain": {}, "prior": {"motion_prior": "constant_velocity"}, "inputs": {"motion_inputs": True}}
+
+
+def small_model(layout: FrameLayout, seed: int = 0, motion: str = "plain") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(dataclasses.replace(config().model, motion_prior=motion_prior), layout).eval()
+    return build_model(dataclasses.replace(config().model, **MOTIONS[motion]), layout).eval()
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +127,9 @@ def test_the_loaders_windows_are_the_cards_examples_on_the_device(shared_store):
 # ---------------------------------------------------------------- the model
 
 
-@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
-def test_sequence_forward_at_each_position_equals_the_card_forward(shared_store, layout, motion_prior):
-    model = small_model(layout, motion_prior=motion_prior)
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_sequence_forward_at_each_position_equals_the_card_forward(shared_store, layout, motion):
+    model = small_model(layout, motion=motion)
     floats, ints = game(shared_store)
     parts = SequenceParts(layout, "cpu")(windows(floats, ints, [700, 5000]))
     with torch.no_grad():
@@ -162,11 +166,11 @@ def test_a_checkpoint_trained_either_way_evaluates_either_way(shared_store, layo
         assert np.isfinite(values["loss/total"]) and 0 <= values["metric/p0_action_acc"] <= 1
 
 
-@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
-def test_recurrent_step_equals_the_full_forward(shared_store, layout, motion_prior):
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_recurrent_step_equals_the_full_forward(shared_store, layout, motion):
     """Prefill a real context, then one frame per step through every layer: the heads equal the full
-    forward's at every position (fp32), the motion prior's last step carried in the state."""
-    model = small_model(layout, motion_prior=motion_prior)
+    forward's at every position (fp32), the last step (prior, inputs) carried in the state."""
+    model = small_model(layout, motion=motion)
     floats, ints = game(shared_store)
     K, steps, starts = 10, 37, np.array([300, 6000, 9100])
     frames = starts[:, None] + np.arange(K + steps)  # (3, K+steps)
@@ -312,12 +316,12 @@ def test_branches_roll_out_a_fraction_of_windows_from_one_position_on():
     assert not branches(size, L, 0.0, torch.Generator().manual_seed(3), "cpu").any()
 
 
-@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
-def test_a_window_rolled_out_from_its_branch_is_the_evaluation_rollout(shared_store, layout, motion_prior):
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_a_window_rolled_out_from_its_branch_is_the_evaluation_rollout(shared_store, layout, motion):
     """own_rollouts from branch position b of windows starting at s predicts frames s+b .. s+L as the
     evaluation's recurrent rollout from t0 = s+b after b real frames; frames before the branch
     stay the real ones."""
-    model = small_model(layout, motion_prior=motion_prior)
+    model = small_model(layout, motion=motion)
     floats, ints = game(shared_store)
     starts, b = np.array([1500, 4200, 7500]), layout.context_len
     parts = SequenceParts(layout, "cpu")(windows(floats, ints, starts))
@@ -357,11 +361,11 @@ def test_rollout_sampling_feeds_the_model_its_rollouts_from_the_second_epoch(sha
 # ---------------------------------------------------------------- planning
 
 
-@pytest.mark.parametrize("motion_prior", ["none", "constant_velocity"])
-def test_an_unrolled_window_is_the_rollout_from_its_branch(shared_store, layout, motion_prior):
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_an_unrolled_window_is_the_rollout_from_its_branch(shared_store, layout, motion):
     """The unroll's own frames are own_rollouts' from the same branch (the evaluation's rollout, tested
     above), and its rows are that rollout's: delta targets from the own frame read, the true ints."""
-    model, builder, stepper = small_model(layout, motion_prior=motion_prior), SequenceParts(layout, "cpu"), FrameStepper(layout, "cpu")
+    model, builder, stepper = small_model(layout, motion=motion), SequenceParts(layout, "cpu"), FrameStepper(layout, "cpu")
     floats, ints = game(shared_store)
     parts = builder(windows(floats, ints, [1500, 4200, 7500]))
     branch, frames = 20, 12
@@ -385,7 +389,7 @@ def test_an_unrolled_window_is_the_rollout_from_its_branch(shared_store, layout,
 def test_the_unrolled_loss_reaches_every_step_before_it(shared_store, layout):
     """A rolled-out frame's position depends, through the gradient, on the prediction of every step
     before it (a step's error is carried on), and on none after it."""
-    model = small_model(layout, motion_prior="constant_velocity")
+    model = small_model(layout, motion="prior")
     floats, ints = game(shared_store)
     parts = SequenceParts(layout, "cpu")(windows(floats, ints, [1500, 7500]))
     preds, own_float, _ = unrolled(model, parts, FrameStepper(layout, "cpu"), 10, 6)
@@ -399,7 +403,7 @@ def test_the_unrolled_loss_reaches_every_step_before_it(shared_store, layout):
 def test_a_position_unroll_rolls_out_x_and_y_alone(shared_store, layout):
     """fields 'position': the own frames are the true ones but for both players' x and y, which are
     the rollout's (its first frame as the whole unroll's; later ones drift apart from it)."""
-    model, stepper = small_model(layout, motion_prior="constant_velocity"), FrameStepper(layout, "cpu")
+    model, stepper = small_model(layout, motion="prior"), FrameStepper(layout, "cpu")
     parts = SequenceParts(layout, "cpu")(windows(*game(shared_store), [1500, 4200, 7500]))
     positions = torch.tensor(layout.moving_columns)  # both players' x and y
     _, whole, _ = unrolled(model, parts, stepper, 20, 6)
