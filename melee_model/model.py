@@ -13,9 +13,9 @@ Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in
 are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
 float32; under autocast the outputs may be bfloat16 (the losses cast them back). With
 model.motion_prior "constant_velocity" both add each player's last x and y step to those outputs
-(`MotionPrior`); the targets, the losses and the rollouts stay the same. With model.motion_inputs
-each frame also feeds the model its players' x and y steps in game units (`MotionSteps`), which
-every replay version has, where older replays have no speed columns.
+(`motion.MotionPrior`); the targets, the losses and the rollouts stay the same. With
+model.motion_inputs each frame also feeds the model its players' x and y steps in game units
+(`motion.MotionSteps`), which every replay version has, where older replays have no speed columns.
 
 FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
 objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
@@ -35,46 +35,7 @@ from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.mamba2 import Mamba2, Mamba2State
-
-MOTION_PRIORS = ("none", "constant_velocity")
-
-
-class MotionSteps(nn.Module):
-    """Each player's x and y step: a frame's layout.moving_columns minus the frame before's.
-
-    A step over MAX_STEP game units (a respawn, a teleport) is 0, since that motion does not go on;
-    so is the first frame's, which has no frame before it. No parameters.
-
-    moving(float_frames (..., F)) -> (..., P), P = len(layout.moving_columns): those columns.
-    steps(float_frames (B, K, F)) -> (B, K, P): each frame's step, encoded units.
-    step(moving (B, P), before (B, P)) -> (B, P): one frame's step from its columns and the last frame's.
-    game_units(step (..., P)) -> (..., P): the same steps in game units.
-    """
-
-    MAX_STEP = 50.0  # game units in one frame; knockback launches stay under ~20
-
-    def __init__(self, layout: FrameLayout):
-        super().__init__()
-        scales = torch.tensor([abs(layout.schema.float_columns[i].scale) for i in layout.moving_columns])
-        self.register_buffer("columns", torch.tensor(layout.moving_columns), persistent=False)
-        self.register_buffer("scales", scales, persistent=False)  # (P,) encoded units per game unit
-        self.register_buffer("max_step", self.MAX_STEP * scales, persistent=False)  # (P,) encoded units
-
-    def moving(self, float_frames: torch.Tensor) -> torch.Tensor:
-        return float_frames[..., self.columns]
-
-    def steps(self, float_frames: torch.Tensor) -> torch.Tensor:
-        moving = self.moving(float_frames)  # (B, K, P)
-        return self._gate(torch.cat([torch.zeros_like(moving[:, :1]), moving[:, 1:] - moving[:, :-1]], dim=1))  # (B, K, P)
-
-    def step(self, moving: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-        return self._gate(moving - before)  # (B, P)
-
-    def game_units(self, step: torch.Tensor) -> torch.Tensor:
-        return step / self.scales
-
-    def _gate(self, step: torch.Tensor) -> torch.Tensor:
-        return torch.where(step.abs() <= self.max_step, step, torch.zeros_like(step))
+from melee_model.motion import MotionSteps, build_motion, build_prior
 
 
 class FrameEmbedding(nn.Module):
@@ -123,53 +84,6 @@ class PredictionHeads(nn.Module):
         for f, heads in self.int_heads.items():
             out[f] = torch.stack([head(h) for head in heads], dim=-2)  # (..., 2, V)
         return out
-
-
-class MotionPrior(nn.Module):
-    """Constant velocity as every player's starting guess for x and y (model.motion_prior).
-
-    The float outputs at layout.moving_target_positions become the heads' values plus the last step
-    of those columns (`MotionSteps`: 0 where no frame before it was read, and over MAX_STEP), so the
-    heads predict how the step changes (gravity, landings, hits) rather than the step itself, which
-    the model would otherwise have to recover as the difference of two large inputs. Those rows of
-    the heads start at zero (`silence`), so an untrained model moves players as the
-    constant_velocity baseline does. No parameters: weights keep their shapes.
-
-    add(pred_float (..., T), step (..., P)) -> (..., T).
-    """
-
-    def __init__(self, layout: FrameLayout):
-        super().__init__()
-        self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)
-        positions = layout.moving_target_positions
-        self.block, block = next((n, b) for n, b in layout.float_blocks.items() if b.start <= min(positions) and max(positions) < b.stop)
-        self.rows = [j - block.start for j in positions]  # the moving targets' rows in that block's head
-
-    def silence(self, heads: PredictionHeads) -> None:
-        """Zero the heads' rows of the moving targets, so that they start at the prior's guess."""
-        with torch.no_grad():
-            head = heads.float_heads[self.block]
-            head.weight[self.rows] = 0.0
-            head.bias[self.rows] = 0.0
-
-    def add(self, pred_float: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        return pred_float.index_add(-1, self.positions, step.to(pred_float.dtype))  # (..., T)
-
-
-def build_motion(config: ModelConfig, layout: FrameLayout) -> MotionSteps | None:
-    """The players' steps, which a motion prior or motion inputs read; None when neither is on."""
-    return MotionSteps(layout) if config.motion_prior != "none" or config.motion_inputs else None
-
-
-def build_prior(config: ModelConfig, layout: FrameLayout, heads: PredictionHeads) -> MotionPrior | None:
-    """The model's motion prior (its rows of `heads` silenced), or None for "none"."""
-    if config.motion_prior not in MOTION_PRIORS:
-        raise ConfigError(f"unknown model.motion_prior {config.motion_prior!r}; options: {', '.join(MOTION_PRIORS)}")
-    if config.motion_prior == "none":
-        return None
-    prior = MotionPrior(layout)
-    prior.silence(heads)
-    return prior
 
 
 class FrameStackState(NamedTuple):
