@@ -43,7 +43,8 @@ class FrameEmbedding(nn.Module):
     then, with model.motion_inputs, its players' x and y steps in game units (`MotionSteps`).
 
     One table per int field, shared by both players (p0.action and p1.action look up the same table).
-    float_ctx (B, K, F), int_ctx (B, K, I), steps (B, K, P) or None -> (B, K, E),
+    float_ctx (B, K, F), int_ctx (B, K, I), steps (B, K, P) (`MotionSteps.steps` of float_ctx, or of
+    the frames with the one before them; with motion inputs only, else None) -> (B, K, E),
     E = F + sum of the columns' embedding dims (+ P with motion inputs).
     """
 
@@ -62,7 +63,6 @@ class FrameEmbedding(nn.Module):
         embedded = [self.tables[f](int_ctx[..., i]) for i, f in enumerate(self.column_fields)]  # each (B, K, dim)
         if self.motion is None:
             return torch.cat([float_ctx, *embedded], dim=-1)  # (B, K, E)
-        steps = self.motion.steps(float_ctx) if steps is None else steps  # (B, K, P)
         return torch.cat([float_ctx, *embedded, self.motion.game_units(steps).to(float_ctx.dtype)], dim=-1)  # (B, K, E)
 
 

@@ -192,7 +192,7 @@ def test_motion_inputs_are_each_frames_steps_in_game_units(layout, arch):
         frames[b, :, x] = torch.arange(3) * units * layout.schema.float_columns[x].scale
     frames[:, :, y] = -2.0 * torch.arange(3) * layout.schema.float_columns[y].scale
     ints = torch.zeros(3, 3, layout.n_int, dtype=torch.long)
-    inputs = model.embed(frames, ints)[..., -4:]  # (B, K, P): p0.x, p0.y, p1.x, p1.y
+    inputs = model.embed(frames, ints, model.motion.steps(frames))[..., -4:]  # (B, K, P): p0.x, p0.y, p1.x, p1.y
     expected = torch.zeros(3, 3, 4)
     expected[:, 1:, 1] = -2.0
     expected[:, 1:, 2] = torch.tensor([10.0, 49.0, 0.0])[:, None]
