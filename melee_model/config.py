@@ -134,6 +134,10 @@ class LossConfig:
     # position deltas' squared total, measured on ../shared/replays) no longer dominate the fit.
     float_loss: str = "mse"
     huber_delta: float = 0.05
+    # Per-block deltas over huber_delta, e.g. {continuous: 0.0005}: a near-L1 continuous block (x, y,
+    # damage, shield) while the velocity and dynamics blocks keep the squared error of small errors,
+    # which one tiny delta for every block made nearly linear.
+    huber_deltas: dict = field(default_factory=dict)
 
 
 @dataclass

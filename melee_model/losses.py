@@ -5,8 +5,8 @@ total = 1.0 MSE(continuous) + 0.5 MSE(velocity) + 0.5 MSE(dynamics) + 0.5 BCE-wi
 with the weights read from LossConfig (one attribute per term) and every CE the mean over both players.
 Everything stays on the device: no .item(), no host sync.
 
-With loss.float_loss "huber" the MSEs become the squared error below loss.huber_delta and linear
-above it. The float blocks' errors are in encoded units (the card's), or with loss.float_weighting
+With loss.float_loss "huber" the MSEs become the squared error below loss.huber_delta (or the
+block's loss.huber_deltas) and linear above it. The float blocks' errors are in encoded units (the card's), or with loss.float_weighting
 "target_std" in units of each target's spread (`float_scale`: the train split's standard deviation
 of each float target, from `ExampleSource.float_target_std`; the binary block's BCE is left as is).
 
@@ -30,6 +30,7 @@ FLOAT_TERMS = tuple(name for name, _ in FLOAT_BLOCKS)
 LOSS_TERMS = FLOAT_TERMS + TARGET_FIELDS
 FLOAT_WEIGHTINGS = ("encoded", "target_std")
 FLOAT_LOSSES = ("mse", "huber")
+HUBER_BLOCKS = tuple(name for name in FLOAT_TERMS if name != "binary")  # the blocks loss.float_loss measures
 MIN_STD = 1e-4  # a target that never changes in the sample still gets a finite scale
 
 
@@ -75,7 +76,7 @@ def compute_losses(
     losses = {}
     for name, block in layout.float_blocks.items():
         p, t = pred_float[:, block], target_float[:, block]
-        loss = F.binary_cross_entropy_with_logits if name == "binary" else _float_loss(weights)
+        loss = F.binary_cross_entropy_with_logits if name == "binary" else _float_loss(weights, name)
         losses[name] = loss(p, t) if weight is None else _weighted_mean(loss(p, t, reduction="none").mean(1), weight)
     targets = by_player(batch["int_tgt"]).long()  # (B, 2, fields)
     for k, field in enumerate(TARGET_FIELDS):
@@ -90,13 +91,26 @@ def compute_losses(
     return losses
 
 
-def _float_loss(config: LossConfig):
-    """The error function of the float blocks other than binary: (pred, target, reduction) -> loss."""
+def _float_loss(config: LossConfig, block: str):
+    """The error function of float block `block` (not binary): (pred, target, reduction) -> loss."""
     if config.float_loss == "mse":
         return F.mse_loss
     if config.float_loss == "huber":  # x**2 below delta, 2 delta |x| - delta**2 above: the squared error's slope at delta
-        return lambda p, t, reduction="mean": 2.0 * F.huber_loss(p, t, reduction=reduction, delta=config.huber_delta)
+        delta = huber_delta(config, block)
+        return lambda p, t, reduction="mean": 2.0 * F.huber_loss(p, t, reduction=reduction, delta=delta)
     raise ConfigError(f"loss.float_loss must be one of {', '.join(FLOAT_LOSSES)}, got {config.float_loss!r}")
+
+
+def huber_delta(config: LossConfig, block: str) -> float:
+    """Block `block`'s Huber delta: loss.huber_deltas[block], else loss.huber_delta."""
+    unknown = sorted(set(config.huber_deltas) - set(HUBER_BLOCKS))
+    if unknown:
+        raise ConfigError(f"loss.huber_deltas: unknown block(s) {', '.join(unknown)}; options: {', '.join(HUBER_BLOCKS)}")
+    key = f"loss.huber_deltas.{block}" if block in config.huber_deltas else "loss.huber_delta"
+    delta = config.huber_deltas.get(block, config.huber_delta)
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta <= 0:
+        raise ConfigError(f"{key} must be a positive number, got {delta!r}")
+    return float(delta)
 
 
 def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -331,3 +331,19 @@ def test_huber_float_loss_is_the_squared_error_below_delta_and_linear_above():
     )
     with pytest.raises(ValueError, match="float_loss must be one of mse, huber"):
         compute_losses(pred, batch, V3, LossConfig(float_loss="l1"))
+
+
+def test_huber_deltas_set_one_blocks_delta_and_leave_the_others_at_huber_delta():
+    pred, batch = zero_pred(1), zero_batch(1)
+    for name in ("continuous", "velocity"):
+        batch["float_tgt"][0, BLOCKS[name].start] = 0.03
+    config = LossConfig(float_loss="huber", huber_delta=0.05, huber_deltas={"continuous": 0.0005})
+    losses = compute_losses(pred, batch, V3, config)
+    width = {name: BLOCKS[name].stop - BLOCKS[name].start for name in ("continuous", "velocity")}
+    # continuous: over its delta 0.0005, linear: 2 * 0.0005 * 0.03 - 0.0005**2; velocity: under 0.05, 0.03**2
+    assert losses["continuous"].item() == pytest.approx((2 * 0.0005 * 0.03 - 0.0005**2) / width["continuous"], rel=1e-5)
+    assert losses["velocity"].item() == pytest.approx(0.0009 / width["velocity"], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown block.*binary.*options: continuous, velocity, dynamics"):
+        compute_losses(pred, batch, V3, LossConfig(float_loss="huber", huber_deltas={"binary": 0.1}))
+    with pytest.raises(ValueError, match="huber_deltas.velocity must be a positive number, got 'small'"):
+        compute_losses(pred, batch, V3, LossConfig(float_loss="huber", huber_deltas={"velocity": "small"}))
