@@ -6,9 +6,10 @@ with the weights read from LossConfig (one attribute per term) and every CE the 
 Everything stays on the device: no .item(), no host sync.
 
 With loss.float_loss "huber" the MSEs become the squared error below loss.huber_delta (or the
-block's loss.huber_deltas) and linear above it. The float blocks' errors are in encoded units (the card's), or with loss.float_weighting
-"target_std" in units of each target's spread (`float_scale`: the train split's standard deviation
-of each float target, from `ExampleSource.float_target_std`; the binary block's BCE is left as is).
+block's loss.huber_deltas) and linear above it. The float blocks' errors are in encoded units (the
+card's), or with loss.float_weighting "target_std" in units of each target's spread (`float_scale`:
+the train split's standard deviation of each float target, from `ExampleSource.float_target_std`;
+the binary block's BCE is left as is).
 
 A batch may carry "weight" (B,), one per example (the sequence objective's rows: 1 for a target
 position, 0 for the others); each term is then the weighted mean over examples, i.e. the mean over
