@@ -79,8 +79,7 @@ def teacher_forced(
 
 def rollout_starts(source: ExampleSource, split: str, count: int, horizon: int, seed: int = 0) -> np.ndarray:
     """`count` (game row, t0) start points spread over the split's games (rollout.pick_starts)."""
-    rows = source.rows_of(split)
-    return pick_starts(rows, source.store.games["length"][rows], count, horizon, source.layout.context_len, seed)
+    return pick_starts(source.store.games, source.rows_of(split), count, horizon, source.layout.context_len, seed)
 
 
 def rollouts_with_baselines(

@@ -66,21 +66,27 @@ class RolloutResult:
     first: Trajectory
 
 
-def pick_starts(rows: np.ndarray, lengths: np.ndarray, count: int, horizon: int, context_len: int, seed: int = 0) -> np.ndarray:
-    """`count` start points (game row, t0) spread over the games long enough for a rollout.
+def pick_starts(games, rows: np.ndarray, count: int, horizon: int, context_len: int, seed: int = 0) -> np.ndarray:
+    """`count` start points (game row, t0) spread over the games `rows` of a store's games table
+    (anything with "length" and "hash" columns) that are long enough for a rollout.
 
     Games take turns in a seeded order (so up to `count` different games are used) and each start
-    t0 is uniform in [K, length - H]. Sorted by (row, t0), so that reads group by game.
+    t0 is uniform in [K, length - H]. The draw goes over the games in content-hash order, so the
+    same games give the same (game, t0) pairs at whatever rows a store holds them: an encode with
+    more workers stores games in another order. Sorted by (row, t0), so that reads group by game.
     Returns (count, 2) int64.
     """
-    rows, lengths = np.asarray(rows), np.asarray(lengths)
-    eligible = np.flatnonzero(lengths >= context_len + horizon)
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = np.asarray(games["length"])
+    eligible = rows[lengths[rows] >= context_len + horizon]
     if not len(eligible):
         raise ConfigError(f"no game is long enough for a rollout of {horizon} frames after {context_len} context frames")
+    hashes = games["hash"]
+    eligible = np.array(sorted(eligible, key=lambda row: str(hashes[row])), dtype=np.int64)
     rng = np.random.default_rng(seed)
-    games = rng.permutation(eligible)[np.arange(count) % len(eligible)]  # (count,)
-    t0 = rng.integers(context_len, lengths[games] - horizon + 1)  # (count,)
-    starts = np.stack([rows[games], t0], axis=1).astype(np.int64)  # (count, 2)
+    chosen = rng.permutation(eligible)[np.arange(count) % len(eligible)]  # (count,)
+    t0 = rng.integers(context_len, lengths[chosen] - horizon + 1)  # (count,)
+    starts = np.stack([chosen, t0], axis=1).astype(np.int64)  # (count, 2)
     return starts[np.lexsort((starts[:, 1], starts[:, 0]))]
 
 

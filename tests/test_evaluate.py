@@ -258,9 +258,9 @@ def test_steps_in_other_encodings(encoding):
 def test_horizon_metrics_and_deterministic_starts(shared_store, layout):
     store = open_store(shared_store)
     rows, lengths = np.arange(store.n_games), store.games["length"]
-    starts = pick_starts(rows, lengths, 8, 60, K, seed=3)
-    assert np.array_equal(starts, pick_starts(rows, lengths, 8, 60, K, seed=3))
-    assert not np.array_equal(starts, pick_starts(rows, lengths, 8, 60, K, seed=4))
+    starts = pick_starts(store.games, rows, 8, 60, K, seed=3)
+    assert np.array_equal(starts, pick_starts(store.games, rows, 8, 60, K, seed=3))
+    assert not np.array_equal(starts, pick_starts(store.games, rows, 8, 60, K, seed=4))
     assert len(set(starts[:, 0])) == 8  # spread: one game each while there are games enough
     assert ((starts[:, 1] >= K) & (starts[:, 1] + 60 <= lengths[starts[:, 0]])).all()
     model = small_model(layout).train()
@@ -281,7 +281,25 @@ def test_horizon_metrics_and_deterministic_starts(shared_store, layout):
 
 def test_starts_need_a_long_enough_game():
     with pytest.raises(ValueError, match="long enough"):
-        pick_starts(np.arange(2), np.array([50, 80]), 4, 100, K)
+        pick_starts({"length": np.array([50, 80]), "hash": np.array(["a", "b"])}, np.arange(2), 4, 100, K)
+
+
+def test_starts_are_the_same_games_and_frames_at_whatever_rows_a_store_holds_them(shared_store):
+    """An encode with more workers stores the same games in another row order: the start points are
+    the same (game, t0) pairs, so baselines and models are judged on the same frames."""
+    games = open_store(shared_store).games
+    hashes, lengths = np.array([str(h) for h in games["hash"]]), np.asarray(games["length"])
+    order = np.random.default_rng(7).permutation(len(hashes))  # row r of the shuffled table is game order[r]
+    shuffled = {"hash": hashes[order], "length": lengths[order]}
+
+    def picked(table, rows):
+        starts = pick_starts(table, rows, 12, 60, K, seed=5)
+        return sorted((table["hash"][row], t0) for row, t0 in starts)
+
+    every_game = np.arange(len(hashes))
+    assert picked({"hash": hashes, "length": lengths}, every_game) == picked(shuffled, every_game)
+    some = every_game[: len(hashes) // 2]  # the same games picked by their rows in each table
+    assert picked({"hash": hashes, "length": lengths}, some) == picked(shuffled, np.argsort(order)[some])
 
 
 # ---------------------------------------------------------------- scripts/evaluate.py

@@ -66,7 +66,7 @@ def layout(shared_store):
 @pytest.fixture(scope="module")
 def windows(shared_store):
     store = open_store(shared_store)
-    starts = pick_starts(np.arange(store.n_games), store.games["length"], 6, H, K, seed=1)
+    starts = pick_starts(store.games, np.arange(store.n_games), 6, H, K, seed=1)
     return starts, *store_windows(store, starts, K, H)
 
 

@@ -308,7 +308,7 @@ def rollout_page(shared_store, tmp_path_factory):
     """A page of 4 rollouts of a small untrained model over the shared store's games."""
     store = open_store(shared_store)
     layout = layout_for(small_config(), store.schema)
-    starts = pick_starts(np.arange(store.n_games), store.games["length"], 4, HORIZON, layout.context_len, seed=1)
+    starts = pick_starts(store.games, np.arange(store.n_games), 4, HORIZON, layout.context_len, seed=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
