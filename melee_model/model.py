@@ -66,6 +66,11 @@ class FrameEmbedding(nn.Module):
         return torch.cat([float_ctx, *embedded, self.motion.game_units(steps).to(float_ctx.dtype)], dim=-1)  # (B, K, E)
 
 
+def build_embedding(layout: FrameLayout, config: ModelConfig, motion: MotionSteps | None) -> FrameEmbedding:
+    """The model's frame embedding: it reads the players' steps (`motion`) with model.motion_inputs only."""
+    return FrameEmbedding(layout, config.embed_dims, motion if config.motion_inputs else None)
+
+
 class PredictionHeads(nn.Module):
     """Linear heads from a hidden vector to every target.
 
@@ -115,7 +120,7 @@ class FrameStackMamba2(nn.Module):
         super().__init__()
         self.config = config
         self.motion = build_motion(config, layout)
-        self.embed = FrameEmbedding(layout, config.embed_dims, self.motion if config.motion_inputs else None)
+        self.embed = build_embedding(layout, config, self.motion)
         self.in_proj = nn.Linear(self.embed.out_dim, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.norms = nn.ModuleList([nn.RMSNorm(config.d_model, eps=1e-5) for _ in range(config.n_layers)])
@@ -175,9 +180,12 @@ class FrameStackMamba2(nn.Module):
 
     def step(self, float_t: torch.Tensor, int_t: torch.Tensor, state: FrameStackState) -> tuple[torch.Tensor, FrameStackState]:
         """One frame more: float_t (B, F), int_t (B, I) -> (its residual stream (B, D), the new state)."""
-        moving = self.motion.moving(float_t) if self.motion is not None else None  # (B, P)
-        step = self.motion.step(moving, state.moving) if self.motion is not None else None  # (B, P)
-        x, layers = self._frames(float_t[:, None], int_t[:, None], step[:, None] if step is not None else None)[:, 0], []  # (B, D)
+        moving = step = steps = None
+        if self.motion is not None:
+            moving = self.motion.moving(float_t)  # (B, P)
+            step = self.motion.step(moving, state.moving)  # (B, P)
+            steps = step[:, None]  # (B, 1, P)
+        x, layers = self._frames(float_t[:, None], int_t[:, None], steps)[:, 0], []  # (B, D)
         for norm, mixer, layer_state in zip(self.norms, self.mixers, state.layers):
             y, layer_state = mixer.step(norm(x), layer_state)
             x = x + y  # (B, D)
@@ -215,7 +223,7 @@ class FrameStackMLP(nn.Module):
         self.config = config
         self.context_len = layout.context_len
         self.motion = build_motion(config, layout)
-        self.embed = FrameEmbedding(layout, config.embed_dims, self.motion if config.motion_inputs else None)
+        self.embed = build_embedding(layout, config, self.motion)
         hidden1, hidden2 = config.mlp_hidden
         self.mlp = nn.Sequential(
             nn.Linear(layout.context_len * self.embed.out_dim + layout.ctrl_dim, hidden1),
