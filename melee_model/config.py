@@ -96,7 +96,8 @@ class ModelConfig:
     ssm_init: str = "mamba_ssm"
     # The x and y outputs: "none" (the run card's): the predicted one-frame change itself;
     # "constant_velocity": the change of each player's last step (frame t-1 minus t-2) added to
-    # that step, so an untrained model is the constant-velocity baseline (motion.MotionPrior).
+    # that step, so an untrained model is the constant-velocity baseline (motion.MotionPrior);
+    # "scaled_velocity": that step times 1 + a learned gain per player and axis, plus the change.
     motion_prior: str = "none"
     # Each frame's x and y steps (that frame minus the one before, in game units; 0 for the first frame
     # read and for a respawn) as 4 more inputs (motion.MotionSteps), so the model reads each player's

@@ -13,7 +13,8 @@ Every forward returns the same dict: "float" (B, T) with the float_tgt blocks in
 are logits), and for each field of TARGET_FIELDS (B, 2, V) logits, player axis second. Parameters stay
 float32; under autocast the outputs may be bfloat16 (the losses cast them back). With
 model.motion_prior "constant_velocity" both add each player's last x and y step to those outputs
-(`motion.MotionPrior`); the targets, the losses and the rollouts stay the same. With
+(`motion.MotionPrior`; "scaled_velocity": that step times 1 + a gain learned from the heads' input);
+the targets, the losses and the rollouts stay the same. With
 model.motion_inputs each frame also feeds the model its players' x and y steps in game units
 (`motion.MotionSteps`), which every replay version has, where older replays have no speed columns.
 
@@ -142,7 +143,7 @@ class FrameStackMamba2(nn.Module):
         self.final_norm = nn.RMSNorm(config.d_model, eps=1e-5)
         self.ctrl_proj = nn.Linear(layout.ctrl_dim, config.d_model)
         self.heads = PredictionHeads(layout, config.d_model)
-        self.prior = build_prior(config, layout, self.heads)
+        self.prior = build_prior(config, layout, self.heads, config.d_model)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -158,11 +159,12 @@ class FrameStackMamba2(nn.Module):
     def predict(self, x: torch.Tensor, next_ctrl: torch.Tensor, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The heads from the residual stream x (..., D) and the controls next_ctrl (..., C); with a
         motion prior, plus the last step of the moving columns at x's frame, step (..., P)."""
-        out = self.heads(self.final_norm(x) + self.ctrl_proj(next_ctrl))
+        h = self.final_norm(x) + self.ctrl_proj(next_ctrl)  # (..., D)
+        out = self.heads(h)
         if self.prior is not None:
             if step is None:
                 raise ValueError("this model has a motion prior: predict needs the last step (FrameStackState.step)")
-            out["float"] = self.prior.add(out["float"], step)  # (..., T)
+            out["float"] = self.prior.add(out["float"], step, h)  # (..., T)
         return out
 
     def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:
@@ -234,7 +236,7 @@ class FrameStackMLP(nn.Module):
             nn.Dropout(config.dropout),
         )
         self.heads = PredictionHeads(layout, hidden2)
-        self.prior = build_prior(config, layout, self.heads)
+        self.prior = build_prior(config, layout, self.heads, hidden2)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         if next_ctrl.dim() != 2:
@@ -246,7 +248,7 @@ class FrameStackMLP(nn.Module):
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)
         out = self.heads(h)
         if self.prior is not None:
-            out["float"] = self.prior.add(out["float"], steps[:, -1])  # (B, T)
+            out["float"] = self.prior.add(out["float"], steps[:, -1], h)  # (B, T)
         return out
 
     def architecture(self) -> str:

@@ -1,8 +1,9 @@
-"""How the models read the players' motion: each frame's x and y steps and the constant-velocity prior.
+"""How the models read the players' motion: each frame's x and y steps and the velocity priors.
 
 `MotionSteps` computes each player's step between consecutive frames (layout.moving_columns); with
 model.motion_inputs the frame embedding reads those steps as inputs, and with model.motion_prior
-"constant_velocity" `MotionPrior` adds the last step to the x and y outputs. Neither has parameters.
+"constant_velocity" `MotionPrior` adds the last step to the x and y outputs ("scaled_velocity": the
+last step times a learned factor per player and axis). Only the scaled prior has parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import FrameLayout
 
-MOTION_PRIORS = ("none", "constant_velocity")
+MOTION_PRIORS = ("none", "constant_velocity", "scaled_velocity")
 
 
 class MotionSteps(nn.Module):
@@ -65,15 +66,24 @@ class MotionPrior(nn.Module):
     the heads start at zero (`silence`), so an untrained model moves players as the
     constant_velocity baseline does. No parameters: weights keep their shapes.
 
-    add(pred_float (..., T), step (..., P)) -> (..., T).
+    With `d_in` ("scaled_velocity"), the step added is the last step times 1 + gain(h), a Linear from
+    the heads' input h (..., d_in) to one factor per moving column, starting at zero: a model can
+    then slow a player down, stop or turn one (gain -1, -2) whichever way it moves, where the
+    heads' additive change has to know the step's sign and size.
+
+    add(pred_float (..., T), step (..., P), h (..., d_in) or None) -> (..., T).
     """
 
-    def __init__(self, layout: FrameLayout):
+    def __init__(self, layout: FrameLayout, d_in: int | None = None):
         super().__init__()
         self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)
         positions = layout.moving_target_positions
         self.block, block = next((n, b) for n, b in layout.float_blocks.items() if b.start <= min(positions) and max(positions) < b.stop)
         self.rows = [j - block.start for j in positions]  # the moving targets' rows in that block's head
+        self.gain = nn.Linear(d_in, len(positions)) if d_in is not None else None
+        if self.gain is not None:
+            nn.init.zeros_(self.gain.weight)
+            nn.init.zeros_(self.gain.bias)
 
     def silence(self, heads: nn.Module) -> None:
         """Zero the heads' rows of the moving targets, so that they start at the prior's guess."""
@@ -82,7 +92,9 @@ class MotionPrior(nn.Module):
             head.weight[self.rows] = 0.0
             head.bias[self.rows] = 0.0
 
-    def add(self, pred_float: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    def add(self, pred_float: torch.Tensor, step: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gain is not None:
+            step = step * (1 + self.gain(h))  # (..., P)
         return pred_float.index_add(-1, self.positions, step.to(pred_float.dtype))  # (..., T)
 
 
@@ -91,12 +103,12 @@ def build_motion(config: ModelConfig, layout: FrameLayout) -> MotionSteps | None
     return MotionSteps(layout) if config.motion_prior != "none" or config.motion_inputs else None
 
 
-def build_prior(config: ModelConfig, layout: FrameLayout, heads: nn.Module) -> MotionPrior | None:
-    """The model's motion prior (its rows of `heads` silenced), or None for "none"."""
+def build_prior(config: ModelConfig, layout: FrameLayout, heads: nn.Module, d_in: int) -> MotionPrior | None:
+    """The model's motion prior (its rows of `heads` silenced), or None for "none"; d_in: the heads' input width."""
     if config.motion_prior not in MOTION_PRIORS:
         raise ConfigError(f"unknown model.motion_prior {config.motion_prior!r}; options: {', '.join(MOTION_PRIORS)}")
     if config.motion_prior == "none":
         return None
-    prior = MotionPrior(layout)
+    prior = MotionPrior(layout, d_in if config.motion_prior == "scaled_velocity" else None)
     prior.silence(heads)
     return prior

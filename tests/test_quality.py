@@ -98,24 +98,45 @@ def test_constant_velocity_moves_positions_by_the_last_step(layout, windows):
         baseline_frames("oracle", layout, floats, ints)
 
 
+@pytest.mark.parametrize("prior", ["constant_velocity", "scaled_velocity"])
 @pytest.mark.parametrize("stage_floor", [False, True])
 @pytest.mark.parametrize("arch, stepping", [("mamba2", "recurrent"), ("mamba2", "window"), ("mlp", "window")])
-def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baseline(layout, windows, arch, stepping, stage_floor):
+def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baseline(layout, windows, arch, stepping, stage_floor, prior):
     """model.motion_prior constant_velocity adds each player's last step to the x and y outputs, whose
     head rows start at zero: untrained, a rollout moves x and y exactly as the baseline does, whatever
-    else it predicts; with model.stage_floor both land on the main platform alike."""
+    else it predicts; with model.stage_floor both land on the main platform alike. The scaled prior's
+    gain starts at zero too, and is its only parameters: one factor per moving column from the heads' input."""
     starts, floats, ints = windows
     layout = dataclasses.replace(layout, stage_floor=stage_floor)
     config = seq_config().model
-    model = build_model(dataclasses.replace(config, arch=arch, motion_prior="constant_velocity"), layout)
+    model = build_model(dataclasses.replace(config, arch=arch, motion_prior=prior), layout)
     rolled = rollout_windows(model, layout, floats, ints, starts, "cpu", stepping=stepping).pred_floats  # (6, H, F)
     baseline = baseline_frames("constant_velocity", layout, floats, ints)[0]
     moving = list(layout.moving_columns)
     np.testing.assert_allclose(rolled[..., moving], baseline[..., moving], rtol=0, atol=1e-4)
     assert np.abs(baseline[:, 1:, moving] - baseline[:, :1, moving]).max() > 0.1  # the windows do move
     plain = build_model(dataclasses.replace(config, arch=arch), layout)
-    assert count_parameters(plain) == count_parameters(model)
-    assert plain.state_dict().keys() == model.state_dict().keys()
+    heads_input = config.d_model if arch == "mamba2" else config.mlp_hidden[1]
+    gain = (heads_input + 1) * len(moving) if prior == "scaled_velocity" else 0
+    assert count_parameters(model) == count_parameters(plain) + gain
+    assert set(model.state_dict()) - set(plain.state_dict()) == ({"prior.gain.weight", "prior.gain.bias"} if gain else set())
+
+
+def test_the_scaled_prior_adds_the_last_step_times_one_plus_its_gain(layout):
+    """model.motion_prior scaled_velocity: a gain of -1 stops a player, -2 turns one round, 0.5 speeds
+    one up by half, whatever the heads' input; the steps over MAX_STEP are still not carried on."""
+    model = build_model(dataclasses.replace(seq_config().model, motion_prior="scaled_velocity"), layout)
+    with torch.no_grad():
+        model.prior.gain.bias.copy_(torch.tensor([-1.0, 0.5, -2.0, 0.0]))  # p0.x, p0.y, p1.x, p1.y
+    frames = torch.zeros(2, 3, layout.n_float)  # (B, K, F): every moving column moves 10, then 60 game units a frame
+    for b, units in enumerate((10.0, 60.0)):
+        for i in layout.moving_columns:
+            frames[b, :, i] = torch.arange(3) * units * layout.schema.float_columns[i].scale
+    steps = model.motion.steps(frames)[:, -1]  # (2, P)
+    h = torch.randn(2, model.config.d_model)
+    added = model.prior.add(torch.zeros(2, layout.float_target_dim), steps, h)[:, list(layout.moving_target_positions)]
+    scales = torch.tensor([layout.schema.float_columns[i].scale for i in layout.moving_columns])
+    np.testing.assert_allclose((added / scales).detach().numpy(), [[0.0, 15.0, -10.0, 10.0], [0.0, 0.0, 0.0, 0.0]], atol=1e-4)
 
 
 BATTLEFIELD = 31  # peppi's stage id

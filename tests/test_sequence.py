@@ -63,13 +63,21 @@ def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> d
     return {"float_seq": torch.from_numpy(floats[frames]), "int_seq": torch.from_numpy(ints[frames]), "target_mask": torch.from_numpy(mask)}
 
 
-# The ways a model reads motion: neither, the constant-velocity prior, the step inputs.
-MOTIONS = {"plain": {}, "prior": {"motion_prior": "constant_velocity"}, "inputs": {"motion_inputs": True}}
+# The ways a model reads motion: neither, the constant-velocity prior, the step inputs, the scaled prior with them.
+MOTIONS = {
+    "plain": {},
+    "prior": {"motion_prior": "constant_velocity"},
+    "inputs": {"motion_inputs": True},
+    "scaled": {"motion_prior": "scaled_velocity", "motion_inputs": True},
+}
 
 
 def small_model(layout: FrameLayout, seed: int = 0, motion: str = "plain") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model(dataclasses.replace(config().model, **MOTIONS[motion]), layout).eval()
+    model = build_model(dataclasses.replace(config().model, **MOTIONS[motion]), layout)
+    if model.prior is not None and model.prior.gain is not None:
+        torch.nn.init.normal_(model.prior.gain.weight, std=0.1)  # a gain as trained, not its zero start
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
