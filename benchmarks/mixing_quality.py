@@ -1,11 +1,11 @@
 """Does the loader's mixing cost model quality? The same short training with five groupings, same run.
 
-    python benchmarks/mixing_quality.py [--store TRAIN] [--val-store VAL] [--steps 1500] [--json]
+    python benchmarks/mixing_quality.py [--store TRAIN] [--val-store VAL] [--steps 1500] [--val-batches N] [--json]
 
 Trains the card's objective (small width: d_model 128, 2 layers; batch 256; the card's optimizer) for
 --steps steps on every game of the train store (default: ../shared/corpus encoded to a temporary
 store), once per grouping, then evaluates each on every game of the held-out store (default:
-../shared/replays, games none of the runs trained on):
+../shared/replays, games none of the runs trained on; --val-batches: at most N batches of them):
 - mixed: the default (data.piece_frames x data.pieces_per_group pieces from all over the store);
 - chunk_hands: the same pieces dealt into hands of one stored chunk (data.chunk_visits 8: faster);
 - large_pieces: the same memory in 256 pieces of 3,072 frames (this loader's first default);
@@ -70,13 +70,13 @@ def small_run(steps: int, batch_size: int) -> list[str]:
     ]
 
 
-def train_and_score(name: str, overrides: list[str], store: str, val_store: str, output: str) -> dict:
+def train_and_score(name: str, overrides: list[str], store: str, val_store: str, output: str, val_batches: int | None) -> dict:
     config = load_config(CARD, overrides + [f"name=mixing-{name}"])
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines; stdout keeps the table or the JSON
         Trainer(config, store, output_dir=output, progress_bar=False).fit()
     seconds = time.perf_counter() - started
-    evaluation = evaluate_checkpoint(os.path.join(output, "latest"), val_store, split="all", num_workers=0)
+    evaluation = evaluate_checkpoint(os.path.join(output, "latest"), val_store, split="all", max_batches=val_batches, num_workers=0)
     return {**{name: evaluation.metrics[key] for name, key in REPORTED.items()}, "train_s": seconds, "val_examples": evaluation.examples}
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--val-store", help="held-out games (default: ../shared/replays, encoded here)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--val-batches", type=int, help="evaluate each run on at most this many batches (default: every held-out example)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -95,10 +96,9 @@ def main() -> None:
             stores[name] = given or os.path.join(tmp, f"{name}.zarr")
             if given is None:
                 encode([os.path.join(ROOT, replays)], stores[name], EncodeOptions(progress=False, workers=2))
+        small = small_run(args.steps, args.batch_size)
         results = {
-            name: train_and_score(
-                name, small_run(args.steps, args.batch_size) + extra, stores["train"], stores["val"], os.path.join(tmp, name)
-            )
+            name: train_and_score(name, small + extra, stores["train"], stores["val"], os.path.join(tmp, name), args.val_batches)
             for name, extra in GROUPINGS.items()
         }
     mixed, full = results["mixed"]["val_loss"], results["one_group"]["val_loss"]
