@@ -164,7 +164,7 @@ class UnrollConfig:
     frames: int = 0  # frames rolled out per window, each a target; 0: off (the run card's)
     weight: float = 1.0  # each rolled-out target counts this many teacher-forced ones
     start_epoch: int = 1  # the first epoch (0-based) that unrolls: a model trained teacher-forced first
-    fields: str = "all"  # "all": whole own frames; "position": only x and y are the rollout's, the rest true
+    fields: str = "all"  # "all": whole own frames; "position": only x and y are the rollout's, the rest true; "motion": x, y and speeds
 
 
 @dataclass

@@ -13,7 +13,9 @@ it. It starts at epoch `start_epoch` (default 1: the untrained model's rollouts 
 errors would swamp the teacher-forced rows) and, unlike scheduled sampling
 (melee_model.scheduled_sampling), adds targets instead of replacing inputs. With `fields`
 "position" only the players' x and y are rolled out; every other column of an own frame (speeds,
-damage, stocks, actions...) is the true one, so only positions drift and carry gradients.
+damage, stocks, actions...) is the true one, so only positions drift and carry gradients. With
+"motion" their speeds (the velocity block) are the rollout's too: the inputs a drifting step
+reads in a real rollout, without its damage and actions.
 
 Shape letters: B windows, L positions, n = frames, F n_float, I n_int, T float_target_dim.
 """
@@ -29,7 +31,7 @@ from melee_model.scheduled_sampling import roll_out
 from melee_model.sequence import SequenceParts
 from melee_model.stepper import FrameStepper
 
-FIELDS = ("all", "position")
+FIELDS = ("all", "position", "motion")
 
 
 def check_unroll(config: UnrollConfig, objective: str, seq_len: int) -> None:
@@ -72,6 +74,14 @@ def unrolled(
     return rollout.preds[1:], rollout.read_float[:, branch:], rollout.read_int[:, branch:]
 
 
+def rolled_columns(fields: str, layout: FrameLayout) -> tuple[int, ...] | None:
+    """The float columns an own frame takes from the rollout for `fields` (None: every column)."""
+    if fields == "all":
+        return None
+    velocity = layout.float_target_columns[layout.float_blocks["velocity"]] if fields == "motion" else ()
+    return tuple(layout.moving_columns) + tuple(velocity)  # x, y of both players (+ their speeds)
+
+
 class Unroll:
     """train.unroll for one layout, on one device: rows(model, parts, generator) -> the rolled-out
     targets as rows of card examples, N = B * n: (pred rows, target rows), laid out as
@@ -79,7 +89,8 @@ class Unroll:
 
     def __init__(self, config: UnrollConfig, layout: FrameLayout, builder: SequenceParts, stepper: FrameStepper, device):
         self.config, self.builder, self.stepper = config, builder, stepper
-        self.columns = torch.tensor(layout.moving_columns, device=device) if config.fields == "position" else None  # (4,) x, y
+        columns = rolled_columns(config.fields, layout)
+        self.columns = None if columns is None else torch.tensor(columns, device=device)
 
     def rows(self, model: torch.nn.Module, parts: dict, generator: torch.Generator) -> tuple[dict, dict]:
         frames = self.config.frames

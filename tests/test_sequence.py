@@ -25,7 +25,7 @@ from melee_model.rollout import rollout
 from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
-from melee_model.unroll import Unroll, unrolled
+from melee_model.unroll import Unroll, rolled_columns, unrolled
 
 from conftest import ROOT
 
@@ -424,6 +424,22 @@ def test_a_position_unroll_rolls_out_x_and_y_alone(shared_store, layout):
     assert not torch.equal(own_float[:, :, positions], true_float[:, :, positions])
 
 
+def test_a_motion_unroll_rolls_out_positions_and_speeds_alone(shared_store, layout):
+    """fields 'motion': x, y and the velocity block's speeds are the rollout's, every other column true."""
+    speeds = [i for i, c in enumerate(layout.schema.float_columns) if c.group == "velocity"]
+    motion = rolled_columns("motion", layout)
+    assert rolled_columns("all", layout) is None and rolled_columns("position", layout) == layout.moving_columns
+    assert sorted(motion) == sorted([*layout.moving_columns, *speeds]) and len(motion) == 4 + 10  # 5 speeds per player at v3
+    model, stepper = small_model(layout, motion="prior"), FrameStepper(layout, "cpu")
+    parts = SequenceParts(layout, "cpu")(windows(*game(shared_store), [1500, 4200, 7500]))
+    _, own_float, own_int = unrolled(model, parts, stepper, 20, 6, torch.tensor(motion))
+    true_float, true_int = parts["float_in"][:, 20:26], parts["int_in"][:, 20:26]
+    others = torch.ones(true_float.shape[-1], dtype=torch.bool)
+    others[list(motion)] = False
+    assert torch.equal(own_float[..., others], true_float[..., others]) and torch.equal(own_int, true_int)
+    assert not torch.equal(own_float[:, 1:, speeds], true_float[:, 1:, speeds])
+
+
 def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
     unrolled_config = config()
     unrolled_config.train.unroll = UnrollConfig(frames=8, weight=0.25)
@@ -450,7 +466,7 @@ def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
         ({}, {"frames": L}, "must be under data.seq_len"),
         ({}, {"frames": -1}, ">= 0"),
         ({}, {"frames": 4, "start_epoch": -1}, ">= 0"),
-        ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position"),
+        ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position, motion"),
     ],
 )
 def test_an_unroll_that_cannot_run_is_refused(layout, data, unroll, message):
