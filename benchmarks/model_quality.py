@@ -23,7 +23,11 @@ read that way too), and --rollouts rollouts of 300 frames from the same start po
 (`rollout_*`) and with a K-frame window per step (`window_rollout_*`), next to the baselines
 copy_last and constant_velocity on the very same windows. Paired on those rollouts, each model's
 recurrent pos_error over the card objective's and over each baseline's at every horizon, with a 90%
-interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [ratio, low, high]). With
+interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [ratio, low, high]); the
+median pos_error over the rollouts (`rollout_pos_error_median_<h>`) and the motion ratio
+(`rollout_motion_ratio_<h>`: how far the players were moved from the last real frame over how far
+the replay moved them; copy_last 0), for every model and baseline, since a model that moves the
+players less can lower its mean error while its typical rollout gets worse. With
 64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
 rollouts a ratio needs"), hence the default of 512. `targets` counts the target rows of the steps
 taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads
@@ -52,7 +56,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = Path(HERE).parent
 sys.path.insert(0, HERE)
-from melee_model.baselines import BASELINES  # noqa: E402
+from melee_model.baselines import BASELINES, baseline_frames  # noqa: E402
 from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
@@ -62,7 +66,15 @@ from melee_model.metrics import VAL_PREFIX, MetricAccumulator  # noqa: E402
 from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
-from melee_model.quality import baseline_errors, card_config, paired_ratio, rollout_starts, teacher_forced  # noqa: E402
+from melee_model.quality import (  # noqa: E402
+    baseline_errors,
+    card_config,
+    median_errors,
+    motion_ratios,
+    paired_ratio,
+    rollout_starts,
+    teacher_forced,
+)
 from melee_model.rollout import rollout_windows, store_windows  # noqa: E402
 from melee_model.train import Trainer  # noqa: E402
 
@@ -165,8 +177,16 @@ def assess(model, name: str, configs: dict, sources: dict, split: str, windows, 
     recurrent = rollout_windows(model, layout, *windows, starts, device, stepping="recurrent")
     window = rollout_windows(model, layout, *windows, starts, device, stepping="window")
     figures.update(rollout_keys(recurrent.metrics, "rollout_"))
+    figures.update(spread_keys(layout, windows, recurrent.per_rollout["pos_error"], recurrent.pred_floats))
     figures.update(rollout_keys(window.metrics, "window_rollout_"))
     return figures, recurrent.per_rollout["pos_error"]
+
+
+def spread_keys(layout, windows, pos_error: np.ndarray, pred_floats: np.ndarray) -> dict:
+    """A predictor's median pos_error and motion ratio at every horizon of its rollouts (quality's
+    median_errors, motion_ratios): pos_error (N, H), pred_floats (N, H, F), windows the real ones."""
+    horizons = report_at(pos_error.shape[1])
+    return {**median_errors(pos_error, horizons), **motion_ratios(layout, windows[0], pred_floats, horizons)}
 
 
 def paired_keys(errors: dict[str, np.ndarray], name: str, games: np.ndarray, horizons) -> dict:
@@ -206,6 +226,8 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
     for h in horizons:
         for metric in ROLLOUT_ROWS:
             row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
+        row(f"rollout pos_error median @{h}", f"rollout_pos_error_median_{h}")
+        row(f"rollout motion ratio @{h}", f"rollout_motion_ratio_{h}")
         row(f"window rollout pos_error @{h}", f"window_rollout_pos_error_{h}")
         for other in ("last", *BASELINES):
             row(f"pos_error / {other}'s @{h}", f"rollout_pos_error_vs_{other}_{h}")
@@ -288,7 +310,13 @@ def main() -> None:
         layout, store = sources["card"].layout, sources["card"].store
         windows = store_windows(store, starts, layout.context_len, args.horizon)  # read once, for every predictor
         per_baseline = baseline_errors(layout, *windows)
-        baselines = {name: rollout_keys(at_horizons(curves_of(e)), "rollout_") for name, e in per_baseline.items()}
+        baselines = {
+            name: {
+                **rollout_keys(at_horizons(curves_of(e)), "rollout_"),
+                **spread_keys(layout, windows, e["pos_error"], baseline_frames(name, layout, *windows)[0]),
+            }
+            for name, e in per_baseline.items()
+        }
         errors = {name: e["pos_error"] for name, e in per_baseline.items()}
         for name, model in models.items():
             results[name], errors[name] = assess(model, name, configs, sources, split, windows, starts, args.val_batches)

@@ -10,6 +10,10 @@
   `baseline_errors` gives the baselines' per rollout.
 - `paired_ratio`: how two predictors' errors on the same rollouts compare, with an interval that
   says whether the rollouts were enough to tell.
+- `median_errors` and `motion_ratios`: two figures a mean error cannot show. A predictor that moves
+  the players less than the replays do (copy_last never moves them) lowers its mean position error
+  on rollouts that go wrong while its typical rollout gets worse: the median error says how the
+  typical rollout does, the motion ratio how far the players were moved.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from melee_encode import Store
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, UnrollConfig
 from melee_model.examples import ExampleSource
-from melee_model.horizons import curves_of, per_frame
-from melee_model.layout import FrameLayout
+from melee_model.horizons import curves_of, per_frame, player_values
+from melee_model.layout import MOVING_FIELDS, FrameLayout
 from melee_model.losses import float_scale
 from melee_model.metrics import VAL_PREFIX, score
 from melee_model.objective import build_objective
@@ -103,6 +107,23 @@ def baseline_errors(layout: FrameLayout, float_windows: np.ndarray, int_windows:
     return {
         name: per_frame(layout, *baseline_frames(name, layout, float_windows, int_windows), true_floats, true_ints) for name in BASELINES
     }
+
+
+def median_errors(pos_error: np.ndarray, horizons) -> dict[str, float]:
+    """{"rollout_pos_error_median_<h>": the median over rollouts of pos_error (N, H) at the h-th frame}."""
+    return {f"rollout_pos_error_median_{h}": float(np.median(pos_error[:, h - 1])) for h in horizons}
+
+
+def motion_ratios(layout: FrameLayout, float_windows: np.ndarray, pred_floats: np.ndarray, horizons) -> dict[str, float]:
+    """{"rollout_motion_ratio_<h>": how far a predictor moved the players from the last real frame by
+    the h-th predicted frame, over how far the replay moved them}: mean |pred - start| over mean
+    |true - start| of x and y, both players, game units. 1: as far as the replays; copy_last: 0.
+    float_windows (N, K+H, F): the real windows, first K frames the context; pred_floats (N, H, F)."""
+    K, schema = layout.context_len, layout.schema
+    position = lambda floats: np.concatenate([player_values(schema, floats, f) for f in MOVING_FIELDS], axis=-1)  # noqa: E731 (..., 4)
+    start = position(float_windows[:, K - 1])[:, None]  # (N, 1, 4)
+    moved, real = np.abs(position(pred_floats) - start), np.abs(position(float_windows[:, K:]) - start)  # (N, H, 4) each
+    return {f"rollout_motion_ratio_{h}": float(moved[:, h - 1].mean() / max(real[:, h - 1].mean(), 1e-9)) for h in horizons}
 
 
 def paired_ratio(

@@ -20,7 +20,7 @@ from melee_model.evaluate import evaluate_checkpoint, metrics_table
 from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, report_at
 from melee_model.layout import layout_for
 from melee_model.model import build_model, count_parameters
-from melee_model.quality import MODEL, baseline_errors, card_config, paired_ratio, rollouts_with_baselines
+from melee_model.quality import MODEL, baseline_errors, card_config, median_errors, motion_ratios, paired_ratio, rollouts_with_baselines
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
 from melee_model.train import Trainer
@@ -298,6 +298,25 @@ def test_paired_ratio_resamples_whole_games():
     assert high_games - low_games > 1.5 * (high_rollouts - low_rollouts)
 
 
+def test_the_motion_ratio_is_0_for_copy_last_1_for_the_replay_and_half_for_half_the_way(layout, windows):
+    _, floats, ints = windows
+    real = floats[:, K:]
+    still = baseline_frames("copy_last", layout, floats, ints)[0]
+    halfway = still.copy()
+    for name in ("p0.x", "p0.y", "p1.x", "p1.y"):
+        column = layout.schema.float_index(name)
+        halfway[..., column] = (still[..., column] + real[..., column]) / 2  # encoded units are affine in game units
+    for pred, expected in ((still, 0.0), (real, 1.0), (halfway, 0.5)):
+        ratios = motion_ratios(layout, floats, pred, (1, 10, H))
+        assert list(ratios) == ["rollout_motion_ratio_1", "rollout_motion_ratio_10", f"rollout_motion_ratio_{H}"]
+        assert list(ratios.values()) == pytest.approx([expected] * 3, abs=1e-5)
+
+
+def test_median_errors_read_the_middle_rollout_at_each_horizon():
+    pos_error = np.array([[1.0, 5.0], [3.0, 9.0], [2.0, 100.0]])  # (3 rollouts, 2 frames)
+    assert median_errors(pos_error, (1, 2)) == {"rollout_pos_error_median_1": 2.0, "rollout_pos_error_median_2": 9.0}
+
+
 # ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
 
 
@@ -401,6 +420,10 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         assert (tmp_path / name / "latest" / "model.pt").is_file(), name  # --output keeps the runs
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
+    assert all(out["baselines"]["copy_last"][f"rollout_motion_ratio_{h}"] == 0.0 for h in (1, 10, 60, 300))
+    for name in ("last", "sequence", "constant_velocity"):
+        figures = out["baselines"].get(name) or out[name]
+        assert all(figures[f"rollout_motion_ratio_{h}"] >= 0 and figures[f"rollout_pos_error_median_{h}"] >= 0 for h in (1, 10, 60, 300))
     for name, other in [("sequence", "last"), ("sequence_sampled", "last"), ("last", "copy_last"), ("sequence", "constant_velocity")]:
         ratio, low, high = out[name][f"rollout_pos_error_vs_{other}_60"]  # paired on the same rollouts
         errors = out["baselines"] if other in BASELINES else out
