@@ -46,6 +46,22 @@ def test_ci_runs_the_readmes_test_command():
     assert setup[1].startswith("./run_tests.sh") and ci[-1] == setup[1]
 
 
+@pytest.mark.parametrize("shell", [[], ["sh"], ["bash"]], ids=["executable", "sh", "bash"])
+def test_ci_reaches_the_test_command_however_it_is_started(tmp_path, shell):
+    """.ci/run from any working directory, run as a file, by dash's sh or by bash, gets to its last
+    line in the repository root: here a copy of it beside a run_tests.sh that says where it ran."""
+    (tmp_path / ".ci").mkdir()
+    ci = tmp_path / ".ci" / "run"
+    ci.write_text((ROOT / ".ci" / "run").read_text())
+    ci.chmod(0o755)
+    marker = tmp_path / "run_tests.sh"
+    marker.write_text("#!/bin/sh\npwd\n")
+    marker.chmod(0o755)
+    done = subprocess.run([*shell, str(ci)], cwd="/", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(tmp_path)
+
+
 @pytest.mark.slow
 def test_gpu_check_preparation(tmp_path, shared_store):
     # The real script, as gpu_check.sh's user runs it (PyPI downloads, a mamba-ssm build, an encode),
