@@ -56,7 +56,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = Path(HERE).parent
 sys.path.insert(0, HERE)
-from melee_model.baselines import BASELINES, baseline_frames  # noqa: E402
+from melee_model.baselines import BASELINES  # noqa: E402
 from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
@@ -67,7 +67,7 @@ from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
 from melee_model.quality import (  # noqa: E402
-    baseline_errors,
+    baseline_rollouts,
     card_config,
     median_errors,
     motion_ratios,
@@ -309,15 +309,12 @@ def main() -> None:
         starts = rollout_starts(sources["card"], split, args.rollouts, args.horizon)
         layout, store = sources["card"].layout, sources["card"].store
         windows = store_windows(store, starts, layout.context_len, args.horizon)  # read once, for every predictor
-        per_baseline = baseline_errors(layout, *windows)
+        per_baseline = baseline_rollouts(layout, *windows)
         baselines = {
-            name: {
-                **rollout_keys(at_horizons(curves_of(e)), "rollout_"),
-                **spread_keys(layout, windows, e["pos_error"], baseline_frames(name, layout, *windows)[0]),
-            }
-            for name, e in per_baseline.items()
+            name: {**rollout_keys(at_horizons(curves_of(e)), "rollout_"), **spread_keys(layout, windows, e["pos_error"], frames)}
+            for name, (frames, e) in per_baseline.items()
         }
-        errors = {name: e["pos_error"] for name, e in per_baseline.items()}
+        errors = {name: e["pos_error"] for name, (_, e) in per_baseline.items()}
         for name, model in models.items():
             results[name], errors[name] = assess(model, name, configs, sources, split, windows, starts, args.val_batches)
             results[name].update(runs[name], **paired_keys(errors, name, starts[:, 0], horizons))

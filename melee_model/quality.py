@@ -7,7 +7,7 @@
 - `rollouts_with_baselines`: autoregressive rollouts from given start points, and the baselines
   (`melee_model.baselines`) on the very same windows, scored frame by frame (`melee_model.horizons`;
   `at_horizons` reads the curves off at horizons).
-  `baseline_errors` gives the baselines' per rollout.
+  `baseline_errors` gives the baselines' per rollout (`baseline_rollouts`: with their frames).
 - `paired_ratio`: how two predictors' errors on the same rollouts compare, with an interval that
   says whether the rollouts were enough to tell.
 - `median_errors` and `motion_ratios`: two figures a mean error cannot show. A predictor that moves
@@ -102,11 +102,19 @@ def rollouts_with_baselines(
 def baseline_errors(layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """{baseline: {metric: (N, H) each rollout's value}} on real windows (N, K+H, F) and (N, K+H, I)
     whose first K frames are the context (horizons.per_frame's metrics)."""
+    return {name: errors for name, (_, errors) in baseline_rollouts(layout, float_windows, int_windows).items()}
+
+
+def baseline_rollouts(layout: FrameLayout, float_windows: np.ndarray, int_windows: np.ndarray) -> dict[str, tuple[np.ndarray, dict]]:
+    """{baseline: (its predicted floats (N, H, F), {metric: (N, H)} as baseline_errors)}, each
+    baseline's frames made once, for figures that read the frames as well as the errors."""
     K = layout.context_len
     true_floats, true_ints = float_windows[:, K:], int_windows[:, K:]  # (N, H, F), (N, H, I)
-    return {
-        name: per_frame(layout, *baseline_frames(name, layout, float_windows, int_windows), true_floats, true_ints) for name in BASELINES
-    }
+    runs = {}
+    for name in BASELINES:
+        pred_floats, pred_ints = baseline_frames(name, layout, float_windows, int_windows)  # (N, H, F), (N, H, I)
+        runs[name] = pred_floats, per_frame(layout, pred_floats, pred_ints, true_floats, true_ints)
+    return runs
 
 
 def median_errors(pos_error: np.ndarray, horizons) -> dict[str, float]:
