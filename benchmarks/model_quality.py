@@ -7,7 +7,8 @@ the rollout baselines, on the same validation games.
 
 Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
 (objective "sequence") on S for the same wall-clock budget each (--minutes, default 10; the trainer's
-train.max_seconds, with the lr schedule sized to the steps a calibrated step time allows), at the
+train.max_seconds, with the lr schedule sized to the steps that calibrated step times allow: the
+first epoch's, then the slower steps of unrolling or scheduled sampling from their epoch on), at the
 small width (d_model 128, 2 layers) or the card's, then evaluates both on the same games: V's, or S's
 val split. Both train without scheduled sampling (the card's noise starts after a whole epoch, which
 a short budget may not reach for one objective and pass for the other); --sampling RATE trains a
@@ -27,7 +28,10 @@ interval from resampling the val games (`rollout_pos_error_vs_<other>_<h>`: [rat
 median pos_error over the rollouts (`rollout_pos_error_median_<h>`) and the motion ratio
 (`rollout_motion_ratio_<h>`: how far the players were moved from the last real frame over how far
 the replay moved them; copy_last 0), for every model and baseline, since a model that moves the
-players less can lower its mean error while its typical rollout gets worse. With
+players less can lower its mean error while its typical rollout gets worse; and the pos_error of
+the players who started below the main platform's level, on it, above it, and of those the replay
+keeps within 5 units (`rollout_pos_error_<below|level|above|still>_<h>`), which says where a
+predictor's error comes from. With
 64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
 rollouts a ratio needs"), hence the default of 512. `targets` counts the target rows of the steps
 taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads
@@ -67,8 +71,10 @@ from melee_model.model import build_model  # noqa: E402
 from melee_model.objective import build_objective  # noqa: E402
 from melee_model.optim import adamw  # noqa: E402
 from melee_model.quality import (  # noqa: E402
+    START_LEVELS,
     baseline_rollouts,
     card_config,
+    errors_by_start,
     median_errors,
     motion_ratios,
     paired_ratio,
@@ -114,10 +120,10 @@ TEACHER_FORCED = {
 ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
-def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:
-    """Median seconds of one training step as the trainer takes it (next batch from the loader, to
-    the device, scheduled sampling as from the second epoch on, forward, loss, backward, clipping,
-    AdamW, the metric sums), with a throwaway model."""
+def step_seconds(config: ExperimentConfig, source, epoch: int, repeats: int = 8) -> float:
+    """Median seconds of one training step as the trainer takes it in `epoch` (next batch from the
+    loader, to the device, scheduled sampling and unrolling as that epoch has them, forward, loss,
+    backward, clipping, AdamW, the metric sums), with a throwaway model."""
     torch.manual_seed(0)
     model = build_model(config.model, source.layout)
     optimizer = adamw(model, config.train.lr, config.train.weight_decay)
@@ -127,7 +133,7 @@ def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:
     generator = torch.Generator().manual_seed(0)
 
     def step():
-        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")), 1, generator)
+        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")), epoch, generator)
         losses = compute_losses(pred, rows, source.layout, config.loss)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
@@ -138,9 +144,29 @@ def step_seconds(config: ExperimentConfig, source, repeats: int = 5) -> float:
     return statistics.median(time_calls(step, repeats))
 
 
+def planned_steps(config: ExperimentConfig, source, seconds: float) -> int:
+    """The optimizer steps `seconds` of training allow, for the lr schedule to span: the first epochs'
+    steps at their own cost, the rest at the cost of a step from the epoch where scheduled sampling
+    (the second) or unrolling (train.unroll.start_epoch) begins. Timed at a single rate, an unrolled
+    sequence model ran 22-60% more steps than planned, the last of them at the schedule's floor."""
+    unroll = config.train.unroll
+    slower_from = unroll.start_epoch if config.data.objective == "sequence" and unroll.frames else 1
+    first = step_seconds(config, source, 0)
+    if slower_from == 0:
+        return steps_within(seconds, first, first, 0)
+    early_steps = slower_from * math.ceil(source.plan("train", 0, 1).batches_per_rank / config.train.grad_accum)
+    return steps_within(seconds, first, step_seconds(config, source, slower_from), early_steps)
+
+
+def steps_within(seconds: float, early_s: float, later_s: float, early_steps: int) -> int:
+    """Steps that fit in `seconds` when the first `early_steps` take early_s each and the rest later_s (at least 1)."""
+    early = min(early_steps, int(seconds / early_s))
+    return max(1, early + int((seconds - early * early_s) / later_s))
+
+
 def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
     """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
-    planned = max(1, int(seconds / step_seconds(config, ExampleSource.for_experiment(store, config))))
+    planned = planned_steps(config, ExampleSource.for_experiment(store, config), seconds)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds, schedule_steps=planned))
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
@@ -183,10 +209,15 @@ def assess(model, name: str, configs: dict, sources: dict, split: str, windows, 
 
 
 def spread_keys(layout, windows, pos_error: np.ndarray, pred_floats: np.ndarray) -> dict:
-    """A predictor's median pos_error and motion ratio at every horizon of its rollouts (quality's
-    median_errors, motion_ratios): pos_error (N, H), pred_floats (N, H, F), windows the real ones."""
+    """A predictor's median pos_error, motion ratio and pos_error by the players' start at every
+    horizon of its rollouts (quality's median_errors, motion_ratios, errors_by_start): pos_error
+    (N, H), pred_floats (N, H, F), windows the real ones."""
     horizons = report_at(pos_error.shape[1])
-    return {**median_errors(pos_error, horizons), **motion_ratios(layout, windows[0], pred_floats, horizons)}
+    return {
+        **median_errors(pos_error, horizons),
+        **motion_ratios(layout, windows[0], pred_floats, horizons),
+        **errors_by_start(layout, windows[0], pred_floats, horizons),
+    }
 
 
 def paired_keys(errors: dict[str, np.ndarray], name: str, games: np.ndarray, horizons) -> dict:
@@ -228,6 +259,8 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
             row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
         row(f"rollout pos_error median @{h}", f"rollout_pos_error_median_{h}")
         row(f"rollout motion ratio @{h}", f"rollout_motion_ratio_{h}")
+        for group in (*START_LEVELS, "still"):
+            row(f"rollout pos_error, players {group} @{h}", f"rollout_pos_error_{group}_{h}")
         row(f"window rollout pos_error @{h}", f"window_rollout_pos_error_{h}")
         for other in ("last", *BASELINES):
             row(f"pos_error / {other}'s @{h}", f"rollout_pos_error_vs_{other}_{h}")

@@ -14,6 +14,8 @@
   the players less than the replays do (copy_last never moves them) lowers its mean position error
   on rollouts that go wrong while its typical rollout gets worse: the median error says how the
   typical rollout does, the motion ratio how far the players were moved.
+- `errors_by_start`: the position error of the players who started below the main platform's
+  level, on it or above it, and of those the replay keeps still: where a predictor's error comes from.
 """
 
 from __future__ import annotations
@@ -132,6 +134,40 @@ def motion_ratios(layout: FrameLayout, float_windows: np.ndarray, pred_floats: n
     start = position(float_windows[:, K - 1])[:, None]  # (N, 1, 4)
     moved, real = np.abs(position(pred_floats) - start), np.abs(position(float_windows[:, K:]) - start)  # (N, H, 4) each
     return {f"rollout_motion_ratio_{h}": float(moved[:, h - 1].mean() / max(real[:, h - 1].mean(), 1e-9)) for h in horizons}
+
+
+# Where a player is at a rollout's last real frame, by its y in game units (the main platform's top
+# is y = 0). y, not the on_ground flag: replays before Slippi 2.0 have no flag.
+START_LEVELS = {"below": (-np.inf, 0.0), "level": (0.0, 1.0), "above": (1.0, np.inf)}
+STILL_UNITS = 5.0  # a player the replay moves less than this far (game units) by a frame counts as still
+
+
+def player_groups(layout: FrameLayout, float_windows: np.ndarray, horizon: int) -> dict[str, np.ndarray]:
+    """{group: (N, 2) bool, players of each rollout in it}: START_LEVELS by the player's y at the last
+    real frame (below: off stage recovering or on a ledge; level: on the main platform or just over
+    it; above: in the air or on a platform), and "still", the players the replay keeps within
+    STILL_UNITS of where they started by its `horizon`-th frame. float_windows (N, K+H, F), H >= horizon."""
+    K, schema = layout.context_len, layout.schema
+    x, y = (player_values(schema, float_windows, f) for f in MOVING_FIELDS)  # (N, K+H, 2) each
+    start_y = y[:, K - 1]  # (N, 2)
+    groups = {name: (start_y >= low) & (start_y < high) for name, (low, high) in START_LEVELS.items()}
+    travel = np.hypot(x[:, K + horizon - 1] - x[:, K - 1], y[:, K + horizon - 1] - y[:, K - 1])  # (N, 2)
+    groups["still"] = travel < STILL_UNITS
+    return groups
+
+
+def errors_by_start(layout: FrameLayout, float_windows: np.ndarray, pred_floats: np.ndarray, horizons) -> dict[str, float]:
+    """{"rollout_pos_error_<group>_<h>": the mean of (|x error| + |y error|) / 2 at the h-th predicted
+    frame over the players of each `player_groups` group (NaN for an empty one)}; game units. Over
+    all players this mean is the rollout's pos_error. float_windows (N, K+H, F), pred_floats (N, H, F)."""
+    K, schema = layout.context_len, layout.schema
+    off = [np.abs(player_values(schema, pred_floats, f) - player_values(schema, float_windows[:, K:], f)) for f in MOVING_FIELDS]
+    error = sum(off) / 2  # (N, H, 2)
+    figures = {}
+    for h in horizons:
+        for group, players in player_groups(layout, float_windows, h).items():
+            figures[f"rollout_pos_error_{group}_{h}"] = float(error[:, h - 1][players].mean()) if players.any() else float("nan")
+    return figures
 
 
 def paired_ratio(

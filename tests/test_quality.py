@@ -17,10 +17,22 @@ from melee_encode.stage_geometry import STAGE_GEOMETRY
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
-from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, report_at
+from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, per_frame, report_at
 from melee_model.layout import layout_for
 from melee_model.model import build_model, count_parameters
-from melee_model.quality import MODEL, baseline_errors, card_config, median_errors, motion_ratios, paired_ratio, rollouts_with_baselines
+from melee_model.quality import (
+    MODEL,
+    START_LEVELS,
+    STILL_UNITS,
+    baseline_errors,
+    card_config,
+    errors_by_start,
+    median_errors,
+    motion_ratios,
+    paired_ratio,
+    player_groups,
+    rollouts_with_baselines,
+)
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
 from melee_model.train import Trainer
@@ -28,7 +40,7 @@ from melee_model.train import Trainer
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_quality import targets_trained  # noqa: E402
+from model_quality import steps_within, targets_trained  # noqa: E402
 
 K, H = 10, 60
 
@@ -317,6 +329,36 @@ def test_median_errors_read_the_middle_rollout_at_each_horizon():
     assert median_errors(pos_error, (1, 2)) == {"rollout_pos_error_median_1": 2.0, "rollout_pos_error_median_2": 9.0}
 
 
+def test_errors_by_start_split_the_rollouts_pos_error_by_where_the_players_were(layout, shared_store):
+    store = open_store(shared_store)
+    starts = pick_starts(store.games, np.arange(store.n_games), 96, H, K, seed=2)
+    floats, ints = store_windows(store, starts, K, H)
+    still, true_ints = baseline_frames("copy_last", layout, floats, ints)
+    horizons = (1, 10, H)
+    for h in horizons:
+        groups = player_groups(layout, floats, h)
+        levels = np.stack([groups[g] for g in START_LEVELS])  # (3, N, 2)
+        assert (levels.sum(axis=0) == 1).all()  # every player starts in exactly one level
+        assert all(groups[g].any() for g in START_LEVELS)  # these replays have players off stage, on it and above it
+        y = decoded(layout, floats[:, K - 1], "p0.y")
+        assert (y[groups["below"][:, 0]] < 0).all() and (y[groups["above"][:, 0]] >= 1).all()
+    figures = errors_by_start(layout, floats, still, horizons)
+    assert list(figures) == [f"rollout_pos_error_{g}_{h}" for h in horizons for g in (*START_LEVELS, "still")]
+    pos_error = per_frame(layout, still, true_ints, floats[:, K:], ints[:, K:])["pos_error"]  # (N, H)
+    for h in horizons:
+        groups = player_groups(layout, floats, h)
+        counts = [groups[g].sum() for g in START_LEVELS]
+        weighted = sum(n * figures[f"rollout_pos_error_{g}_{h}"] for n, g in zip(counts, START_LEVELS)) / sum(counts)
+        assert weighted == pytest.approx(pos_error[:, h - 1].mean(), rel=1e-5)  # the levels split the rollout's pos_error
+        assert figures[f"rollout_pos_error_still_{h}"] < STILL_UNITS * np.sqrt(2) / 2  # copy_last is off by their travel alone
+    assert set(errors_by_start(layout, floats, floats[:, K:], horizons).values()) == {0.0}  # the replay's own frames
+    shifted = floats[:, K:].copy()
+    for name in ("p0.x", "p1.x"):
+        column = layout.schema.float_index(name)
+        shifted[..., column] += 2.0 * layout.schema.float_columns[column].scale  # 2 game units right, every frame
+    assert list(errors_by_start(layout, floats, shifted, horizons).values()) == pytest.approx([1.0] * 12, abs=1e-4)
+
+
 # ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
 
 
@@ -424,6 +466,8 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
     for name in ("last", "sequence", "constant_velocity"):
         figures = out["baselines"].get(name) or out[name]
         assert all(figures[f"rollout_motion_ratio_{h}"] >= 0 and figures[f"rollout_pos_error_median_{h}"] >= 0 for h in (1, 10, 60, 300))
+        by_start = [figures[f"rollout_pos_error_{g}_{h}"] for g in START_LEVELS for h in (1, 10, 60, 300)]  # null: nobody started there
+        assert all(e is None or e >= 0 for e in by_start) and any(e is not None for e in by_start)
     for name, other in [("sequence", "last"), ("sequence_sampled", "last"), ("last", "copy_last"), ("sequence", "constant_velocity")]:
         ratio, low, high = out[name][f"rollout_pos_error_vs_{other}_60"]  # paired on the same rollouts
         errors = out["baselines"] if other in BASELINES else out
@@ -444,6 +488,13 @@ def test_model_quality_counts_unrolled_targets_from_their_start_epoch():
     unrolled = from_dict(ExperimentConfig, {"data": windows, "train": {"unroll": {"frames": 8, "start_epoch": 2}}})
     assert targets_trained(unrolled, 7, 4) == 7 * 32 * 60  # epoch 2 starts at step 8
     assert targets_trained(unrolled, 10, 4) == 10 * 32 * 60 + 2 * 32 * 8
+
+
+def test_model_quality_plans_the_slower_unrolled_steps_after_the_first_epochs():
+    assert steps_within(600, 0.2, 0.5, 690) == 690 + int((600 - 690 * 0.2) / 0.5)  # 1,614, where 0.5 s alone plans 1,200
+    assert steps_within(100, 0.2, 0.5, 690) == 500  # the budget ends inside the first epochs
+    assert steps_within(600, 0.25, 0.25, 0) == 2400  # one rate throughout
+    assert steps_within(0.1, 0.25, 0.25, 0) == 1
 
 
 # ---------------------------------------------------------------- two ranks, resumed
