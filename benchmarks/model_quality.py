@@ -148,7 +148,7 @@ def planned_steps(config: ExperimentConfig, source, seconds: float) -> int:
     """The optimizer steps `seconds` of training allow, for the lr schedule to span: the first epochs'
     steps at their own cost, the rest at the cost of a step from the epoch where scheduled sampling
     (the second) or unrolling (train.unroll.start_epoch) begins. Timed at a single rate, unrolled
-    sequence models ran 19-52% of their steps after the schedule had reached its floor."""
+    sequence models ran 7-52% of their steps after the schedule had reached its floor."""
     unroll = config.train.unroll
     unrolls = config.data.objective == "sequence" and unroll.frames > 0
     first = step_seconds(config, source, 0)
