@@ -150,11 +150,13 @@ def planned_steps(config: ExperimentConfig, source, seconds: float) -> int:
     (the second) or unrolling (train.unroll.start_epoch) begins. Timed at a single rate, unrolled
     sequence models ran 7-52% of their steps after the schedule had reached its floor."""
     unroll = config.train.unroll
-    unrolls = config.data.objective == "sequence" and unroll.frames > 0
+    if config.data.objective == "sequence" and unroll.frames:
+        slower_from = unroll.start_epoch
+    else:
+        slower_from = 1 if config.train.scheduled_sampling.rate > 0 else 0
     first = step_seconds(config, source, 0)
-    if not (unrolls or config.train.scheduled_sampling.rate > 0) or (unrolls and unroll.start_epoch == 0):
+    if slower_from == 0:
         return steps_within(seconds, first, first, 0)  # one kind of step throughout
-    slower_from = unroll.start_epoch if unrolls else 1
     early_steps = slower_from * math.ceil(source.plan("train", 0, 1).batches_per_rank / config.train.grad_accum)
     return steps_within(seconds, first, step_seconds(config, source, slower_from), early_steps)
 

@@ -129,11 +129,16 @@ def motion_ratios(layout: FrameLayout, float_windows: np.ndarray, pred_floats: n
     the h-th predicted frame, over how far the replay moved them}: mean |pred - start| over mean
     |true - start| of x and y, both players, game units. 1: as far as the replays; copy_last: 0.
     float_windows (N, K+H, F): the real windows, first K frames the context; pred_floats (N, H, F)."""
-    K, schema = layout.context_len, layout.schema
-    position = lambda floats: np.concatenate([player_values(schema, floats, f) for f in MOVING_FIELDS], axis=-1)  # noqa: E731 (..., 4)
-    start = position(float_windows[:, K - 1])[:, None]  # (N, 1, 4)
-    moved, real = np.abs(position(pred_floats) - start), np.abs(position(float_windows[:, K:]) - start)  # (N, H, 4) each
-    return {f"rollout_motion_ratio_{h}": float(moved[:, h - 1].mean() / max(real[:, h - 1].mean(), 1e-9)) for h in horizons}
+    K = layout.context_len
+    real = positions(layout, float_windows)  # (N, K+H, 4)
+    start = real[:, K - 1 : K]  # (N, 1, 4)
+    moved, true = np.abs(positions(layout, pred_floats) - start), np.abs(real[:, K:] - start)  # (N, H, 4) each
+    return {f"rollout_motion_ratio_{h}": float(moved[:, h - 1].mean() / max(true[:, h - 1].mean(), 1e-9)) for h in horizons}
+
+
+def positions(layout: FrameLayout, floats: np.ndarray) -> np.ndarray:
+    """Both players' x, then both players' y, in game units: (..., F) -> (..., 4) = p0.x, p1.x, p0.y, p1.y."""
+    return np.concatenate([player_values(layout.schema, floats, f) for f in MOVING_FIELDS], axis=-1)
 
 
 # Where a player is at a rollout's last real frame, by its y in game units (the main platform's top
@@ -147,12 +152,15 @@ def player_groups(layout: FrameLayout, float_windows: np.ndarray, horizon: int) 
     real frame (below: off stage recovering or on a ledge; level: on the main platform or just over
     it; above: in the air or on a platform), and "still", the players the replay keeps within
     STILL_UNITS of where they started by its `horizon`-th frame. float_windows (N, K+H, F), H >= horizon."""
-    K, schema = layout.context_len, layout.schema
-    x, y = (player_values(schema, float_windows, f) for f in MOVING_FIELDS)  # (N, K+H, 2) each
-    start_y = y[:, K - 1]  # (N, 2)
+    return _groups(positions(layout, float_windows), layout.context_len, horizon)
+
+
+def _groups(real: np.ndarray, K: int, horizon: int) -> dict[str, np.ndarray]:
+    """player_groups from the windows' positions (N, K+H, 4)."""
+    start_y = real[:, K - 1, 2:]  # (N, 2)
     groups = {name: (start_y >= low) & (start_y < high) for name, (low, high) in START_LEVELS.items()}
-    travel = np.hypot(x[:, K + horizon - 1] - x[:, K - 1], y[:, K + horizon - 1] - y[:, K - 1])  # (N, 2)
-    groups["still"] = travel < STILL_UNITS
+    step = real[:, K + horizon - 1] - real[:, K - 1]  # (N, 4)
+    groups["still"] = np.hypot(step[:, :2], step[:, 2:]) < STILL_UNITS  # (N, 2)
     return groups
 
 
@@ -160,12 +168,13 @@ def errors_by_start(layout: FrameLayout, float_windows: np.ndarray, pred_floats:
     """{"rollout_pos_error_<group>_<h>": the mean of (|x error| + |y error|) / 2 at the h-th predicted
     frame over the players of each `player_groups` group (NaN for an empty one)}; game units. Over
     all players this mean is the rollout's pos_error. float_windows (N, K+H, F), pred_floats (N, H, F)."""
-    K, schema = layout.context_len, layout.schema
-    off = [np.abs(player_values(schema, pred_floats, f) - player_values(schema, float_windows[:, K:], f)) for f in MOVING_FIELDS]
-    error = sum(off) / 2  # (N, H, 2)
+    K = layout.context_len
+    real = positions(layout, float_windows)  # (N, K+H, 4), decoded once for every horizon
+    off = np.abs(positions(layout, pred_floats) - real[:, K:])  # (N, H, 4)
+    error = (off[..., :2] + off[..., 2:]) / 2  # (N, H, 2)
     figures = {}
     for h in horizons:
-        for group, players in player_groups(layout, float_windows, h).items():
+        for group, players in _groups(real, K, h).items():
             figures[f"rollout_pos_error_{group}_{h}"] = float(error[:, h - 1][players].mean()) if players.any() else float("nan")
     return figures
 
