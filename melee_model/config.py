@@ -108,6 +108,10 @@ class ModelConfig:
     # above y = 0 whose next y would pass below it, over the platform, is put on it (stepper.StageFloor).
     # Off: the run card's frame rule, which only clamps to the game's ranges.
     stage_floor: bool = False
+    # A logit per player that its x and y stay exactly as they are (motion.HoldGate): where it is over
+    # 0, the x and y outputs are no motion. Players stand, hang on ledges and freeze in hitlag for
+    # 28% of the frames, which a regression head only approaches. Off: the card's (no such head).
+    hold_gate: bool = False
 
 
 @dataclass
@@ -139,6 +143,8 @@ class LossConfig:
     # damage, shield) while the velocity and dynamics blocks keep the squared error of small errors,
     # which one tiny delta for every block made nearly linear.
     huber_deltas: dict = field(default_factory=dict)
+    # The hold gate's binary cross-entropy (model.hold_gate; the mean of both players'): unused without it.
+    hold: float = 1.0
 
 
 @dataclass

@@ -11,6 +11,10 @@ card's), or with loss.float_weighting "target_std" in units of each target's spr
 the train split's standard deviation of each float target, from `ExampleSource.float_target_std`;
 the binary block's BCE is left as is).
 
+With model.hold_gate the model's dict also holds "hold" (B, 2), a logit per player that its x and y
+stay exactly as they are, and the batch "hold" (B, 2), whether they do (`motion.hold_targets`): one
+more term, "hold", a binary cross-entropy weighted by loss.hold.
+
 A batch may carry "weight" (B,), one per example (the sequence objective's rows: 1 for a target
 position, 0 for the others); each term is then the weighted mean over examples, i.e. the mean over
 the target positions alone. Without it every example counts once, as in the run card.
@@ -65,8 +69,9 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """Scalar loss tensors: one per term of LOSS_TERMS, and "total".
 
-    pred: the model's dict, "float" (B, T) and field -> (B, 2, V); batch: "float_tgt" (B, T) float,
-    "int_tgt" (B, int_target_dim) int, optionally "weight" (B,); scale (T,): `float_scale`'s divisor
+    pred: the model's dict, "float" (B, T) and field -> (B, 2, V) (and "hold" (B, 2) with the hold
+    gate); batch: "float_tgt" (B, T) float, "int_tgt" (B, int_target_dim) int, "hold" (B, 2) with the
+    gate, optionally "weight" (B,); scale (T,): `float_scale`'s divisor
     of each float target's error, or None (encoded units). Predictions are cast to float32 first,
     since under autocast they may be bfloat16.
     """
@@ -89,6 +94,10 @@ def compute_losses(
             per_example = F.cross_entropy(logits.transpose(1, 2), targets[:, :, k], reduction="none").mean(1)  # (B,)
             losses[field] = _weighted_mean(per_example, weight)
     losses["total"] = sum(getattr(weights, name) * losses[name] for name in LOSS_TERMS)
+    if "hold" in pred:
+        held = F.binary_cross_entropy_with_logits(pred["hold"].float(), batch["hold"], reduction="none").mean(-1)  # (B,)
+        losses["hold"] = held.mean() if weight is None else _weighted_mean(held, weight)
+        losses["total"] = losses["total"] + weights.hold * losses["hold"]
     return losses
 
 

@@ -17,6 +17,8 @@ model.motion_prior "constant_velocity" both add each player's last x and y step 
 the targets, the losses and the rollouts stay the same. With
 model.motion_inputs each frame also feeds the model its players' x and y steps in game units
 (`motion.MotionSteps`), which every replay version has, where older replays have no speed columns.
+With model.hold_gate the dict also holds "hold" (B, 2), a logit per player that its x and y stay
+exactly as they are, and where it is over 0 those outputs are no motion (`motion.HoldGate`).
 
 FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
 objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
@@ -36,7 +38,7 @@ from melee_encode.errors import ConfigError
 from melee_model.config import ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.mamba2 import Mamba2, Mamba2State
-from melee_model.motion import MotionSteps, build_motion, build_prior
+from melee_model.motion import MotionSteps, build_hold, build_motion, build_prior
 
 
 class FrameEmbedding(nn.Module):
@@ -92,6 +94,14 @@ class PredictionHeads(nn.Module):
         return out
 
 
+def hold_still(gate, out: dict, h: torch.Tensor) -> dict:
+    """The heads' dict `out` through the hold gate (`motion.HoldGate`, or None: unchanged) read from h (..., D)."""
+    if gate is None:
+        return out
+    logits = gate(h)  # (..., 2)
+    return {**out, "float": gate.apply(out["float"], logits), "hold": logits}
+
+
 class FrameStackState(NamedTuple):
     """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
 
@@ -144,6 +154,7 @@ class FrameStackMamba2(nn.Module):
         self.ctrl_proj = nn.Linear(layout.ctrl_dim, config.d_model)
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
+        self.hold = build_hold(config, layout, config.d_model)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -165,7 +176,7 @@ class FrameStackMamba2(nn.Module):
             if step is None:
                 raise ValueError("this model has a motion prior: predict needs the last step (FrameStackState.step)")
             out["float"] = self.prior.add(out["float"], step, h)  # (..., T)
-        return out
+        return hold_still(self.hold, out, h)
 
     def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:
         """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), the
@@ -207,7 +218,7 @@ class FrameStackMamba2(nn.Module):
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
             f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}, "
-            f"motion_inputs {c.motion_inputs}"
+            f"motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}"
         )
 
 
@@ -237,6 +248,7 @@ class FrameStackMLP(nn.Module):
         )
         self.heads = PredictionHeads(layout, hidden2)
         self.prior = build_prior(config, layout, self.heads, hidden2)
+        self.hold = build_hold(config, layout, hidden2)
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         if next_ctrl.dim() != 2:
@@ -249,13 +261,13 @@ class FrameStackMLP(nn.Module):
         out = self.heads(h)
         if self.prior is not None:
             out["float"] = self.prior.add(out["float"], steps[:, -1], h)  # (B, T)
-        return out
+        return hold_still(self.hold, out, h)
 
     def architecture(self) -> str:
         c = self.config
         return (
             f"FrameStackMLP: hidden {list(c.mlp_hidden)}, context {self.context_len} frames, dropout {c.dropout}, "
-            f"motion_prior {c.motion_prior}, motion_inputs {c.motion_inputs}"
+            f"motion_prior {c.motion_prior}, motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}"
         )
 
 

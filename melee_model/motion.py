@@ -1,9 +1,12 @@
-"""How the models read the players' motion: each frame's x and y steps and the velocity priors.
+"""How the models read the players' motion: each frame's x and y steps, the velocity priors and
+the hold gate.
 
 `MotionSteps` computes each player's step between consecutive frames (layout.moving_columns); with
 model.motion_inputs the frame embedding reads those steps as inputs, and with model.motion_prior
 "constant_velocity" `MotionPrior` adds the last step to the x and y outputs ("scaled_velocity": the
-last step times a learned factor per player and axis). Only the scaled prior has parameters.
+last step times a learned factor per player and axis). With model.hold_gate, `HoldGate` predicts
+whether each player stays exactly where it is and, where it does, sets its x and y outputs to no
+motion; `hold_targets` is what it learns. Only the scaled prior and the gate have parameters.
 """
 
 from __future__ import annotations
@@ -98,6 +101,46 @@ class MotionPrior(nn.Module):
         return pred_float.index_add(-1, self.positions, step.to(pred_float.dtype))  # (..., T)
 
 
+class HoldGate(nn.Module):
+    """model.hold_gate: whether each player's x and y stay exactly as they are in the next frame.
+
+    A player's position does not change at all in 28% of the frames of ../shared/corpus (standing,
+    hanging on a ledge, hitlag), and in 93% of the frames after one where it did not: a point mass at
+    no motion that a regression head, whose outputs are never exactly 0, turns into a slow drift over
+    a rollout. The gate is a Linear from the heads' input h to one logit per player, trained by
+    binary cross-entropy against `hold_targets` (loss.hold); where a logit is over 0 that player's x
+    and y outputs become 0 (no change: the delta targets of layout.moving_target_positions), in
+    training as in every prediction, so the float loss sees what a rollout does. It starts at a bias
+    of -2 (holding nobody), so an untrained model moves players as it would without it.
+
+    forward(h (..., d_in)) -> logits (..., 2), players p0, p1.
+    apply(pred_float (..., T), logits (..., 2)) -> (..., T): held players' x and y set to 0.
+    """
+
+    def __init__(self, layout: FrameLayout, d_in: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, 2)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, -2.0)
+        self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)  # p0.x, p0.y, p1.x, p1.y
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h)
+
+    def apply(self, pred_float: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        moves = (logits <= 0).repeat_interleave(2, dim=-1)  # (..., 4): each player's x and y
+        held = pred_float[..., self.positions] * moves.to(pred_float.dtype)  # (..., 4)
+        return pred_float.index_copy(-1, self.positions, held)  # (..., T)
+
+
+def hold_targets(layout: FrameLayout, float_tgt: torch.Tensor) -> torch.Tensor:
+    """1.0 where a player's x and y delta targets are exactly 0, else 0.0: float_tgt (..., T) -> (..., 2).
+
+    Read from the true targets, before scheduled sampling or an unroll moves them to a frame the model made."""
+    deltas = float_tgt[..., list(layout.moving_target_positions)].unflatten(-1, (2, 2))  # (..., 2, 2): player, axis
+    return (deltas == 0).all(dim=-1).float()  # (..., 2)
+
+
 def build_motion(config: ModelConfig, layout: FrameLayout) -> MotionSteps | None:
     """The players' steps, which a motion prior or motion inputs read; None when neither is on."""
     return MotionSteps(layout) if config.motion_prior != "none" or config.motion_inputs else None
@@ -112,3 +155,8 @@ def build_prior(config: ModelConfig, layout: FrameLayout, heads: nn.Module, d_in
     prior = MotionPrior(layout, d_in if config.motion_prior == "scaled_velocity" else None)
     prior.silence(heads)
     return prior
+
+
+def build_hold(config: ModelConfig, layout: FrameLayout, d_in: int) -> HoldGate | None:
+    """The model's hold gate with model.hold_gate, else None; d_in: the heads' input width."""
+    return HoldGate(layout, d_in) if config.hold_gate else None

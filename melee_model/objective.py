@@ -7,7 +7,8 @@ loss and metrics read (`data.objective`).
   pass (`melee_model.sequence`). The rows are the positions, weighted by target_mask.
 
 `outputs(model, batch)` -> (pred, rows): pred "float" (N, T), field -> (N, 2, V); rows "float_tgt"
-(N, T), "int_tgt" (N, 12), "int_ctx" (N, K, I) and, for sequences, "weight" (N,): what
+(N, T), "int_tgt" (N, 12), "int_ctx" (N, K, I), "hold" (N, 2) (`motion.hold_targets`, from the true
+frames) and, for sequences, "weight" (N,): what
 `compute_losses` and `MetricAccumulator.update` take. Given the epoch and a generator (training),
 scheduled sampling applies first (melee_model.scheduled_sampling), and with train.unroll the sequence
 objective adds the rows of a short rollout trained through the model's own frames (melee_model.unroll). `count(batch)` is the number of
@@ -21,6 +22,7 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import ExperimentConfig, ScheduledSamplingConfig, UnrollConfig
 from melee_model.layout import FrameLayout
+from melee_model.motion import hold_targets
 from melee_model.scheduled_sampling import MODES, ContextNoise, anneal, branches, own_frames, own_rollouts, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
@@ -39,11 +41,13 @@ class LastObjective:
             raise ConfigError(
                 f"train.scheduled_sampling.mode {sampling.mode!r} needs data.objective 'sequence'; the card objective has 'noise' only"
             )
+        self.layout = layout
         self.noise = ContextNoise(layout, sampling, device)
 
     def outputs(
         self, model: torch.nn.Module, batch: dict, epoch: int | None = None, generator: torch.Generator | None = None
     ) -> tuple[dict, dict]:
+        batch["hold"] = hold_targets(self.layout, batch["float_tgt"])  # (B, 2), before noisy targets move
         if epoch is not None:
             self.noise.apply(batch, epoch, generator)
         return model(batch["float_ctx"], batch["int_ctx"], batch["next_ctrl"]), batch

@@ -10,6 +10,7 @@ frame t = s+j+1 does (`melee_model.examples.build_batch`, the layout's docstring
                           s+j and s+j+1 when press_events is on)
     float_tgt (B, L, T)   float target columns of frame s+j+1, minus frame s+j for the delta columns
     int_tgt   (B, L, 12)  int target columns of frame s+j+1
+    hold      (B, L, 2)   1.0 where a player's x and y do not change from frame s+j to s+j+1
 The model reads float_in, int_in and next_ctrl in one causal pass (FrameStackMamba2 with next_ctrl of
 L positions). `position_rows` then lays positions out as rows of card examples, N = B * L, so the
 card's losses and metrics apply unchanged, each row weighted by its target_mask entry.
@@ -23,12 +24,13 @@ import torch
 
 from melee_encode.errors import ConfigError
 from melee_model.layout import FrameLayout
+from melee_model.motion import hold_targets
 
 
 class SequenceParts:
     """The layout's column indices as tensors on one device; calling it builds a batch's parts.
 
-    __call__(batch) -> {"float_in", "int_in", "float_next", "next_ctrl", "float_tgt", "int_tgt", "target_mask"}
+    __call__(batch) -> {"float_in", "int_in", "float_next", "next_ctrl", "float_tgt", "int_tgt", "hold", "target_mask"}
     with the shapes of the module docstring; int_in and int_tgt are int64, target_mask bool.
     """
 
@@ -44,13 +46,15 @@ class SequenceParts:
     def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
         float_seq, int_seq = batch["float_seq"], batch["int_seq"].long()  # (B, L+1, F), (B, L+1, I)
         before, after = float_seq[:, :-1], float_seq[:, 1:]  # (B, L, F): frames s+j and s+j+1
+        float_tgt = self.float_targets(before, after)  # (B, L, T)
         return {
             "float_in": before,
             "int_in": int_seq[:, :-1],  # (B, L, I)
             "float_next": after,
             "next_ctrl": self.next_ctrl(before, after),  # (B, L, C)
-            "float_tgt": self.float_targets(before, after),  # (B, L, T)
+            "float_tgt": float_tgt,
             "int_tgt": int_seq[:, 1:, self.int_target_columns],  # (B, L, 12)
+            "hold": hold_targets(self.layout, float_tgt),  # (B, L, 2)
             "target_mask": batch["target_mask"].bool(),  # (B, L)
         }
 
@@ -74,12 +78,13 @@ def position_rows(pred: dict, parts: dict) -> tuple[dict, dict]:
 
     pred: the model's dict with a position axis ("float" (B, L, T), field -> (B, L, 2, V)) ->
     "float" (N, T), field -> (N, 2, V). Target rows: float_tgt (N, T), int_tgt (N, 12), int_ctx
-    (N, 1, I) (each position's last input frame, which is all of its context the metrics read), and
-    weight (N,) float32, 1 where the position is a target, else 0.
+    (N, 1, I) (each position's last input frame, which is all of its context the metrics read), hold
+    (N, 2), and weight (N,) float32, 1 where the position is a target, else 0.
     """
     rows = {
         "float_tgt": parts["float_tgt"].flatten(0, 1),  # (N, T)
         "int_tgt": parts["int_tgt"].flatten(0, 1),  # (N, 12)
+        "hold": parts["hold"].flatten(0, 1),  # (N, 2)
         "int_ctx": parts["int_in"].flatten(0, 1)[:, None],  # (N, 1, I)
         "weight": parts["target_mask"].flatten().float(),  # (N,)
     }

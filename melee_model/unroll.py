@@ -101,6 +101,7 @@ class Unroll:
         rows = {
             "float_tgt": self.builder.float_targets(own_float, parts["float_next"][:, targets]).flatten(0, 1),  # (N, T)
             "int_tgt": parts["int_tgt"][:, targets].flatten(0, 1),  # (N, 12)
+            "hold": parts["hold"][:, targets].flatten(0, 1),  # (N, 2): whether the true players stay put
             "int_ctx": own_int.flatten(0, 1)[:, None],  # (N, 1, I)
             "weight": parts["target_mask"][:, targets].flatten().float() * self.config.weight,  # (N,)
         }

@@ -57,6 +57,12 @@ def test_mamba2_parameter_count_with_projectiles_is_the_run_cards_number():
     assert count_parameters(build_model(ModelConfig(), layout)) == 4_347_748
 
 
+def test_the_hold_gate_adds_one_linear_to_two_logits():
+    """model.hold_gate: d_model + 1 parameters per player over the card's 4,345,444."""
+    assert count_parameters(build_model(ModelConfig(hold_gate=True), V3)) == 4_345_444 + 2 * (384 + 1)
+    assert count_parameters(build_model(ModelConfig(arch="mlp", hold_gate=True), V3)) == 1_874_516 + 2 * (256 + 1)
+
+
 def test_mlp_parameter_count_matches_the_reference():
     assert count_parameters(build_model(ModelConfig(arch="mlp"), V3)) == 1_874_516
 

@@ -19,7 +19,7 @@ from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
 from melee_model.metrics import MetricAccumulator, score
 from melee_model.model import build_model
-from melee_model.objective import SequenceObjective, build_objective
+from melee_model.objective import LastObjective, SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import rollout
 from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
@@ -63,12 +63,14 @@ def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> d
     return {"float_seq": torch.from_numpy(floats[frames]), "int_seq": torch.from_numpy(ints[frames]), "target_mask": torch.from_numpy(mask)}
 
 
-# The ways a model reads motion: neither, the constant-velocity prior, the step inputs, the scaled prior with them.
+# The ways a model reads motion: neither, the constant-velocity prior, the step inputs, the scaled prior
+# with them, and that with the hold gate.
 MOTIONS = {
     "plain": {},
     "prior": {"motion_prior": "constant_velocity"},
     "inputs": {"motion_inputs": True},
     "scaled": {"motion_prior": "scaled_velocity", "motion_inputs": True},
+    "hold": {"motion_prior": "scaled_velocity", "motion_inputs": True, "hold_gate": True},
 }
 
 
@@ -77,6 +79,9 @@ def small_model(layout: FrameLayout, seed: int = 0, motion: str = "plain") -> to
     model = build_model(dataclasses.replace(config().model, **MOTIONS[motion]), layout)
     if model.prior is not None and model.prior.gain is not None:
         torch.nn.init.normal_(model.prior.gain.weight, std=0.1)  # a gain as trained, not its zero start
+    if model.hold is not None:
+        torch.nn.init.normal_(model.hold.linear.weight, std=0.5)  # some players held, some not
+        torch.nn.init.zeros_(model.hold.linear.bias)
     return model.eval()
 
 
@@ -102,6 +107,9 @@ def test_every_position_is_the_cards_example_at_the_same_frames(shared_store, pr
     assert np.array_equal(flat["int_tgt"], card["int_tgt"])
     assert np.array_equal(flat["float_in"], card["float_ctx"][:, -1]) and np.array_equal(flat["int_in"], card["int_ctx"][:, -1])
     assert np.array_equal(flat["float_next"], floats[targets])
+    card_batch = batch_to_device({key: torch.from_numpy(value) for key, value in card.items()}, torch.device("cpu"))
+    _, card_rows = LastObjective(layout, ScheduledSamplingConfig(), "cpu").outputs(small_model(layout), card_batch)
+    assert np.array_equal(flat["hold"], card_rows["hold"].numpy())
     if press_events:
         assert flat["next_ctrl"][:, 26:].any()
 
@@ -548,3 +556,64 @@ def test_recurrent_step_equals_the_full_forward_on_cuda(backend):
             stepped.append(model.predict(x, ctrl[:, i], state.step)["float"])
     tolerance = CUDA_TOL[torch.float32] if backend == "cuda" else STEP_TOL[torch.float32]
     assert rel_err(torch.stack(stepped, 1), full["float"][:, 9:]) < tolerance
+
+
+# ---------------------------------------------------------------- the hold gate
+
+
+def test_hold_targets_mark_the_players_whose_x_and_y_do_not_change(shared_store, layout):
+    floats, ints = game(shared_store)
+    starts = np.array([300, 4200, 9100])
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, starts))
+    frames = starts[:, None] + np.arange(L)  # (3, L): frame s+j of each position
+    columns = [[layout.schema.float_index(f"p{p}.{axis}") for axis in ("x", "y")] for p in (0, 1)]
+    still = np.stack([(floats[frames + 1][..., c] == floats[frames][..., c]).all(-1) for c in columns], axis=-1)  # (3, L, 2)
+    assert np.array_equal(parts["hold"].numpy(), still.astype(np.float32))
+    assert 0 < still.mean() < 1  # both kinds in these windows
+
+
+def test_the_hold_gate_stops_the_players_it_holds(shared_store, layout):
+    """A logit over 0 sets that player's x and y outputs to no motion; the other player's are the
+    model's without the gate (same weights), and a recurrent rollout keeps the held player where the
+    real frames left it."""
+    gated = small_model(layout, motion="hold")
+    torch.nn.init.zeros_(gated.hold.linear.weight)
+    with torch.no_grad():
+        gated.hold.linear.bias.copy_(torch.tensor([5.0, -5.0]))  # hold p0, never p1
+    free = small_model(layout, motion="scaled")
+    free.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("hold.")})
+    floats, ints = game(shared_store)
+    parts = SequenceParts(layout, "cpu")(windows(floats, ints, [700, 5000]))
+    with torch.no_grad():
+        out, plain = (m(parts["float_in"], parts["int_in"], parts["next_ctrl"]) for m in (gated, free))
+    p0, p1 = list(layout.moving_target_positions[:2]), list(layout.moving_target_positions[2:])
+    assert torch.equal(out["float"][..., p0], torch.zeros_like(out["float"][..., p0]))
+    assert torch.equal(out["float"][..., p1], plain["float"][..., p1]) and plain["float"][..., p0].abs().sum() > 0
+    assert out["hold"].shape == (2, L, 2)
+    start = np.array([5000])
+    rolled = rollout(gated, layout, floats, ints, start, 60, "cpu", stepping="recurrent")
+    x, y = (layout.schema.float_index(f"p0.{axis}") for axis in ("x", "y"))
+    last = floats[start[0] - 1]
+    assert (rolled.pred_floats[0, :, x] == last[x]).all() and (rolled.pred_floats[0, :, y] == last[y]).all()
+
+
+def test_the_hold_loss_reads_the_true_frames_also_in_unrolled_rows(shared_store, layout):
+    """The unroll's rows carry whether the true players stay put, not whether the model's own frame
+    already sits on the next true one; the loss adds loss.hold times the gate's cross-entropy."""
+    unrolled_config = config()
+    unrolled_config.model.hold_gate = True
+    unrolled_config.train.unroll = UnrollConfig(frames=8, weight=0.5, start_epoch=0)
+    objective = build_objective(unrolled_config, layout, "cpu")
+    model = small_model(layout, motion="hold")
+    batch = windows(*game(shared_store), [1500, 7500])
+    pred, rows = objective.outputs(model, batch, 0, torch.Generator().manual_seed(0))
+    parts = SequenceParts(layout, "cpu")(batch)
+    branch = int(torch.randint(1, L - 8 + 1, (1,), generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(rows["hold"][: 2 * L], parts["hold"].flatten(0, 1))
+    assert torch.equal(rows["hold"][2 * L :], parts["hold"][:, branch : branch + 8].flatten(0, 1))
+    losses = compute_losses(pred, rows, layout, LossConfig(hold=3.0))
+    per_row = torch.nn.functional.binary_cross_entropy_with_logits(pred["hold"], rows["hold"], reduction="none").mean(-1)  # (N,)
+    expected = (per_row * rows["weight"]).sum() / rows["weight"].sum()
+    assert torch.allclose(losses["hold"], expected)
+    without = {key: value for key, value in pred.items() if key != "hold"}
+    assert torch.allclose(losses["total"], compute_losses(without, rows, layout, LossConfig())["total"] + 3.0 * expected)
