@@ -67,7 +67,7 @@ def by_player(int_tgt: torch.Tensor) -> torch.Tensor:
 def compute_losses(
     pred: dict, batch: dict, layout: FrameLayout, weights: LossConfig, scale: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """Scalar loss tensors: one per term of LOSS_TERMS, and "total".
+    """Scalar loss tensors: one per term of LOSS_TERMS, "hold" with the hold gate, and "total".
 
     pred: the model's dict, "float" (B, T) and field -> (B, 2, V) (and "hold" (B, 2) with the hold
     gate); batch: "float_tgt" (B, T) float, "int_tgt" (B, int_target_dim) int, "hold" (B, 2) with the

@@ -25,6 +25,10 @@ prefixes every key with "val_" (e.g. "val_loss/total", "val_metric/action_change
                                  category (the reference logged it for validation only)
 Ours, beside them (OWN_KEYS):
     metric/change_acc_both       change_acc over (example, player) pairs of both players
+and, for a model with the hold gate only (HOLD_KEYS; model.hold_gate, absent without one):
+    loss/hold                    the gate's cross-entropy, averaged over examples
+    metric/hold_acc              the gate's logit > 0 agrees with whether the player's x and y stay put,
+                                 over (example, player) pairs
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ REFERENCE_METRIC_KEYS = (
 )
 CATEGORY_KEYS = tuple(f"action/cat_{category}" for category in CATEGORY_NAMES)
 OWN_KEYS = ("metric/change_acc_both",)
+HOLD_KEYS = ("loss/hold", "metric/hold_acc")
 
 
 def action_category_table(vocab: int) -> torch.Tensor:
@@ -98,7 +103,7 @@ class MetricAccumulator:
     def __init__(self, layout: FrameLayout, device):
         self.layout = layout
         self.device = torch.device(device)
-        self.names = [*LOSS_KEYS.values(), *REFERENCE_METRIC_KEYS, *OWN_KEYS, *CATEGORY_KEYS]
+        self.names = [*LOSS_KEYS.values(), *REFERENCE_METRIC_KEYS, *OWN_KEYS, *CATEGORY_KEYS, *HOLD_KEYS]
         schema = layout.schema
         target_columns = [schema.float_columns[i] for i in layout.float_target_columns]
         # Dividing by a column's scale turns an encoded delta back into game units (offsets cancel).
@@ -125,19 +130,35 @@ class MetricAccumulator:
             **self._loss_terms(batch, losses, weight),
             **self._action_terms(pred, batch, weight),
             **self._float_terms(pred, batch, weight),
+            **self._hold_terms(pred, batch, losses, weight),
         }
         nums = torch.stack([terms[name][0] for name in self.names])  # (n_metrics,)
         dens = torch.stack([terms[name][1] for name in self.names])  # (n_metrics,)
         self.totals += torch.stack([nums, dens])  # (2, n_metrics)
 
-    def _loss_terms(self, batch: dict, losses: dict, weight: torch.Tensor | None) -> dict:
-        # Weighting each batch's mean by its size makes the result the mean over examples.
+    def _examples(self, batch: dict, weight: torch.Tensor | None) -> tuple:
+        """(what a batch's mean loss is multiplied by, the count added): weighting each batch's mean by
+        its size makes the result the mean over examples."""
         if weight is None:
             size = batch["float_tgt"].shape[0]
-            count = torch.tensor(float(size), dtype=torch.float64, device=self.device)
-        else:
-            size = count = weight.double().sum()
+            return size, torch.tensor(float(size), dtype=torch.float64, device=self.device)
+        size = weight.double().sum()
+        return size, size
+
+    def _loss_terms(self, batch: dict, losses: dict, weight: torch.Tensor | None) -> dict:
+        size, count = self._examples(batch, weight)
         return {key: (losses[term].detach().double() * size, count) for term, key in LOSS_KEYS.items()}
+
+    def _hold_terms(self, pred: dict, batch: dict, losses: dict, weight: torch.Tensor | None) -> dict:
+        if "hold" not in pred:  # no gate: nothing counted, and compute leaves the keys out
+            zero = torch.zeros((), dtype=torch.float64, device=self.device)
+            return dict.fromkeys(HOLD_KEYS, (zero, zero))
+        size, count = self._examples(batch, weight)
+        correct = (pred["hold"] > 0) == (batch["hold"] > 0.5)  # (B, 2)
+        return {
+            "loss/hold": (losses["hold"].detach().double() * size, count),
+            "metric/hold_acc": _ratio(correct, _counted(correct, weight)),
+        }
 
     def _action_terms(self, pred: dict, batch: dict, weight: torch.Tensor | None) -> dict:
         target = player_targets(batch, "action")  # (B, 2)
@@ -176,7 +197,7 @@ class MetricAccumulator:
 
     def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, prefix: str = "") -> dict[str, float]:
         """Every metric as a float, keyed `prefix + key` (VAL_PREFIX for validation); NaN where its
-        denominator is zero.
+        denominator is zero, except HOLD_KEYS, which are left out then (a model without the hold gate).
 
         reduce, when given, maps the (2, n_metrics) tensor of sums to its cross-rank sum (e.g.
         `lambda t: accelerator.reduce(t, "sum")`); it receives a copy, so an in-place reduction is safe
@@ -184,7 +205,9 @@ class MetricAccumulator:
         """
         totals = self.totals if reduce is None else reduce(self.totals.clone())
         nums, dens = totals.tolist()  # the one host transfer
-        return {prefix + name: num / den if den else math.nan for name, num, den in zip(self.names, nums, dens)}
+        return {
+            prefix + name: num / den if den else math.nan for name, num, den in zip(self.names, nums, dens) if den or name not in HOLD_KEYS
+        }
 
 
 def _counted(like: torch.Tensor, weight: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor | None:

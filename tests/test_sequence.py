@@ -617,3 +617,22 @@ def test_the_hold_loss_reads_the_true_frames_also_in_unrolled_rows(shared_store,
     assert torch.allclose(losses["hold"], expected)
     without = {key: value for key, value in pred.items() if key != "hold"}
     assert torch.allclose(losses["total"], compute_losses(without, rows, layout, LossConfig())["total"] + 3.0 * expected)
+
+
+def test_the_gates_loss_and_accuracy_are_metrics_of_gated_models_only(shared_store, layout):
+    batch = windows(*game(shared_store), [1500, 7500], np.arange(L) >= np.array([[5], [30]]))  # some positions context only
+    objective = build_objective(config(), layout, "cpu")
+    for motion in ("hold", "scaled"):
+        with torch.no_grad():
+            pred, rows = objective.outputs(small_model(layout, motion=motion), batch)
+        losses = compute_losses(pred, rows, layout, LossConfig())
+        accumulator = MetricAccumulator(layout, "cpu")
+        accumulator.update(pred, rows, losses)
+        metrics = accumulator.compute()
+        if motion == "scaled":
+            assert "loss/hold" not in metrics and "metric/hold_acc" not in metrics
+            continue
+        agree = ((pred["hold"] > 0) == (rows["hold"] > 0.5)).double().mean(-1)  # (N,)
+        weight = rows["weight"].double()
+        assert metrics["metric/hold_acc"] == pytest.approx(((agree * weight).sum() / weight.sum()).item(), rel=1e-9)
+        assert metrics["loss/hold"] == pytest.approx(losses["hold"].item(), rel=1e-6)
