@@ -112,6 +112,7 @@ class MetricAccumulator:
         self.damage_mask = self._target_mask(["p0.percent", "p1.percent"])  # (T,)
         self.category_of_action = action_category_table(layout.vocab("action")).to(self.device)  # (V,)
         self.category_ids = torch.arange(len(CATEGORY_NAMES), device=self.device)  # (n_categories,)
+        self.nothing = torch.zeros((), dtype=torch.float64, device=self.device)  # a term no example counts in
         self.reset()
 
     def _target_mask(self, names: list[str]) -> torch.Tensor:
@@ -151,8 +152,7 @@ class MetricAccumulator:
 
     def _hold_terms(self, pred: dict, batch: dict, losses: dict, weight: torch.Tensor | None) -> dict:
         if "hold" not in pred:  # no gate: nothing counted, and compute leaves the keys out
-            zero = torch.zeros((), dtype=torch.float64, device=self.device)
-            return dict.fromkeys(HOLD_KEYS, (zero, zero))
+            return dict.fromkeys(HOLD_KEYS, (self.nothing, self.nothing))
         size, count = self._examples(batch, weight)
         correct = (pred["hold"] > 0) == (batch["hold"] > 0.5)  # (B, 2)
         return {

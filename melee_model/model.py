@@ -94,14 +94,6 @@ class PredictionHeads(nn.Module):
         return out
 
 
-def hold_still(gate, out: dict, h: torch.Tensor) -> dict:
-    """The heads' dict `out` through the hold gate (`motion.HoldGate`, or None: unchanged) read from h (..., D)."""
-    if gate is None:
-        return out
-    logits = gate(h)  # (..., 2)
-    return {**out, "float": gate.apply(out["float"], logits), "hold": logits}
-
-
 class FrameStackState(NamedTuple):
     """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
 
@@ -176,7 +168,7 @@ class FrameStackMamba2(nn.Module):
             if step is None:
                 raise ValueError("this model has a motion prior: predict needs the last step (FrameStackState.step)")
             out["float"] = self.prior.add(out["float"], step, h)  # (..., T)
-        return hold_still(self.hold, out, h)
+        return out if self.hold is None else self.hold(out, h)
 
     def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:
         """A real context (B, K, ...) in one pass: (the residual stream of its last frame (B, D), the
@@ -261,7 +253,7 @@ class FrameStackMLP(nn.Module):
         out = self.heads(h)
         if self.prior is not None:
             out["float"] = self.prior.add(out["float"], steps[:, -1], h)  # (B, T)
-        return hold_still(self.hold, out, h)
+        return out if self.hold is None else self.hold(out, h)
 
     def architecture(self) -> str:
         c = self.config

@@ -113,8 +113,8 @@ class HoldGate(nn.Module):
     training as in every prediction, so the float loss sees what a rollout does. It starts at a bias
     of -2 (holding nobody), so an untrained model moves players as it would without it.
 
-    forward(h (..., d_in)) -> logits (..., 2), players p0, p1.
-    apply(pred_float (..., T), logits (..., 2)) -> (..., T): held players' x and y set to 0.
+    forward(out, h (..., d_in)) -> out through the gate: the heads' dict with "float" (..., T) the
+    held players' x and y set to 0, and "hold" (..., 2) the logits, players p0, p1.
     """
 
     def __init__(self, layout: FrameLayout, d_in: int):
@@ -124,13 +124,11 @@ class HoldGate(nn.Module):
         nn.init.constant_(self.linear.bias, -2.0)
         self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)  # p0.x, p0.y, p1.x, p1.y
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h)
-
-    def apply(self, pred_float: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: dict, h: torch.Tensor) -> dict:
+        logits, pred_float = self.linear(h), out["float"]  # (..., 2), (..., T)
         moves = (logits <= 0).repeat_interleave(2, dim=-1)  # (..., 4): each player's x and y
         held = pred_float[..., self.positions] * moves.to(pred_float.dtype)  # (..., 4)
-        return pred_float.index_copy(-1, self.positions, held)  # (..., T)
+        return {**out, "float": pred_float.index_copy(-1, self.positions, held), "hold": logits}
 
 
 def hold_targets(layout: FrameLayout, float_tgt: torch.Tensor) -> torch.Tensor:

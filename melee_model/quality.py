@@ -147,16 +147,12 @@ START_LEVELS = {"below": (-np.inf, 0.0), "level": (0.0, 1.0), "above": (1.0, np.
 STILL_UNITS = 5.0  # a player the replay moves less than this far (game units) by a frame counts as still
 
 
-def player_groups(layout: FrameLayout, float_windows: np.ndarray, horizon: int) -> dict[str, np.ndarray]:
+def player_groups(real: np.ndarray, K: int, horizon: int) -> dict[str, np.ndarray]:
     """{group: (N, 2) bool, players of each rollout in it}: START_LEVELS by the player's y at the last
     real frame (below: off stage recovering or on a ledge; level: on the main platform or just over
     it; above: in the air or on a platform), and "still", the players the replay keeps within
-    STILL_UNITS of where they started by its `horizon`-th frame. float_windows (N, K+H, F), H >= horizon."""
-    return _groups(positions(layout, float_windows), layout.context_len, horizon)
-
-
-def _groups(real: np.ndarray, K: int, horizon: int) -> dict[str, np.ndarray]:
-    """player_groups from the windows' positions (N, K+H, 4)."""
+    STILL_UNITS of where they started by its `horizon`-th frame. real (N, K+H, 4): `positions` of
+    the real windows, first K frames the context; H >= horizon."""
     start_y = real[:, K - 1, 2:]  # (N, 2)
     groups = {name: (start_y >= low) & (start_y < high) for name, (low, high) in START_LEVELS.items()}
     step = real[:, K + horizon - 1] - real[:, K - 1]  # (N, 4)
@@ -174,7 +170,7 @@ def errors_by_start(layout: FrameLayout, float_windows: np.ndarray, pred_floats:
     error = (off[..., :2] + off[..., 2:]) / 2  # (N, H, 2)
     figures = {}
     for h in horizons:
-        for group, players in _groups(real, K, h).items():
+        for group, players in player_groups(real, K, h).items():
             figures[f"rollout_pos_error_{group}_{h}"] = float(error[:, h - 1][players].mean()) if players.any() else float("nan")
     return figures
 

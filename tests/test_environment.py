@@ -49,7 +49,8 @@ def test_ci_runs_the_readmes_test_command():
 @pytest.mark.parametrize("shell", [[], ["sh"], ["bash"]], ids=["executable", "sh", "bash"])
 def test_ci_reaches_the_test_command_however_it_is_started(tmp_path, shell):
     """.ci/run from any working directory, run as a file, by dash's sh or by bash, gets to its last
-    line in the repository root: here a copy of it beside a run_tests.sh that says where it ran."""
+    line in the repository root, and so does its text piped to a shell there: here a copy of it
+    beside a run_tests.sh that says where it ran."""
     (tmp_path / ".ci").mkdir()
     ci = tmp_path / ".ci" / "run"
     ci.write_text((ROOT / ".ci" / "run").read_text())
@@ -60,6 +61,9 @@ def test_ci_reaches_the_test_command_however_it_is_started(tmp_path, shell):
     done = subprocess.run([*shell, str(ci)], cwd="/", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path)
+    piped = subprocess.run(["sh", "-s"], input=ci.read_text(), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr  # its text fed to a shell in the root, where $0 names no file
+    assert piped.stdout.strip() == str(tmp_path)
 
 
 @pytest.mark.slow

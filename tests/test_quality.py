@@ -31,6 +31,7 @@ from melee_model.quality import (
     motion_ratios,
     paired_ratio,
     player_groups,
+    positions,
     rollouts_with_baselines,
 )
 from melee_model.rollout import pick_starts, rollout_windows, store_windows
@@ -334,9 +335,9 @@ def test_errors_by_start_split_the_rollouts_pos_error_by_where_the_players_were(
     starts = pick_starts(store.games, np.arange(store.n_games), 96, H, K, seed=2)
     floats, ints = store_windows(store, starts, K, H)
     still, true_ints = baseline_frames("copy_last", layout, floats, ints)
-    horizons = (1, 10, H)
+    horizons, real = (1, 10, H), positions(layout, floats)
     for h in horizons:
-        groups = player_groups(layout, floats, h)
+        groups = player_groups(real, K, h)
         levels = np.stack([groups[g] for g in START_LEVELS])  # (3, N, 2)
         assert (levels.sum(axis=0) == 1).all()  # every player starts in exactly one level
         assert all(groups[g].any() for g in START_LEVELS)  # these replays have players off stage, on it and above it
@@ -346,7 +347,7 @@ def test_errors_by_start_split_the_rollouts_pos_error_by_where_the_players_were(
     assert list(figures) == [f"rollout_pos_error_{g}_{h}" for h in horizons for g in (*START_LEVELS, "still")]
     pos_error = per_frame(layout, still, true_ints, floats[:, K:], ints[:, K:])["pos_error"]  # (N, H)
     for h in horizons:
-        groups = player_groups(layout, floats, h)
+        groups = player_groups(real, K, h)
         counts = [groups[g].sum() for g in START_LEVELS]
         weighted = sum(n * figures[f"rollout_pos_error_{g}_{h}"] for n, g in zip(counts, START_LEVELS)) / sum(counts)
         assert weighted == pytest.approx(pos_error[:, h - 1].mean(), rel=1e-5)  # the levels split the rollout's pos_error
