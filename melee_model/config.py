@@ -112,6 +112,11 @@ class ModelConfig:
     # 0, the x and y outputs are no motion. Players stand, hang on ledges and freeze in hitlag for
     # 28% of the frames, which a regression head only approaches. Off: the card's (no such head).
     hold_gate: bool = False
+    # Recurrent predictions learn how many of the frames they read were the model's own (model.RolloutAge):
+    # a vector per count 1 .. rollout_age (counts past it share the last) added to the heads' input,
+    # zero at first and for real frames, so teacher-forced outputs are unchanged and only unrolled
+    # training (train.unroll, the rows it predicts from own frames) trains it. 0, off: the card's.
+    rollout_age: int = 0
 
 
 @dataclass
@@ -171,6 +176,9 @@ class UnrollConfig:
     weight: float = 1.0  # each rolled-out target counts this many teacher-forced ones
     start_epoch: int = 1  # the first epoch (0-based) that unrolls: a model trained teacher-forced first
     fields: str = "all"  # "all": whole own frames; "position": only x and y are the rollout's, the rest true; "motion": x, y and speeds
+    # What the rolled-out rows train: "all" (every weight) or "age" (only model.rollout_age's table; the
+    # gradient still runs back through every step, but the weights teacher-forced rows train stay theirs)
+    trains: str = "all"
 
 
 @dataclass

@@ -19,6 +19,8 @@ model.motion_inputs each frame also feeds the model its players' x and y steps i
 (`motion.MotionSteps`), which every replay version has, where older replays have no speed columns.
 With model.hold_gate the dict also holds "hold" (B, 2), a logit per player that its x and y stay
 exactly as they are, and where it is over 0 those outputs are no motion (`motion.HoldGate`).
+With model.rollout_age, FrameStackMamba2's recurrent `predict` also takes how many of the frames it
+read were the model's own (`RolloutAge`); every full forward reads real frames only.
 
 FrameStackMamba2 is causal, so one pass over L frames can predict from every position (the sequence
 objective): given next_ctrl (B, L, C), one control vector per position, its forward returns the same
@@ -94,6 +96,29 @@ class PredictionHeads(nn.Module):
         return out
 
 
+class RolloutAge(nn.Module):
+    """model.rollout_age: a learned vector per count of own frames read, added to the heads' input.
+
+    A rollout's predictions read the model's own frames, whose errors a teacher-forced prediction never
+    sees; trained by unrolled rows (train.unroll), this lets the heads answer differently there, e.g.
+    move the players less as the rollout's frames get older, without touching the teacher-forced
+    outputs. Count 0 (real frames only) is the padding row: zero, never trained. The other rows start
+    at zero, so an untrained table changes nothing. h (..., D), age (...,) or an int -> (..., D).
+    """
+
+    def __init__(self, oldest: int, d_model: int):
+        super().__init__()
+        if oldest < 1:
+            raise ConfigError(f"model.rollout_age must be >= 0 (0: off), got {oldest}")
+        self.oldest = oldest
+        self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
+        nn.init.zeros_(self.table.weight)
+
+    def forward(self, h: torch.Tensor, age: torch.Tensor | int) -> torch.Tensor:
+        age = torch.as_tensor(age, device=h.device).clamp(0, self.oldest)  # (...,)
+        return h + self.table(age).to(h.dtype)  # (..., D)
+
+
 class FrameStackState(NamedTuple):
     """What FrameStackMamba2 carries from one frame to the next in recurrent inference."""
 
@@ -147,6 +172,7 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
         self.hold = build_hold(config, layout, config.d_model)
+        self.age = RolloutAge(config.rollout_age, config.d_model) if config.rollout_age else None
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -159,10 +185,15 @@ class FrameStackMamba2(nn.Module):
             raise ValueError(f"next_ctrl has {next_ctrl.shape[1]} positions for {x.shape[1]} frames")
         return self.predict(x, next_ctrl, steps)
 
-    def predict(self, x: torch.Tensor, next_ctrl: torch.Tensor, step: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def predict(
+        self, x: torch.Tensor, next_ctrl: torch.Tensor, step: torch.Tensor | None = None, age: torch.Tensor | int = 0
+    ) -> dict[str, torch.Tensor]:
         """The heads from the residual stream x (..., D) and the controls next_ctrl (..., C); with a
-        motion prior, plus the last step of the moving columns at x's frame, step (..., P)."""
+        motion prior, plus the last step of the moving columns at x's frame, step (..., P); with
+        model.rollout_age, `age` (...,) or an int: how many of the frames read were the model's own."""
         h = self.final_norm(x) + self.ctrl_proj(next_ctrl)  # (..., D)
+        if self.age is not None:
+            h = self.age(h, age)  # (..., D)
         out = self.heads(h)
         if self.prior is not None:
             if step is None:
@@ -210,7 +241,7 @@ class FrameStackMamba2(nn.Module):
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
             f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}, "
-            f"motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}"
+            f"motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}, rollout_age {c.rollout_age}"
         )
 
 
@@ -225,6 +256,8 @@ class FrameStackMLP(nn.Module):
         super().__init__()
         if len(config.mlp_hidden) != 2:
             raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
+        if config.rollout_age:
+            raise ConfigError("model.rollout_age needs recurrent predictions (model.arch 'mamba2'); FrameStackMLP reads real and own frames alike")
         self.config = config
         self.context_len = layout.context_len
         self.motion = build_motion(config, layout)

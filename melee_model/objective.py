@@ -113,7 +113,7 @@ def build_objective(config: ExperimentConfig, layout: FrameLayout, device) -> La
         raise ConfigError(
             f"data.objective 'sequence' needs a causal sequence model (model.arch mamba2); {config.model.arch!r} trains with the card objective 'last' only"
         )
-    check_unroll(config.train.unroll, objective, config.data.seq_len)
+    check_unroll(config.train.unroll, objective, config.data.seq_len, config.model.rollout_age)
     if objective == "sequence":
         return SequenceObjective(layout, sampling, device, config.train.unroll)
     return LastObjective(layout, sampling, device)

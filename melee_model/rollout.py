@@ -9,9 +9,11 @@ predict a frame several steps on and cannot be rolled out.
 Two ways to step the model (`stepping`):
 - "recurrent" (the default for FrameStackMamba2): the real context is run once (`prefill`), then each
   predicted frame is one `step` of the carried layer states, so a rollout of H frames costs H
-  single-frame steps whatever the context length; frame t0+h is predicted from every frame before it.
+  single-frame steps whatever the context length; frame t0+h is predicted from every frame before it,
+  told that h of them are its own (model.rollout_age).
 - "window" (the run card's, and FrameStackMLP's only way): each frame is predicted by a full forward
-  over the K frames before it, so the model never sees more than its K-frame training context.
+  over the K frames before it, so the model never sees more than its K-frame training context (and,
+  like every full forward, reads its own frames as real ones).
 
 `rollout` runs start points in one game's frames; `rollout_store` runs start points anywhere in a
 store; `pick_starts` chooses start points over a split's games, deterministically for a seed. Both
@@ -228,7 +230,7 @@ def _roll_recurrent(
     floats, ints = [], []
     for h in range(windows.shape[1] - K):
         replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
-        pred = model.predict(x, stepper.next_ctrl(last_float, replay), state.step)
+        pred = model.predict(x, stepper.next_ctrl(last_float, replay), state.step, age=h)  # h own frames read
         last_float, last_int = stepper.frame(last_float, last_int, pred, replay)  # (n, F), (n, I)
         floats.append(last_float)
         ints.append(last_int)

@@ -162,18 +162,20 @@ def roll_out(
 
     Input position j reads the real frame s+j where rolled[:, j] (B, L) is unset, else the model's own
     frame s+j predicted one step before; with `columns` (float column indices) only those columns of
-    it, the rest of the frame (ints included) staying real. The real frames up to the earliest branch
-    are run in one prefill, without gradients.
+    it, the rest of the frame (ints included) staying real. Each prediction is told how many own
+    frames it read (model.rollout_age). The real frames up to the earliest branch are run in one
+    prefill, without gradients.
     """
     core = getattr(model, "module", model)  # the model itself under DistributedDataParallel
     real_float, real_int, length = parts["float_in"], parts["int_in"], rolled.shape[1]  # (B, L, F), (B, L, I)
     first = int(torch.nonzero(rolled.any(0))[0]) if rolled.any() else length  # the earliest branch
+    ages = rolled.long().cumsum(1)  # (B, L): how many own frames input position j and those before it are
     with torch.no_grad():
         x, state = core.prefill(real_float[:, :first], real_int[:, :first])  # (B, D)
     last_float, last_int = real_float[:, first - 1], real_int[:, first - 1]  # (B, F), (B, I)
     preds, own, read = [], [], []
     for j in range(first - 1, length):
-        pred = core.predict(x, parts["next_ctrl"][:, j], state.step)
+        pred = core.predict(x, parts["next_ctrl"][:, j], state.step, ages[:, j])
         own_float, own_int = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j])  # frame s+j+1
         preds.append(pred)
         own.append((own_float, own_int))

@@ -115,6 +115,7 @@ class Trainer:
         if unroll.frames:
             self._print(
                 f"unrolled training: each window also rolled out {unroll.frames} frames through its own frames, weight {unroll.weight:g}"
+                + ("; its rows train the rollout's age table only" if unroll.trains == "age" else "")
             )
         val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:

@@ -17,10 +17,17 @@ damage, stocks, actions...) is the true one, so only positions drift and carry g
 "motion" their speeds (the velocity block) are the rollout's too: the inputs a drifting step
 reads in a real rollout, without its damage and actions.
 
+With `trains` "age" the rolled-out rows train model.rollout_age's table alone (`only_age_trains`): the
+rollout still runs with gradients through every step, but no other weight records them, so what the
+model predicts from real frames is the teacher-forced rows' alone, and the rollout learns only how to
+answer from its own frames as they get older.
+
 Shape letters: B windows, L positions, n = frames, F n_float, I n_int, T float_target_dim.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -32,16 +39,22 @@ from melee_model.sequence import SequenceParts
 from melee_model.stepper import FrameStepper
 
 FIELDS = ("all", "position", "motion")
+TRAINS = ("all", "age")
 
 
-def check_unroll(config: UnrollConfig, objective: str, seq_len: int) -> None:
-    """Refuse an unroll that cannot run: it needs sequence windows longer than its frames."""
+def check_unroll(config: UnrollConfig, objective: str, seq_len: int, rollout_age: int = 0) -> None:
+    """Refuse an unroll that cannot run: it needs sequence windows longer than its frames (and, to
+    train the rollout's age alone, a model with one)."""
     if config.frames < 0 or config.weight < 0 or config.start_epoch < 0:
         raise ConfigError(
             f"train.unroll.frames, weight and start_epoch must be >= 0, got {config.frames}, {config.weight}, {config.start_epoch}"
         )
     if config.fields not in FIELDS:
         raise ConfigError(f"train.unroll.fields must be one of {', '.join(FIELDS)}, got {config.fields!r}")
+    if config.trains not in TRAINS:
+        raise ConfigError(f"train.unroll.trains must be one of {', '.join(TRAINS)}, got {config.trains!r}")
+    if config.frames and config.trains == "age" and not rollout_age:
+        raise ConfigError("train.unroll.trains 'age' needs model.rollout_age > 0 (the table it trains)")
     if config.frames and objective != "sequence":
         raise ConfigError(f"train.unroll needs data.objective 'sequence' (windows to roll out in); this config has {objective!r}")
     if config.frames >= seq_len:
@@ -74,6 +87,21 @@ def unrolled(
     return rollout.preds[1:], rollout.read_float[:, branch:], rollout.read_int[:, branch:]
 
 
+@contextmanager
+def only_age_trains(model: torch.nn.Module):
+    """Within it, only the model's rollout age table (model.RolloutAge) records gradients: every other
+    parameter is set not to require them, and is set back on the way out."""
+    core = getattr(model, "module", model)
+    frozen = [p for name, p in core.named_parameters() if p.requires_grad and not name.startswith("age.")]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def rolled_columns(fields: str, layout: FrameLayout) -> tuple[int, ...] | None:
     """The float columns an own frame takes from the rollout for `fields` (None: every column)."""
     if fields == "all":
@@ -95,7 +123,8 @@ class Unroll:
     def rows(self, model: torch.nn.Module, parts: dict, generator: torch.Generator) -> tuple[dict, dict]:
         frames = self.config.frames
         branch = draw_branch(parts["target_mask"].shape[1], frames, generator)
-        preds, own_float, own_int = unrolled(model, parts, self.stepper, branch, frames, self.columns)
+        with only_age_trains(model) if self.config.trains == "age" else nullcontext():
+            preds, own_float, own_int = unrolled(model, parts, self.stepper, branch, frames, self.columns)
         targets = slice(branch, branch + frames)
         pred_rows = {key: torch.stack([p[key] for p in preds], dim=1).flatten(0, 1) for key in preds[0]}  # (N, ...)
         rows = {

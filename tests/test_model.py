@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from melee_encode.config import EncodingConfig
+from melee_encode.errors import ConfigError
 from melee_model.config import LossConfig, ModelConfig
 from melee_model.layout import TARGET_FIELDS, FrameLayout
 from melee_model.losses import compute_losses
@@ -61,6 +62,16 @@ def test_the_hold_gate_adds_one_linear_to_two_logits():
     """model.hold_gate: d_model + 1 parameters per player over the card's 4,345,444."""
     assert count_parameters(build_model(ModelConfig(hold_gate=True), V3)) == 4_345_444 + 2 * (384 + 1)
     assert count_parameters(build_model(ModelConfig(arch="mlp", hold_gate=True), V3)) == 1_874_516 + 2 * (256 + 1)
+
+
+def test_the_rollout_age_adds_a_vector_per_count_of_own_frames():
+    """model.rollout_age: one d_model vector per count 0 .. rollout_age (0's stays zero); recurrent
+    Mamba-2 only, and never negative."""
+    assert count_parameters(build_model(ModelConfig(rollout_age=16), V3)) == 4_345_444 + 17 * 384
+    with pytest.raises(ConfigError, match="needs recurrent predictions"):
+        build_model(ModelConfig(arch="mlp", rollout_age=16), V3)
+    with pytest.raises(ConfigError, match="rollout_age must be >= 0"):
+        build_model(ModelConfig(rollout_age=-1), V3)
 
 
 def test_mlp_parameter_count_matches_the_reference():

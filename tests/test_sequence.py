@@ -22,7 +22,7 @@ from melee_model.model import build_model
 from melee_model.objective import LastObjective, SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import rollout
-from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, substitute
+from melee_model.scheduled_sampling import ContextNoise, branches, own_frames, own_rollouts, roll_out, substitute
 from melee_model.sequence import SequenceParts, position_rows
 from melee_model.stepper import FrameStepper
 from melee_model.unroll import Unroll, rolled_columns, unrolled
@@ -64,13 +64,14 @@ def windows(floats: np.ndarray, ints: np.ndarray, starts, target_mask=None) -> d
 
 
 # The ways a model reads motion: neither, the constant-velocity prior, the step inputs, the scaled prior
-# with them, and that with the hold gate.
+# with them, that with the hold gate, and that with the rollout's age.
 MOTIONS = {
     "plain": {},
     "prior": {"motion_prior": "constant_velocity"},
     "inputs": {"motion_inputs": True},
     "scaled": {"motion_prior": "scaled_velocity", "motion_inputs": True},
     "hold": {"motion_prior": "scaled_velocity", "motion_inputs": True, "hold_gate": True},
+    "age": {"motion_prior": "scaled_velocity", "motion_inputs": True, "hold_gate": True, "rollout_age": 3},
 }
 
 
@@ -82,6 +83,9 @@ def small_model(layout: FrameLayout, seed: int = 0, motion: str = "plain") -> to
     if model.hold is not None:
         torch.nn.init.normal_(model.hold.linear.weight, std=0.5)  # some players held, some not
         torch.nn.init.zeros_(model.hold.linear.bias)
+    if model.age is not None:
+        with torch.no_grad():
+            model.age.table.weight[1:].normal_(std=0.5)  # each count its own answer, as if trained
     return model.eval()
 
 
@@ -475,6 +479,8 @@ def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
         ({}, {"frames": -1}, ">= 0"),
         ({}, {"frames": 4, "start_epoch": -1}, ">= 0"),
         ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position, motion"),
+        ({}, {"frames": 4, "trains": "heads"}, "trains must be one of all, age"),
+        ({}, {"frames": 4, "trains": "age"}, "needs model.rollout_age > 0"),
     ],
 )
 def test_an_unroll_that_cannot_run_is_refused(layout, data, unroll, message):
@@ -636,3 +642,63 @@ def test_the_gates_loss_and_accuracy_are_metrics_of_gated_models_only(shared_sto
         weight = rows["weight"].double()
         assert metrics["metric/hold_acc"] == pytest.approx(((agree * weight).sum() / weight.sum()).item(), rel=1e-9)
         assert metrics["loss/hold"] == pytest.approx(losses["hold"].item(), rel=1e-6)
+
+
+def test_the_rollout_age_changes_the_predictions_from_own_frames_only(shared_store, layout):
+    """model.rollout_age: a window rolled out from its branch predicts as the same weights without the
+    table up to the branch and differently after it; an untrained table changes nothing, counts
+    past the oldest share its row, and a training step leaves real frames' row at zero."""
+    aged = small_model(layout, motion="age")
+    plain = build_model(dataclasses.replace(config().model, **MOTIONS["hold"]), layout).eval()
+    plain.load_state_dict({key: value for key, value in aged.state_dict().items() if not key.startswith("age.")})
+    stepper, builder = FrameStepper(layout, "cpu"), SequenceParts(layout, "cpu")
+    parts = builder(windows(*game(shared_store), [1500, 7500]))
+    branch = 20
+    rolled = torch.arange(L).expand(2, L) >= branch  # (2, L)
+    with torch.no_grad():
+        aged_out, plain_out = (roll_out(model, parts, stepper, rolled) for model in (aged, plain))
+    for k, (a, p) in enumerate(zip(aged_out.preds, plain_out.preds)):  # preds[k]: input position branch - 1 + k, age k
+        assert torch.equal(a["float"], p["float"]) == (k == 0), k
+    h = torch.randn(4, aged.config.d_model)
+    assert torch.equal(aged.age(h, 7), aged.age(h, aged.age.oldest)) and not torch.equal(aged.age(h, 2), aged.age(h, 3))
+
+    torch.nn.init.zeros_(aged.age.table.weight)
+    with torch.no_grad():
+        untrained = roll_out(aged, parts, stepper, rolled)
+    assert all(torch.equal(a["float"], p["float"]) for a, p in zip(untrained.preds, plain_out.preds))
+    unrolled_config = config()
+    unrolled_config.model = dataclasses.replace(unrolled_config.model, **MOTIONS["age"])
+    unrolled_config.train.unroll = UnrollConfig(frames=8, start_epoch=0)
+    pred, rows = build_objective(unrolled_config, layout, "cpu").outputs(aged.train(), windows(*game(shared_store), [1500, 7500]), 0, torch.Generator().manual_seed(0))
+    compute_losses(pred, rows, layout, LossConfig())["total"].backward()
+    grad = aged.age.table.weight.grad  # (oldest + 1, D)
+    assert not grad[0].any() and grad[1:].abs().sum(-1).gt(0).all()
+
+
+def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_real_frames(shared_store, layout):
+    """train.unroll.trains 'age': the unrolled rows' gradient reaches the age table through every
+    step, and no other weight; those weights get exactly the teacher-forced rows' gradient."""
+    aged = config()
+    aged.model = dataclasses.replace(aged.model, **MOTIONS["age"])
+    aged.train.unroll = UnrollConfig(frames=8, start_epoch=0, trains="age")
+    batch = windows(*game(shared_store), [1500, 7500])
+    model = small_model(layout, motion="age").train()
+    grads = {}
+    for name, epoch in (("unrolled", 0), ("teacher-forced", None)):
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout draws in both passes
+        pred, rows = build_objective(aged, layout, "cpu").outputs(model, batch, epoch, torch.Generator().manual_seed(0))
+        compute_losses(pred, rows, layout, LossConfig())["total"].backward()
+        grads[name] = {key: p.grad.clone() for key, p in model.named_parameters()}
+    assert all(p.requires_grad for p in model.parameters())
+    assert grads["unrolled"]["age.table.weight"][1:].abs().sum(-1).gt(0).all()
+    assert not grads["teacher-forced"]["age.table.weight"].any()
+    # The loss is a weighted mean over every row, so the unrolled rows only scale the teacher-forced
+    # gradient, by one factor for every weight (fp32 rounding apart).
+    scale = None
+    for key, grad in grads["teacher-forced"].items():
+        if key.startswith("age.") or not grad.any():
+            continue
+        ratio = grads["unrolled"][key].norm() / grad.norm()
+        scale = ratio if scale is None else scale
+        assert (grads["unrolled"][key] - grad * scale).abs().max() <= 1e-5 * grad.abs().max(), key
