@@ -257,7 +257,9 @@ class FrameStackMLP(nn.Module):
         if len(config.mlp_hidden) != 2:
             raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
         if config.rollout_age:
-            raise ConfigError("model.rollout_age needs recurrent predictions (model.arch 'mamba2'); FrameStackMLP reads real and own frames alike")
+            raise ConfigError(
+                "model.rollout_age needs recurrent predictions (model.arch 'mamba2'); FrameStackMLP reads real and own frames alike"
+            )
         self.config = config
         self.context_len = layout.context_len
         self.motion = build_motion(config, layout)

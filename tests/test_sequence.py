@@ -669,7 +669,9 @@ def test_the_rollout_age_changes_the_predictions_from_own_frames_only(shared_sto
     unrolled_config = config()
     unrolled_config.model = dataclasses.replace(unrolled_config.model, **MOTIONS["age"])
     unrolled_config.train.unroll = UnrollConfig(frames=8, start_epoch=0)
-    pred, rows = build_objective(unrolled_config, layout, "cpu").outputs(aged.train(), windows(*game(shared_store), [1500, 7500]), 0, torch.Generator().manual_seed(0))
+    pred, rows = build_objective(unrolled_config, layout, "cpu").outputs(
+        aged.train(), windows(*game(shared_store), [1500, 7500]), 0, torch.Generator().manual_seed(0)
+    )
     compute_losses(pred, rows, layout, LossConfig())["total"].backward()
     grad = aged.age.table.weight.grad  # (oldest + 1, D)
     assert not grad[0].any() and grad[1:].abs().sum(-1).gt(0).all()
