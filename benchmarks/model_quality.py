@@ -7,8 +7,8 @@ the rollout baselines, on the same validation games.
 
 Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
 (objective "sequence") on S for the same wall-clock budget each (--minutes, default 10; the trainer's
-train.max_seconds, with the lr schedule sized to the steps that calibrated step times allow: the
-first epoch's, then the slower steps of unrolling or scheduled sampling from their epoch on), at the
+train.max_seconds, with the lr's cosine over those seconds of wall clock, train.lr_schedule
+"per_second", so that it ends with the run however fast the steps turn out to be), at the
 small width (d_model 128, 2 layers) or the card's, then evaluates both on the same games: V's, or S's
 val split. Both train without scheduled sampling (the card's noise starts after a whole epoch, which
 a short budget may not reach for one objective and pass for the other); --sampling RATE trains a
@@ -48,7 +48,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -61,15 +60,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = Path(HERE).parent
 sys.path.insert(0, HERE)
 from melee_model.baselines import BASELINES  # noqa: E402
-from melee_model.batches import batch_to_device  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.horizons import at_horizons, curves_of, report_at  # noqa: E402
-from melee_model.losses import compute_losses  # noqa: E402
-from melee_model.metrics import VAL_PREFIX, MetricAccumulator  # noqa: E402
-from melee_model.model import build_model  # noqa: E402
-from melee_model.objective import build_objective  # noqa: E402
-from melee_model.optim import adamw  # noqa: E402
+from melee_model.metrics import VAL_PREFIX  # noqa: E402
 from melee_model.quality import (  # noqa: E402
     START_LEVELS,
     baseline_rollouts,
@@ -83,8 +77,6 @@ from melee_model.quality import (  # noqa: E402
 )
 from melee_model.rollout import rollout_windows, store_windows  # noqa: E402
 from melee_model.train import Trainer  # noqa: E402
-
-from _report import time_calls  # noqa: E402
 
 CONFIGS = {"last": ROOT / "experiments" / "mamba2-v3-65k-ranked.yaml", "sequence": ROOT / "experiments" / "mamba2-v3-seq.yaml"}
 WIDTHS = {"small": ["model.d_model=128", "model.n_layers=2"], "card": []}
@@ -106,6 +98,7 @@ RUN = [
     "train.checkpoint_every=0",
     "train.scheduled_sampling.rate=0",
     "train.mixed_precision='no'",
+    "train.lr_schedule=per_second",
 ]
 SAMPLED = ["train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
 # The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
@@ -120,64 +113,15 @@ TEACHER_FORCED = {
 ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
-def step_seconds(config: ExperimentConfig, source, epoch: int, repeats: int = 5) -> float:
-    """Median seconds of one training step as the trainer takes it in `epoch` (next batch from the
-    loader, to the device, scheduled sampling and unrolling as that epoch has them, forward, loss,
-    backward, clipping, AdamW, the metric sums), with a throwaway model."""
-    torch.manual_seed(0)
-    model = build_model(config.model, source.layout)
-    optimizer = adamw(model, config.train.lr, config.train.weight_decay)
-    objective = build_objective(config, source.layout, "cpu")
-    metrics = MetricAccumulator(source.layout, "cpu")
-    batches = iter(source.loader("train", 0, num_workers=0))
-    generator = torch.Generator().manual_seed(0)
-
-    def step():
-        pred, rows = objective.outputs(model, batch_to_device(next(batches), torch.device("cpu")), epoch, generator)
-        losses = compute_losses(pred, rows, source.layout, config.loss)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        metrics.update(pred, rows, losses)
-
-    return statistics.median(time_calls(step, repeats))
-
-
-def planned_steps(config: ExperimentConfig, source, seconds: float) -> int:
-    """The optimizer steps `seconds` of training allow, for the lr schedule to span: the first epochs'
-    steps at their own cost, the rest at the cost of a step from the epoch where scheduled sampling
-    (the second) or unrolling (train.unroll.start_epoch) begins. Timed at a single rate, unrolled
-    sequence models ran 7-52% of their steps after the schedule had reached its floor."""
-    unroll = config.train.unroll
-    if config.data.objective == "sequence" and unroll.frames:
-        slower_from = unroll.start_epoch
-    else:
-        slower_from = 1 if config.train.scheduled_sampling.rate > 0 else 0
-    first = step_seconds(config, source, 0)
-    if slower_from == 0:
-        return steps_within(seconds, first, first, 0)  # one kind of step throughout
-    early_steps = slower_from * math.ceil(source.plan("train", 0, 1).batches_per_rank / config.train.grad_accum)
-    return steps_within(seconds, first, step_seconds(config, source, slower_from), early_steps)
-
-
-def steps_within(seconds: float, early_s: float, later_s: float, early_steps: int) -> int:
-    """Steps that fit in `seconds` when the first `early_steps` take early_s each and the rest later_s (at least 1)."""
-    early = min(early_steps, int(seconds / early_s))
-    return max(1, early + int((seconds - early * early_s) / later_s))
-
-
 def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
     """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
-    planned = planned_steps(config, ExampleSource.for_experiment(store, config), seconds)
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds, schedule_steps=planned))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds))
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
     trainer.fit()
     run = {
         "steps": trainer.progress.step,
         "train_s": time.perf_counter() - started,
-        "planned_steps": planned,
         "targets": targets_trained(config, trainer.progress.step, trainer.updates_per_epoch),
     }
     return trainer.accelerator.unwrap_model(trainer.model).eval(), run

@@ -113,9 +113,10 @@ class ModelConfig:
     # 28% of the frames, which a regression head only approaches. Off: the card's (no such head).
     hold_gate: bool = False
     # Recurrent predictions learn how many of the frames they read were the model's own (model.RolloutAge):
-    # a vector per count 1 .. rollout_age (counts past it share the last) added to the heads' input,
-    # zero at first and for real frames, so teacher-forced outputs are unchanged and only unrolled
-    # training (train.unroll, the rows it predicts from own frames) trains it. 0, off: the card's.
+    # per count 1 .. rollout_age (counts past it share the last) a vector added to the heads' input and
+    # a factor on the players' predicted x and y steps, zero (1) at first and for real frames, so
+    # teacher-forced outputs are unchanged and only unrolled training (train.unroll, the rows it
+    # predicts from own frames) trains them. 0, off: the card's.
     rollout_age: int = 0
 
 
@@ -176,9 +177,11 @@ class UnrollConfig:
     weight: float = 1.0  # each rolled-out target counts this many teacher-forced ones
     start_epoch: int = 1  # the first epoch (0-based) that unrolls: a model trained teacher-forced first
     fields: str = "all"  # "all": whole own frames; "position": only x and y are the rollout's, the rest true; "motion": x, y and speeds
-    # What the rolled-out rows train: "all" (every weight) or "age" (only model.rollout_age's table; the
+    # What the rolled-out rows train: "all" (every weight) or "age" (only model.rollout_age's tables; the
     # gradient still runs back through every step, but the weights teacher-forced rows train stay theirs)
     trains: str = "all"
+    share: float = 1.0  # the fraction of batches that unroll, drawn per batch (1: every batch); the rest are teacher-forced only
+    age_lr: float = 1.0  # model.rollout_age's tables learn at train.lr times this (a few hundred unrolled steps must move them)
 
 
 @dataclass
@@ -188,8 +191,9 @@ class TrainConfig:
     max_seconds: float | None = None  # stop once fit() has run this long (wall clock), e.g. for equal-time comparisons
     schedule_steps: int | None = None  # optimizer steps the lr schedule spans (None: epochs x steps per epoch)
     lr: float = 5e-4
-    # Cosine from lr to lr * min_lr_ratio: "per_step" (ours, smooth over every optimizer step) or
-    # "per_epoch" (the reference's CosineAnnealingLR(T_max=epochs), constant within each epoch)
+    # Cosine from lr to lr * min_lr_ratio: "per_step" (ours, smooth over every optimizer step),
+    # "per_epoch" (the reference's CosineAnnealingLR(T_max=epochs), constant within each epoch) or
+    # "per_second" (over train.max_seconds of wall clock: equal-time comparisons)
     lr_schedule: str = "per_step"
     weight_decay: float = 1e-5
     weight_decay_all: bool = False  # decay every parameter (the reference's); else matrices and embeddings only

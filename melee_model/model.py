@@ -97,26 +97,43 @@ class PredictionHeads(nn.Module):
 
 
 class RolloutAge(nn.Module):
-    """model.rollout_age: a learned vector per count of own frames read, added to the heads' input.
+    """model.rollout_age: what a recurrent prediction learns from how many of the frames it read were
+    the model's own (its age): a vector per age added to the heads' input, and a factor per age on
+    the players' predicted x and y steps.
 
     A rollout's predictions read the model's own frames, whose errors a teacher-forced prediction never
     sees; trained by unrolled rows (train.unroll), this lets the heads answer differently there, e.g.
     move the players less as the rollout's frames get older, without touching the teacher-forced
-    outputs. Count 0 (real frames only) is the padding row: zero, never trained. The other rows start
-    at zero, so an untrained table changes nothing. h (..., D), age (...,) or an int -> (..., D).
+    outputs. Age 0 (real frames only) is the padding row of both tables: zero, never trained. The
+    other rows start at zero (a factor of 1 + 0), so an untrained table changes nothing. Ages past
+    `oldest` share its rows. The factor is one per axis, shared by both players.
+
+    inputs(h (..., D), age (...,) or an int) -> (..., D): h plus the age's vector.
+    moves(pred_float (..., T), age) -> (..., T): the x and y outputs (layout.moving_target_positions,
+    the players' steps) times 1 + the age's factors.
     """
 
-    def __init__(self, oldest: int, d_model: int):
+    def __init__(self, layout: FrameLayout, oldest: int, d_model: int):
         super().__init__()
         if oldest < 1:
             raise ConfigError(f"model.rollout_age must be >= 0 (0: off), got {oldest}")
         self.oldest = oldest
         self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
-        nn.init.zeros_(self.table.weight)
+        self.motion = nn.Embedding(oldest + 1, 2, padding_idx=0)  # x, y
+        for table in (self.table, self.motion):
+            nn.init.zeros_(table.weight)
+        self.register_buffer("positions", torch.tensor(layout.moving_target_positions), persistent=False)  # p0.x, p0.y, p1.x, p1.y
 
-    def forward(self, h: torch.Tensor, age: torch.Tensor | int) -> torch.Tensor:
-        age = torch.as_tensor(age, device=h.device).clamp(0, self.oldest)  # (...,)
-        return h + self.table(age).to(h.dtype)  # (..., D)
+    def inputs(self, h: torch.Tensor, age: torch.Tensor | int) -> torch.Tensor:
+        return h + self.table(self._clamped(age, h)).to(h.dtype)  # (..., D)
+
+    def moves(self, pred_float: torch.Tensor, age: torch.Tensor | int) -> torch.Tensor:
+        factor = (1 + self.motion(self._clamped(age, pred_float))).tile(2)  # (..., 4): p0.x, p0.y, p1.x, p1.y
+        steps = pred_float[..., self.positions] * factor.to(pred_float.dtype)  # (..., 4)
+        return pred_float.index_copy(-1, self.positions, steps)  # (..., T)
+
+    def _clamped(self, age: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(age, device=like.device).clamp(0, self.oldest)  # (...,)
 
 
 class FrameStackState(NamedTuple):
@@ -172,7 +189,7 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
         self.hold = build_hold(config, layout, config.d_model)
-        self.age = RolloutAge(config.rollout_age, config.d_model) if config.rollout_age else None
+        self.age = RolloutAge(layout, config.rollout_age, config.d_model) if config.rollout_age else None
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -193,12 +210,14 @@ class FrameStackMamba2(nn.Module):
         model.rollout_age, `age` (...,) or an int: how many of the frames read were the model's own."""
         h = self.final_norm(x) + self.ctrl_proj(next_ctrl)  # (..., D)
         if self.age is not None:
-            h = self.age(h, age)  # (..., D)
+            h = self.age.inputs(h, age)  # (..., D)
         out = self.heads(h)
         if self.prior is not None:
             if step is None:
                 raise ValueError("this model has a motion prior: predict needs the last step (FrameStackState.step)")
             out["float"] = self.prior.add(out["float"], step, h)  # (..., T)
+        if self.age is not None:
+            out["float"] = self.age.moves(out["float"], age)  # (..., T)
         return out if self.hold is None else self.hold(out, h)
 
     def prefill(self, float_ctx: torch.Tensor, int_ctx: torch.Tensor) -> tuple[torch.Tensor, FrameStackState]:

@@ -78,7 +78,7 @@ class SequenceObjective:
             parts = self._sample(model, parts, epoch, generator)
         pred = model(parts["float_in"], parts["int_in"], parts["next_ctrl"])  # (B, L, ...)
         rows = position_rows(pred, parts)
-        if epoch is None or self.unroll is None or epoch < self.unroll.config.start_epoch:
+        if epoch is None or self.unroll is None or epoch < self.unroll.config.start_epoch or not self.unroll.chosen(generator):
             return rows
         return join_rows(rows, self.unroll.rows(model, parts, generator))
 

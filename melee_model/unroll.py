@@ -17,10 +17,13 @@ damage, stocks, actions...) is the true one, so only positions drift and carry g
 "motion" their speeds (the velocity block) are the rollout's too: the inputs a drifting step
 reads in a real rollout, without its damage and actions.
 
-With `trains` "age" the rolled-out rows train model.rollout_age's table alone (`only_age_trains`): the
+With `trains` "age" the rolled-out rows train model.rollout_age's tables alone (`only_age_trains`): the
 rollout still runs with gradients through every step, but no other weight records them, so what the
 model predicts from real frames is the teacher-forced rows' alone, and the rollout learns only how to
-answer from its own frames as they get older.
+answer from its own frames as they get older. Those tables need few rows but must move far in the
+few hundred steps an unroll gets: `share` < 1 unrolls only that fraction of the batches (a
+recurrent step costs far more than a position of the parallel pass), and `age_lr` raises their
+learning rate (melee_model.optim.adamw).
 
 Shape letters: B windows, L positions, n = frames, F n_float, I n_int, T float_target_dim.
 """
@@ -49,6 +52,8 @@ def check_unroll(config: UnrollConfig, objective: str, seq_len: int, rollout_age
         raise ConfigError(
             f"train.unroll.frames, weight and start_epoch must be >= 0, got {config.frames}, {config.weight}, {config.start_epoch}"
         )
+    if not 0 < config.share <= 1 or config.age_lr <= 0:
+        raise ConfigError(f"train.unroll.share must be in (0, 1] and age_lr > 0, got {config.share} and {config.age_lr}")
     if config.fields not in FIELDS:
         raise ConfigError(f"train.unroll.fields must be one of {', '.join(FIELDS)}, got {config.fields!r}")
     if config.trains not in TRAINS:
@@ -89,7 +94,7 @@ def unrolled(
 
 @contextmanager
 def only_age_trains(model: torch.nn.Module):
-    """Within it, only the model's rollout age table (model.RolloutAge) records gradients: every other
+    """Within it, only the model's rollout age tables (model.RolloutAge) record gradients: every other
     parameter is set not to require them, and is set back on the way out."""
     core = getattr(model, "module", model)
     frozen = [p for name, p in core.named_parameters() if p.requires_grad and not name.startswith("age.")]
@@ -119,6 +124,12 @@ class Unroll:
         self.config, self.builder, self.stepper = config, builder, stepper
         columns = rolled_columns(config.fields, layout)
         self.columns = None if columns is None else torch.tensor(columns, device=device)
+
+    def chosen(self, generator: torch.Generator) -> bool:
+        """Whether this batch unrolls: always at share 1 (drawing nothing), else with probability share."""
+        if self.config.share >= 1:
+            return True
+        return bool(torch.rand((), device=generator.device, generator=generator) < self.config.share)
 
     def rows(self, model: torch.nn.Module, parts: dict, generator: torch.Generator) -> tuple[dict, dict]:
         frames = self.config.frames

@@ -64,10 +64,10 @@ def test_the_hold_gate_adds_one_linear_to_two_logits():
     assert count_parameters(build_model(ModelConfig(arch="mlp", hold_gate=True), V3)) == 1_874_516 + 2 * (256 + 1)
 
 
-def test_the_rollout_age_adds_a_vector_per_count_of_own_frames():
-    """model.rollout_age: one d_model vector per count 0 .. rollout_age (0's stays zero); recurrent
-    Mamba-2 only, and never negative."""
-    assert count_parameters(build_model(ModelConfig(rollout_age=16), V3)) == 4_345_444 + 17 * 384
+def test_the_rollout_age_adds_a_vector_and_two_factors_per_count_of_own_frames():
+    """model.rollout_age: one d_model vector and an x and a y factor per count 0 .. rollout_age (0's
+    stay zero); recurrent Mamba-2 only, and never negative."""
+    assert count_parameters(build_model(ModelConfig(rollout_age=16), V3)) == 4_345_444 + 17 * (384 + 2)
     with pytest.raises(ConfigError, match="needs recurrent predictions"):
         build_model(ModelConfig(arch="mlp", rollout_age=16), V3)
     with pytest.raises(ConfigError, match="rollout_age must be >= 0"):

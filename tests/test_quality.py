@@ -13,13 +13,16 @@ import torch
 from test_train import torchrun_train
 
 from melee_encode import open_store
+from melee_encode.errors import ConfigError
 from melee_encode.stage_geometry import STAGE_GEOMETRY
 from melee_model.baselines import BASELINES, baseline_frames
-from melee_model.config import ExperimentConfig, from_dict
+from melee_model.checkpoint import load_checkpoint
+from melee_model.config import ExperimentConfig, TrainConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
 from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, per_frame, report_at
 from melee_model.layout import layout_for
 from melee_model.model import build_model, count_parameters
+from melee_model.optim import lr_multiplier
 from melee_model.quality import (
     MODEL,
     START_LEVELS,
@@ -41,7 +44,7 @@ from melee_model.train import Trainer
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_quality import steps_within, targets_trained  # noqa: E402
+from model_quality import targets_trained  # noqa: E402
 
 K, H = 10, 60
 
@@ -491,11 +494,18 @@ def test_model_quality_counts_unrolled_targets_from_their_start_epoch():
     assert targets_trained(unrolled, 10, 4) == 10 * 32 * 60 + 2 * 32 * 8
 
 
-def test_model_quality_plans_the_slower_unrolled_steps_after_the_first_epochs():
-    assert steps_within(600, 0.2, 0.5, 690) == 690 + int((600 - 690 * 0.2) / 0.5)  # 1,614, where 0.5 s alone plans 1,200
-    assert steps_within(100, 0.2, 0.5, 690) == 500  # the budget ends inside the first epochs
-    assert steps_within(600, 0.25, 0.25, 0) == 2400  # one rate throughout
-    assert steps_within(0.1, 0.25, 0.25, 0) == 1
+def test_model_quality_runs_its_lr_cosine_over_the_wall_clock():
+    """train.lr_schedule 'per_second': warmup over steps, then the cosine at the seconds trained when
+    each step is taken, ending at the floor with max_seconds whatever the step count."""
+    clock = [0.0]
+    train = TrainConfig(lr_schedule="per_second", max_seconds=600, warmup_steps=10, min_lr_ratio=0.1)
+    multiplier = lr_multiplier(train, updates_per_epoch=100, elapsed=lambda: clock[0])
+    assert multiplier(4) == pytest.approx(0.5)  # warmup: steps
+    for seconds, expected in ((0, 1.0), (300, 0.55), (600, 0.1), (900, 0.1)):
+        clock[0] = seconds
+        assert multiplier(50) == multiplier(5000) == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="needs train.max_seconds"):
+        lr_multiplier(TrainConfig(lr_schedule="per_second"), 100, elapsed=lambda: 0.0)
 
 
 # ---------------------------------------------------------------- two ranks, resumed
@@ -520,13 +530,16 @@ def torchrun_sequence(store: str, output, *options: str) -> subprocess.Completed
 
 @pytest.mark.slow
 def test_two_ranks_train_the_sequence_objective_and_resume_exactly(shared_store, tmp_path):
-    """With unrolled training from the first step, so every step runs the teacher-forced windows and
-    the unroll's recurrent steps on the model under DistributedDataParallel."""
-    whole, cut, unrolled = tmp_path / "whole", tmp_path / "cut", ("--set", "train.unroll.frames=6", "--set", "train.unroll.start_epoch=0")
+    """With unrolled training from the first step in half the batches (each rank draws its own),
+    training the rollout's age tables alone at their own rate: the teacher-forced windows and the
+    unroll's recurrent steps on the model under DistributedDataParallel."""
+    settings = ("train.unroll.frames=6", "train.unroll.start_epoch=0", "train.unroll.share=0.5", "train.unroll.trains=age")
+    settings += ("train.unroll.age_lr=10", "model.rollout_age=6")
+    whole, cut, unrolled = tmp_path / "whole", tmp_path / "cut", tuple(arg for s in settings for arg in ("--set", s))
     torchrun_sequence(shared_store, whole, *unrolled, "--set", "train.max_steps=40")
     stopped = torchrun_sequence(shared_store, cut, *unrolled, "--set", "train.max_steps=20")
     assert "stopped: reached train.max_steps=20" in stopped.stdout
-    assert "unrolled training: each window also rolled out 6 frames" in stopped.stdout
+    assert "rolled out 6 frames through its own frames, weight 1, in 50% of the batches; its rows train" in stopped.stdout
     resumed = torchrun_sequence(shared_store, cut, *unrolled, "--set", "train.max_steps=40", "--resume", str(cut / "latest"))
     assert "resumed from" in resumed.stdout and "at step 20" in resumed.stdout
     read = lambda path: [
@@ -535,3 +548,6 @@ def test_two_ranks_train_the_sequence_objective_and_resume_exactly(shared_store,
     lines = read(whole)
     assert [line["step"] for line in lines] == [10, 20, 30, 40] and lines[-1]["loss/total"] < lines[0]["loss/total"]
     assert read(cut) == lines
+    weights, optimizer, _, _ = load_checkpoint(str(whole / "latest"))
+    assert all(weights[f"age.{table}.weight"][1:].any() and not weights[f"age.{table}.weight"][0].any() for table in ("table", "motion"))
+    assert [group["lr"] / optimizer["param_groups"][0]["lr"] for group in optimizer["param_groups"]] == pytest.approx([1, 1, 10])

@@ -86,6 +86,9 @@ def small_model(layout: FrameLayout, seed: int = 0, motion: str = "plain") -> to
     if model.age is not None:
         with torch.no_grad():
             model.age.table.weight[1:].normal_(std=0.5)  # each count its own answer, as if trained
+            model.age.motion.weight[1:].uniform_(-0.5, 0.5)  # and its own factor on the players' steps
+            steps = model.heads.float_heads[model.prior.block].weight  # the players' steps change as they move
+            steps[model.prior.rows] = 0.05 * torch.randn(len(model.prior.rows), steps.shape[1])
     return model.eval()
 
 
@@ -481,6 +484,9 @@ def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
         ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position, motion"),
         ({}, {"frames": 4, "trains": "heads"}, "trains must be one of all, age"),
         ({}, {"frames": 4, "trains": "age"}, "needs model.rollout_age > 0"),
+        ({}, {"frames": 4, "share": 0.0}, r"share must be in \(0, 1\]"),
+        ({}, {"frames": 4, "share": 1.5}, r"share must be in \(0, 1\]"),
+        ({}, {"frames": 4, "age_lr": 0.0}, "age_lr > 0"),
     ],
 )
 def test_an_unroll_that_cannot_run_is_refused(layout, data, unroll, message):
@@ -660,12 +666,15 @@ def test_the_rollout_age_changes_the_predictions_from_own_frames_only(shared_sto
     for k, (a, p) in enumerate(zip(aged_out.preds, plain_out.preds)):  # preds[k]: input position branch - 1 + k, age k
         assert torch.equal(a["float"], p["float"]) == (k == 0), k
     h = torch.randn(4, aged.config.d_model)
-    assert torch.equal(aged.age(h, 7), aged.age(h, aged.age.oldest)) and not torch.equal(aged.age(h, 2), aged.age(h, 3))
+    assert torch.equal(aged.age.inputs(h, 7), aged.age.inputs(h, aged.age.oldest))
+    assert not torch.equal(aged.age.inputs(h, 2), aged.age.inputs(h, 3))
 
     torch.nn.init.zeros_(aged.age.table.weight)
+    torch.nn.init.zeros_(aged.age.motion.weight)
     with torch.no_grad():
         untrained = roll_out(aged, parts, stepper, rolled)
     assert all(torch.equal(a["float"], p["float"]) for a, p in zip(untrained.preds, plain_out.preds))
+    torch.nn.init.constant_(aged.hold.linear.bias, -100.0)  # nobody held: every age's steps reach the loss
     unrolled_config = config()
     unrolled_config.model = dataclasses.replace(unrolled_config.model, **MOTIONS["age"])
     unrolled_config.train.unroll = UnrollConfig(frames=8, start_epoch=0)
@@ -673,8 +682,24 @@ def test_the_rollout_age_changes_the_predictions_from_own_frames_only(shared_sto
         aged.train(), windows(*game(shared_store), [1500, 7500]), 0, torch.Generator().manual_seed(0)
     )
     compute_losses(pred, rows, layout, LossConfig())["total"].backward()
-    grad = aged.age.table.weight.grad  # (oldest + 1, D)
-    assert not grad[0].any() and grad[1:].abs().sum(-1).gt(0).all()
+    for table in (aged.age.table, aged.age.motion):
+        grad = table.weight.grad  # (oldest + 1, D or 2)
+        assert not grad[0].any() and grad[1:].abs().sum(-1).gt(0).all()
+
+
+def test_the_rollout_age_scales_each_player_s_x_and_y_steps_by_its_factors(layout):
+    """RolloutAge.moves: the x and y step outputs of both players times 1 + the age's x and y factors
+    (ages past the oldest: the oldest's), every other output as it was; age 0 changes nothing."""
+    age = small_model(layout, motion="age").age
+    pred = torch.randn(3, layout.float_target_dim)  # (3, T)
+    ages = torch.tensor([0, 2, 9])  # 9: past the oldest, 3
+    moved = age.moves(pred, ages)
+    x_y = list(layout.moving_target_positions)  # p0.x, p0.y, p1.x, p1.y
+    factors = 1 + age.motion.weight.detach()[[0, 2, 3]]  # (3, 2)
+    assert torch.equal(moved[..., x_y], pred[..., x_y] * factors.repeat(1, 2))
+    others = [j for j in range(layout.float_target_dim) if j not in x_y]
+    assert torch.equal(moved[..., others], pred[..., others]) and torch.equal(moved[0], pred[0])
+    assert torch.equal(age.moves(pred, 3), age.moves(pred, 7))
 
 
 def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_real_frames(shared_store, layout):
@@ -685,6 +710,7 @@ def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_re
     aged.train.unroll = UnrollConfig(frames=8, start_epoch=0, trains="age")
     batch = windows(*game(shared_store), [1500, 7500])
     model = small_model(layout, motion="age").train()
+    torch.nn.init.constant_(model.hold.linear.bias, -100.0)  # nobody held: every age's steps reach the loss
     grads = {}
     for name, epoch in (("unrolled", 0), ("teacher-forced", None)):
         model.zero_grad()
@@ -693,8 +719,9 @@ def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_re
         compute_losses(pred, rows, layout, LossConfig())["total"].backward()
         grads[name] = {key: p.grad.clone() for key, p in model.named_parameters()}
     assert all(p.requires_grad for p in model.parameters())
-    assert grads["unrolled"]["age.table.weight"][1:].abs().sum(-1).gt(0).all()
-    assert not grads["teacher-forced"]["age.table.weight"].any()
+    for table in ("age.table.weight", "age.motion.weight"):
+        assert grads["unrolled"][table][1:].abs().sum(-1).gt(0).all()
+        assert not grads["teacher-forced"][table].any()
     # The loss is a weighted mean over every row, so the unrolled rows only scale the teacher-forced
     # gradient, by one factor for every weight (fp32 rounding apart).
     scale = None
@@ -704,3 +731,23 @@ def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_re
         ratio = grads["unrolled"][key].norm() / grad.norm()
         scale = ratio if scale is None else scale
         assert (grads["unrolled"][key] - grad * scale).abs().max() <= 1e-5 * grad.abs().max(), key
+
+
+def test_an_unroll_share_unrolls_that_fraction_of_the_batches(shared_store, layout):
+    """train.unroll.share: each batch unrolls with that probability, drawn from the batch's generator
+    (so a resumed run draws the same); at 1 every batch unrolls and nothing is drawn."""
+    unroll = config()
+    unroll.train.unroll = UnrollConfig(frames=4, start_epoch=0, share=0.25)
+    objective = build_objective(unroll, layout, "cpu")
+    draws = [objective.unroll.chosen(torch.Generator().manual_seed(seed)) for seed in range(2000)]
+    assert 0.22 < np.mean(draws) < 0.28
+    model, batch = small_model(layout), windows(*game(shared_store), [1500, 7500])
+    for seed in (draws.index(True), draws.index(False)):
+        with torch.no_grad():
+            _, rows = objective.outputs(model, dict(batch), 0, torch.Generator().manual_seed(seed))
+        assert len(rows["weight"]) == 2 * L + (2 * 4 if draws[seed] else 0)
+    generator = torch.Generator().manual_seed(0)
+    every = build_objective(
+        dataclasses.replace(unroll, train=dataclasses.replace(unroll.train, unroll=UnrollConfig(frames=4))), layout, "cpu"
+    )
+    assert every.unroll.chosen(generator) and torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())

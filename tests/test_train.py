@@ -228,6 +228,20 @@ def test_weight_decay_on_every_parameter_or_on_matrices_only():
     assert {"dt_bias", "A_log", "D", "bias"} <= spared_names  # SSM parameters and biases (norm weights too)
 
 
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_the_rollout_age_tables_learn_at_their_own_rate(decay_all):
+    """train.unroll.age_lr: the age tables in a group of their own at lr * age_lr, without decay, every
+    other parameter as before; at 1 no group of their own."""
+    model = build_model(ModelConfig(d_model=32, n_layers=1, d_state=8, headdim=16, rollout_age=4), FrameLayout(EncodingConfig().schema()))
+    names = {id(p): n for n, p in model.named_parameters()}
+    *rest, aged = adamw(model, 5e-4, 1e-5, decay_all, age_lr=30.0).param_groups
+    assert sorted(names[id(p)] for p in aged["params"]) == ["age.motion.weight", "age.table.weight"]
+    assert (aged["lr"], aged["weight_decay"]) == (pytest.approx(1.5e-2), 0.0)
+    assert all(g["lr"] == 5e-4 and not any(names[id(p)].startswith("age.") for p in g["params"]) for g in rest)
+    assert sum(len(g["params"]) for g in rest) == len(names) - 2
+    assert len(adamw(model, 5e-4, 1e-5, decay_all).param_groups) == len(rest)
+
+
 def test_the_progress_bar_labels_the_training_change_acc():
     figures = bar_postfix({"loss/total": 0.5, "metric/change_acc_both": 0.25, "metric/action_change_acc": 0.75}, 1234.0)
     assert figures == {"loss": "0.5000", "train_change_acc": "0.250", "ex_s": "1,234"}
