@@ -8,6 +8,7 @@ process encodes too, between handing out sources and collecting the helpers' out
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import threading
 import traceback
@@ -63,7 +64,9 @@ class _WorkerPool:
         self.tasks, self.results = context.Queue(), context.Queue()
         self.counter = context.Value("q", writer.next_part)  # part ids, shared with this process
         self.in_flight = 0
-        args = (self.tasks, self.results, writer.path, options, writer.known_hashes, self.counter)
+        # The worker server's environment is the one it started with, maybe before credentials were
+        # set (a bucket's, say): each helper takes this process's environment as it is now.
+        args = (self.tasks, self.results, writer.path, options, writer.known_hashes, self.counter, dict(os.environ))
         self.processes = [context.Process(target=_worker_main, args=args, daemon=True) for _ in range(size)]
         # Starting a process waits for the worker server's imports (~1 s): this process works meanwhile.
         self.starter = threading.Thread(target=lambda: [p.start() for p in self.processes], daemon=True)
@@ -140,7 +143,9 @@ def _next_part(counter) -> int:
     return part
 
 
-def _worker_main(tasks, results, store_path, options, known_hashes, counter) -> None:
+def _worker_main(tasks, results, store_path, options, known_hashes, counter, environment) -> None:
+    os.environ.clear()
+    os.environ.update(environment)
     try:
         encoder = ReplayEncoder(store_path, options, known_hashes, lambda: _next_part(counter))
         for source in iter(tasks.get, None):

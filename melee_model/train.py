@@ -40,6 +40,7 @@ from melee_model.objective import build_objective
 from melee_model.optim import adamw, lr_multiplier
 from melee_model.scheduled_sampling import micro_batch_seed
 from melee_model.tracking import append_metrics, bar_postfix, progress_bar, start_trackers, truncate_metrics
+from melee_model.unroll import describe_unroll
 
 
 @dataclass
@@ -84,16 +85,14 @@ class Trainer:
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)
-        self.model, self.optimizer = self.accelerator.prepare(
-            model, adamw(model, train.lr, train.weight_decay, train.weight_decay_all, train.unroll.age_lr)
-        )
+        optimizer = adamw(model, train.lr, train.weight_decay, train.weight_decay_all, train.unroll.age_lr)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.batches_per_epoch = self.source.plan("train", 0, self.world).batches_per_rank  # micro-batches per rank
         self.updates_per_epoch = math.ceil(self.batches_per_epoch / train.grad_accum)
         self.total_updates = train.epochs * self.updates_per_epoch
-        self.started = None  # when fit() started: the clock of max_seconds and the "per_second" schedule
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer.optimizer, lr_multiplier(train, self.updates_per_epoch, self._elapsed)
-        )
+        self.started = time.perf_counter()  # reset as fit() starts: the clock of max_seconds and the "per_second" schedule
+        schedule = lr_multiplier(train, self.updates_per_epoch, lambda: time.perf_counter() - self.started)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer.optimizer, schedule)
         self.step_lr = math.nan  # the learning rate of the last optimizer step, logged as "lr"
         torch.manual_seed(train.seed + 1 + self.rank)  # dropout masks differ between ranks
         self.train_metrics = MetricAccumulator(self.layout, self.device)
@@ -116,14 +115,8 @@ class Trainer:
             f"{self.batches_per_epoch:,} batches of {self.config.data.batch_size} per rank per epoch, {self.world} rank(s); "
             f"{self.total_updates:,} optimizer steps in {self.config.train.epochs} epochs"
         )
-        unroll = self.config.train.unroll
-        if unroll.frames:
-            self._print(
-                f"unrolled training: each window also rolled out {unroll.frames} frames through its own frames, weight {unroll.weight:g}"
-                + (f", in {unroll.share:.0%} of the batches" if unroll.share < 1 else "")
-                + ("; its rows train the rollout's age tables only" if unroll.trains == "age" else "")
-                + (f"; the age tables learn at {unroll.age_lr:g}x train.lr" if unroll.age_lr != 1 else "")
-            )
+        if self.config.train.unroll.frames:
+            self._print(describe_unroll(self.config.train.unroll))
         val, self.started = {}, time.perf_counter()
         if self.config.train.eval_at_start and self.progress.step == 0:
             self._emit({**self.evaluate(), "epoch": 0})
@@ -175,7 +168,7 @@ class Trainer:
                 self._save(("latest",))
             if train.max_steps is not None and step >= train.max_steps:
                 raise StopTraining(f"reached train.max_steps={train.max_steps}")
-            if train.max_seconds is not None and self._elapsed() >= train.max_seconds:
+            if train.max_seconds is not None and time.perf_counter() - self.started >= train.max_seconds:
                 raise StopTraining(f"ran train.max_seconds={train.max_seconds:g}")
         self._check_window()
 
@@ -275,9 +268,6 @@ class Trainer:
         reason = change_acc_verdict(val, self.progress.epoch, self.config.train.min_val_change_acc)
         if reason:
             raise StopTraining(reason)
-
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self.started if self.started is not None else 0.0
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -68,6 +68,16 @@ def check_unroll(config: UnrollConfig, objective: str, seq_len: int, rollout_age
         )
 
 
+def describe_unroll(config: UnrollConfig) -> str:
+    """The start-up log's line for an unroll that runs."""
+    return (
+        f"unrolled training: each window also rolled out {config.frames} frames through its own frames, weight {config.weight:g}"
+        + (f", in {config.share:.0%} of the batches" if config.share < 1 else "")
+        + ("; its rows train the rollout's age tables only" if config.trains == "age" else "")
+        + (f"; the age tables learn at {config.age_lr:g}x train.lr" if config.age_lr != 1 else "")
+    )
+
+
 def draw_branch(length: int, frames: int, generator: torch.Generator) -> int:
     """The batch's branch position b, uniform in 1 .. length - frames."""
     return int(torch.randint(1, length - frames + 1, (1,), device=generator.device, generator=generator))
