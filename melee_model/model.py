@@ -96,6 +96,9 @@ class PredictionHeads(nn.Module):
         return out
 
 
+AGE_PARAMETERS = "age."  # the start of the names of FrameStackMamba2's RolloutAge parameters (its `age`)
+
+
 class RolloutAge(nn.Module):
     """model.rollout_age: what a recurrent prediction learns from how many of the frames it read were
     the model's own (its age): a vector per age added to the heads' input, and a factor per age on

@@ -22,6 +22,7 @@ import torch
 
 from melee_encode.errors import ConfigError
 from melee_model.config import TrainConfig
+from melee_model.model import AGE_PARAMETERS
 
 LR_SCHEDULES = ("per_step", "per_epoch", "per_second")
 
@@ -30,11 +31,11 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: boo
     """AdamW with decay on matrices and embeddings only, as nanoGPT; never on biases, norms, or the
     SSM parameters mamba-ssm marks `_no_weight_decay` (dt_bias, A_log, D). decay_all: every
     parameter decays (the reference's plain AdamW(model.parameters())), in one group. age_lr other
-    than 1: model.rollout_age's tables ("age." parameters) in a group of their own at lr * age_lr,
+    than 1: model.rollout_age's tables (`model.AGE_PARAMETERS`) in a group of their own at lr * age_lr,
     without decay (train.unroll.age_lr); the schedule scales every group alike."""
-    named = list(model.named_parameters())
-    aged = [p for name, p in named if name.startswith("age.")] if age_lr != 1.0 else []
-    rest = [p for name, p in named if not (aged and name.startswith("age."))]
+    separate = age_lr != 1.0
+    aged = [p for name, p in model.named_parameters() if separate and name.startswith(AGE_PARAMETERS)]
+    rest = [p for name, p in model.named_parameters() if not (separate and name.startswith(AGE_PARAMETERS))]
     if decay_all:
         groups = [{"params": rest, "weight_decay": weight_decay}]
     else:

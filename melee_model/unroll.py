@@ -37,6 +37,7 @@ import torch
 from melee_encode.errors import ConfigError
 from melee_model.config import UnrollConfig
 from melee_model.layout import FrameLayout
+from melee_model.model import AGE_PARAMETERS
 from melee_model.scheduled_sampling import roll_out
 from melee_model.sequence import SequenceParts
 from melee_model.stepper import FrameStepper
@@ -107,7 +108,7 @@ def only_age_trains(model: torch.nn.Module):
     """Within it, only the model's rollout age tables (model.RolloutAge) record gradients: every other
     parameter is set not to require them, and is set back on the way out."""
     core = getattr(model, "module", model)
-    frozen = [p for name, p in core.named_parameters() if p.requires_grad and not name.startswith("age.")]
+    frozen = [p for name, p in core.named_parameters() if p.requires_grad and not name.startswith(AGE_PARAMETERS)]
     for p in frozen:
         p.requires_grad_(False)
     try:
