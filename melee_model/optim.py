@@ -33,9 +33,9 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float, decay_all: boo
     parameter decays (the reference's plain AdamW(model.parameters())), in one group. age_lr other
     than 1: model.rollout_age's tables (`model.AGE_PARAMETERS`) in a group of their own at lr * age_lr,
     without decay (train.unroll.age_lr); the schedule scales every group alike."""
-    separate = age_lr != 1.0
-    aged = [p for name, p in model.named_parameters() if separate and name.startswith(AGE_PARAMETERS)]
-    rest = [p for name, p in model.named_parameters() if not (separate and name.startswith(AGE_PARAMETERS))]
+    aged, rest = [], []
+    for name, parameter in model.named_parameters():
+        (aged if age_lr != 1.0 and name.startswith(AGE_PARAMETERS) else rest).append(parameter)
     if decay_all:
         groups = [{"params": rest, "weight_decay": weight_decay}]
     else:
