@@ -118,6 +118,9 @@ class ModelConfig:
     # teacher-forced outputs are unchanged and only unrolled training (train.unroll, the rows it
     # predicts from own frames) trains them. 0, off: the card's.
     rollout_age: int = 0
+    # The tables start after this many own frames: counts 1 .. rollout_age_after answer as real frames do
+    # (count c reads row c - rollout_age_after), so the first frames of a rollout move as teacher-forced.
+    rollout_age_after: int = 0
 
 
 @dataclass
@@ -182,6 +185,10 @@ class UnrollConfig:
     trains: str = "all"
     share: float = 1.0  # the fraction of batches that unroll, drawn per batch (1: every batch); the rest are teacher-forced only
     age_lr: float = 1.0  # model.rollout_age's tables learn at train.lr times this (a few hundred unrolled steps must move them)
+    # "through": a rolled-out row's gradient runs back through every own frame before it (an early step
+    # answers for every later frame too); "local": it stops at the own frame the row read, so each step
+    # answers only for the frame it makes (and the backward pass skips the steps between)
+    gradient: str = "through"
 
 
 @dataclass

@@ -102,25 +102,26 @@ AGE_PARAMETERS = "age."  # the start of the names of FrameStackMamba2's RolloutA
 class RolloutAge(nn.Module):
     """model.rollout_age: what a recurrent prediction learns from how many of the frames it read were
     the model's own (its age): a vector per age added to the heads' input, and a factor per age on
-    the players' predicted x and y steps.
+    the players' predicted x and y steps, for counts past `after` (model.rollout_age_after).
 
     A rollout's predictions read the model's own frames, whose errors a teacher-forced prediction never
     sees; trained by unrolled rows (train.unroll), this lets the heads answer differently there, e.g.
     move the players less as the rollout's frames get older, without touching the teacher-forced
     outputs. Age 0 (real frames only) is the padding row of both tables: zero, never trained. The
-    other rows start at zero (a factor of 1 + 0), so an untrained table changes nothing. Ages past
-    `oldest` share its rows. The factor is one per axis, shared by both players.
+    other rows start at zero (a factor of 1 + 0), so an untrained table changes nothing. Age a reads
+    row a - after (row 0 up to `after`); counts past after + oldest share the oldest's row. The factor
+    is one per axis, shared by both players.
 
     inputs(h (..., D), age (...,) or an int) -> (..., D): h plus the age's vector.
     moves(pred_float (..., T), age) -> (..., T): the x and y outputs (layout.moving_target_positions,
     the players' steps) times 1 + the age's factors.
     """
 
-    def __init__(self, layout: FrameLayout, oldest: int, d_model: int):
+    def __init__(self, layout: FrameLayout, oldest: int, d_model: int, after: int = 0):
         super().__init__()
-        if oldest < 1:
-            raise ConfigError(f"model.rollout_age must be >= 0 (0: off), got {oldest}")
-        self.oldest = oldest
+        if oldest < 1 or after < 0:
+            raise ConfigError(f"model.rollout_age must be >= 0 (0: off) and rollout_age_after >= 0, got {oldest} and {after}")
+        self.oldest, self.after = oldest, after
         self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
         self.motion = nn.Embedding(oldest + 1, 2, padding_idx=0)  # x, y
         for table in (self.table, self.motion):
@@ -136,7 +137,7 @@ class RolloutAge(nn.Module):
         return pred_float.index_copy(-1, self.positions, steps)  # (..., T)
 
     def _clamped(self, age: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(age, device=like.device).clamp(0, self.oldest)  # (...,)
+        return (torch.as_tensor(age, device=like.device) - self.after).clamp(0, self.oldest)  # (...,)
 
 
 class FrameStackState(NamedTuple):
@@ -192,7 +193,7 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
         self.hold = build_hold(config, layout, config.d_model)
-        self.age = RolloutAge(layout, config.rollout_age, config.d_model) if config.rollout_age else None
+        self.age = RolloutAge(layout, config.rollout_age, config.d_model, config.rollout_age_after) if config.rollout_age else None
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -263,7 +264,7 @@ class FrameStackMamba2(nn.Module):
             f"FrameStackMamba2: d_model {c.d_model}, n_layers {c.n_layers}, d_state {c.d_state}, "
             f"headdim {c.headdim}, expand {c.expand}, d_conv {c.d_conv}, chunk_size {c.chunk_size}, "
             f"dropout {c.dropout}, backend {c.backend}, ssm_init {c.ssm_init}, motion_prior {c.motion_prior}, "
-            f"motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}, rollout_age {c.rollout_age}"
+            f"motion_inputs {c.motion_inputs}, hold_gate {c.hold_gate}, rollout_age {c.rollout_age} after {c.rollout_age_after}"
         )
 
 

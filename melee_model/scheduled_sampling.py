@@ -155,14 +155,20 @@ class Rollout(NamedTuple):
 
 
 def roll_out(
-    model: torch.nn.Module, parts: dict, stepper: FrameStepper, rolled: torch.Tensor, columns: torch.Tensor | None = None
+    model: torch.nn.Module,
+    parts: dict,
+    stepper: FrameStepper,
+    rolled: torch.Tensor,
+    columns: torch.Tensor | None = None,
+    through: bool = True,
 ) -> Rollout:
     """Windows rolled out from their branch positions, one recurrent step per frame (FrameStackMamba2's
     prefill, step and predict, with the replay's controls); gradients as the caller has them on.
 
     Input position j reads the real frame s+j where rolled[:, j] (B, L) is unset, else the model's own
     frame s+j predicted one step before; with `columns` (float column indices) only those columns of
-    it, the rest of the frame (ints included) staying real. Each prediction is told how many own
+    it, the rest of the frame (ints included) staying real. With `through` False an own frame is read
+    back detached: a prediction's gradient stops at the frames it read. Each prediction is told how many own
     frames it read (model.rollout_age). The real frames up to the earliest branch are run in one
     prefill, without gradients.
     """
@@ -179,6 +185,8 @@ def roll_out(
         own_float, own_int = stepper.frame(last_float, last_int, pred, parts["float_next"][:, j])  # frame s+j+1
         preds.append(pred)
         own.append((own_float, own_int))
+        if not through:
+            own_float = own_float.detach()
         if j + 1 < length:
             swap = rolled[:, j + 1, None]  # (B, 1)
             if columns is None:

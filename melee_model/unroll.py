@@ -6,10 +6,12 @@ is carried on to every later frame. Here each window is also rolled out for `fra
 branch position b, drawn per batch uniformly in 1 .. L-frames: the real frames s .. s+b-1 are run in
 one prefill (without gradients), then frames s+b .. s+b+frames-1 are the model's own, each made from
 its prediction by `FrameStepper.frame` and read back with one recurrent step, gradients kept through
-all of them (the loop of rollout scheduled sampling, `scheduled_sampling.roll_out`). Every rolled-out frame's prediction is a target row like the teacher-forced ones, its
-delta targets taken from the model's own frame it read (true next frame minus own frame), so that a
-row's float error is the rollout's error at that frame, and its gradient reaches every step before
-it. It starts at epoch `start_epoch` (default 1: the untrained model's rollouts are noise, whose
+all of them (the loop of rollout scheduled sampling, `scheduled_sampling.roll_out`); with `gradient`
+"local" each own frame is read back without its gradient, so a row trains only the step that made its
+frame, for that frame alone. Every rolled-out frame's prediction is a target row like the
+teacher-forced ones, its delta targets taken from the model's own frame it read (true next frame
+minus own frame), so that a row's float error is the rollout's error at that frame, and its gradient
+reaches every step before it ("through"). It starts at epoch `start_epoch` (default 1: the untrained model's rollouts are noise, whose
 errors would swamp the teacher-forced rows) and, unlike scheduled sampling
 (melee_model.scheduled_sampling), adds targets instead of replacing inputs. With `fields`
 "position" only the players' x and y are rolled out; every other column of an own frame (speeds,
@@ -44,6 +46,7 @@ from melee_model.stepper import FrameStepper
 
 FIELDS = ("all", "position", "motion")
 TRAINS = ("all", "age")
+GRADIENTS = ("through", "local")
 
 
 def check_unroll(config: UnrollConfig, objective: str, seq_len: int, rollout_age: int = 0) -> None:
@@ -57,6 +60,8 @@ def check_unroll(config: UnrollConfig, objective: str, seq_len: int, rollout_age
         raise ConfigError(f"train.unroll.share must be in (0, 1] and age_lr > 0, got {config.share} and {config.age_lr}")
     if config.fields not in FIELDS:
         raise ConfigError(f"train.unroll.fields must be one of {', '.join(FIELDS)}, got {config.fields!r}")
+    if config.gradient not in GRADIENTS:
+        raise ConfigError(f"train.unroll.gradient must be one of {', '.join(GRADIENTS)}, got {config.gradient!r}")
     if config.trains not in TRAINS:
         raise ConfigError(f"train.unroll.trains must be one of {', '.join(TRAINS)}, got {config.trains!r}")
     if config.frames and config.trains == "age" and not rollout_age:
@@ -85,10 +90,17 @@ def draw_branch(length: int, frames: int, generator: torch.Generator) -> int:
 
 
 def unrolled(
-    model: torch.nn.Module, parts: dict, stepper: FrameStepper, branch: int, frames: int, columns: torch.Tensor | None = None
+    model: torch.nn.Module,
+    parts: dict,
+    stepper: FrameStepper,
+    branch: int,
+    frames: int,
+    columns: torch.Tensor | None = None,
+    through: bool = True,
 ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
     """Each window rolled out from position `branch` for `frames` frames, with gradients
-    (scheduled_sampling.roll_out over the window's first branch + frames positions).
+    (scheduled_sampling.roll_out over the window's first branch + frames positions); with `through`
+    False each own frame is read back without its gradient (train.unroll.gradient "local").
 
     Returns (preds, own_float (B, n, F), own_int (B, n, I)): own frame k is frame s+branch+k as the
     rollout made it and the model read it, and preds[k] the model's prediction of frame s+branch+k+1
@@ -99,7 +111,7 @@ def unrolled(
     end = branch + frames
     window = {key: parts[key][:, :end] for key in ("float_in", "int_in", "float_next", "next_ctrl")}
     rolled = (torch.arange(end, device=parts["float_in"].device) >= branch).expand(len(parts["float_in"]), end)  # (B, end)
-    rollout = roll_out(model, window, stepper, rolled, columns)
+    rollout = roll_out(model, window, stepper, rolled, columns, through)
     return rollout.preds[1:], rollout.read_float[:, branch:], rollout.read_int[:, branch:]
 
 
@@ -146,7 +158,9 @@ class Unroll:
         frames = self.config.frames
         branch = draw_branch(parts["target_mask"].shape[1], frames, generator)
         with only_age_trains(model) if self.config.trains == "age" else nullcontext():
-            preds, own_float, own_int = unrolled(model, parts, self.stepper, branch, frames, self.columns)
+            preds, own_float, own_int = unrolled(
+                model, parts, self.stepper, branch, frames, self.columns, self.config.gradient == "through"
+            )
         targets = slice(branch, branch + frames)
         pred_rows = {key: torch.stack([p[key] for p in preds], dim=1).flatten(0, 1) for key in preds[0]}  # (N, ...)
         rows = {

@@ -18,7 +18,7 @@ from melee_model.examples import PART_SHIFT, ExampleSource
 from melee_model.layout import FrameLayout, layout_for
 from melee_model.losses import LOSS_TERMS, compute_losses
 from melee_model.metrics import MetricAccumulator, score
-from melee_model.model import build_model
+from melee_model.model import RolloutAge, build_model
 from melee_model.objective import LastObjective, SequenceObjective, build_objective
 from melee_model.plan import plan_markdown, plan_run
 from melee_model.rollout import rollout
@@ -423,6 +423,26 @@ def test_the_unrolled_loss_reaches_every_step_before_it(shared_store, layout):
     assert all(g.abs().max() == 0 for g in grads[3:])
 
 
+@pytest.mark.parametrize("through", [True, False])
+def test_a_local_unroll_trains_each_age_for_its_own_frame_alone(shared_store, layout, through):
+    """train.unroll.gradient "local" (through False): an own frame is read back without its gradient, so
+    the prediction at age a reaches the age tables' row a alone; "through" reaches every earlier row
+    too. Both roll out the same frames."""
+    model = small_model(layout, motion="age")
+    torch.nn.init.constant_(model.hold.linear.bias, -100.0)  # nobody held: every age's steps reach the frames
+    parts = SequenceParts(layout, "cpu")(windows(*game(shared_store), [1500, 7500]))
+    stepper = FrameStepper(layout, "cpu")
+    preds, own_float, _ = unrolled(model, parts, stepper, 10, 6, through=through)
+    _, reference, _ = unrolled(model, parts, stepper, 10, 6)
+    assert torch.equal(own_float.detach(), reference.detach()) and own_float.requires_grad == through
+    tables = [model.age.table.weight, model.age.motion.weight]
+    for k, pred in enumerate(preds):  # preds[k] read k + 1 own frames
+        age = min(k + 1, model.age.oldest)
+        for grad in torch.autograd.grad(pred["float"].sum(), tables, retain_graph=True):
+            reached = grad.abs().sum(-1).nonzero().flatten().tolist()
+            assert reached == (list(range(1, age + 1)) if through else [age])
+
+
 def test_a_position_unroll_rolls_out_x_and_y_alone(shared_store, layout):
     """fields 'position': the own frames are the true ones but for both players' x and y, which are
     the rollout's (its first frame as the whole unroll's; later ones drift apart from it)."""
@@ -483,6 +503,7 @@ def test_unrolled_training_adds_its_rows_to_the_windows(shared_store, layout):
         ({}, {"frames": 4, "start_epoch": -1}, ">= 0"),
         ({}, {"frames": 4, "fields": "speed"}, "fields must be one of all, position, motion"),
         ({}, {"frames": 4, "trains": "heads"}, "trains must be one of all, age"),
+        ({}, {"frames": 4, "gradient": "sideways"}, "gradient must be one of through, local"),
         ({}, {"frames": 4, "trains": "age"}, "needs model.rollout_age > 0"),
         ({}, {"frames": 4, "share": 0.0}, r"share must be in \(0, 1\]"),
         ({}, {"frames": 4, "share": 1.5}, r"share must be in \(0, 1\]"),
@@ -700,6 +721,23 @@ def test_the_rollout_age_scales_each_player_s_x_and_y_steps_by_its_factors(layou
     others = [j for j in range(layout.float_target_dim) if j not in x_y]
     assert torch.equal(moved[..., others], pred[..., others]) and torch.equal(moved[0], pred[0])
     assert torch.equal(age.moves(pred, 3), age.moves(pred, 7))
+
+
+def test_the_rollout_age_tables_start_after_rollout_age_after(layout):
+    """model.rollout_age_after a: counts 0 .. a answer as real frames do, count c as count c - a would
+    without it (the same rows, the same clamp at the oldest)."""
+    late, plain = RolloutAge(layout, 3, 8, after=2), RolloutAge(layout, 3, 8)
+    with torch.no_grad():
+        plain.table.weight[1:].normal_()
+        plain.motion.weight[1:].uniform_(-0.5, 0.5)
+    late.load_state_dict(plain.state_dict())
+    pred, h = torch.randn(9, layout.float_target_dim), torch.randn(9, 8)  # (9, T), (9, D)
+    counts = torch.arange(9)
+    assert torch.equal(late.moves(pred, counts), plain.moves(pred, (counts - 2).clamp(min=0)))
+    assert torch.equal(late.inputs(h, counts), plain.inputs(h, (counts - 2).clamp(min=0)))
+    assert torch.equal(late.moves(pred, counts)[:3], pred[:3]) and not torch.equal(late.moves(pred, 3), pred)
+    with pytest.raises(ConfigError, match="rollout_age_after >= 0"):
+        RolloutAge(layout, 3, 8, after=-1)
 
 
 def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_real_frames(shared_store, layout):
