@@ -168,9 +168,9 @@ def roll_out(
     Input position j reads the real frame s+j where rolled[:, j] (B, L) is unset, else the model's own
     frame s+j predicted one step before; with `columns` (float column indices) only those columns of
     it, the rest of the frame (ints included) staying real. With `through` False an own frame is read
-    back detached: a prediction's gradient stops at the frames it read. Each prediction is told how many own
-    frames it read (model.rollout_age). The real frames up to the earliest branch are run in one
-    prefill, without gradients.
+    back detached: a prediction's gradient stops at the frames it read. Each prediction is told how
+    many own frames it read (model.rollout_age). The real frames up to the earliest branch are run in
+    one prefill, without gradients.
     """
     core = getattr(model, "module", model)  # the model itself under DistributedDataParallel
     real_float, real_int, length = parts["float_in"], parts["int_in"], rolled.shape[1]  # (B, L, F), (B, L, I)

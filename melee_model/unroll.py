@@ -11,10 +11,10 @@ all of them (the loop of rollout scheduled sampling, `scheduled_sampling.roll_ou
 frame, for that frame alone. Every rolled-out frame's prediction is a target row like the
 teacher-forced ones, its delta targets taken from the model's own frame it read (true next frame
 minus own frame), so that a row's float error is the rollout's error at that frame, and its gradient
-reaches every step before it ("through"). It starts at epoch `start_epoch` (default 1: the untrained model's rollouts are noise, whose
-errors would swamp the teacher-forced rows) and, unlike scheduled sampling
-(melee_model.scheduled_sampling), adds targets instead of replacing inputs. With `fields`
-"position" only the players' x and y are rolled out; every other column of an own frame (speeds,
+reaches every step before it ("through"). It starts at epoch `start_epoch` (default 1: the untrained
+model's rollouts are noise, whose errors would swamp the teacher-forced rows) and, unlike
+scheduled sampling (melee_model.scheduled_sampling), adds targets instead of replacing inputs. With
+`fields` "position" only the players' x and y are rolled out; every other column of an own frame (speeds,
 damage, stocks, actions...) is the true one, so only positions drift and carry gradients. With
 "motion" their speeds (the velocity block) are the rollout's too: the inputs a drifting step
 reads in a real rollout, without its damage and actions.
