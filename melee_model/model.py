@@ -120,7 +120,7 @@ class RolloutAge(nn.Module):
     def __init__(self, layout: FrameLayout, oldest: int, d_model: int, after: int = 0):
         super().__init__()
         if oldest < 1 or after < 0:
-            raise ConfigError(f"model.rollout_age must be >= 0 (0: off) and rollout_age_after >= 0, got {oldest} and {after}")
+            raise ConfigError(f"the age tables need model.rollout_age >= 1 and rollout_age_after >= 0, got {oldest} and {after}")
         self.oldest, self.after = oldest, after
         self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
         self.motion = nn.Embedding(oldest + 1, 2, padding_idx=0)  # x, y
@@ -193,7 +193,8 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
         self.hold = build_hold(config, layout, config.d_model)
-        self.age = RolloutAge(layout, config.rollout_age, config.d_model, config.rollout_age_after) if config.rollout_age else None
+        aged = config.rollout_age or config.rollout_age_after  # rollout_age_after alone: refused by RolloutAge
+        self.age = RolloutAge(layout, config.rollout_age, config.d_model, config.rollout_age_after) if aged else None
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -279,7 +280,7 @@ class FrameStackMLP(nn.Module):
         super().__init__()
         if len(config.mlp_hidden) != 2:
             raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
-        if config.rollout_age:
+        if config.rollout_age or config.rollout_age_after:
             raise ConfigError(
                 "model.rollout_age needs recurrent predictions (model.arch 'mamba2'); FrameStackMLP reads real and own frames alike"
             )
@@ -302,9 +303,7 @@ class FrameStackMLP(nn.Module):
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         if next_ctrl.dim() != 2:
-            raise ConfigError(
-                "FrameStackMLP predicts from a whole K-frame context only: it trains with data.objective 'last', not 'sequence'"
-            )
+            raise ConfigError("FrameStackMLP predicts from a whole K-frame context: it trains with data.objective 'last', not 'sequence'")
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
         frames = self.embed(float_ctx, int_ctx, steps).flatten(1)  # (B, K*E)
         h = self.mlp(torch.cat([frames, next_ctrl], dim=-1))  # (B, hidden2)

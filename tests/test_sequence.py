@@ -725,7 +725,7 @@ def test_the_rollout_age_scales_each_player_s_x_and_y_steps_by_its_factors(layou
 
 def test_the_rollout_age_tables_start_after_rollout_age_after(layout):
     """model.rollout_age_after a: counts 0 .. a answer as real frames do, count c as count c - a would
-    without it (the same rows, the same clamp at the oldest)."""
+    without it (the same rows, the same clamp at the oldest); without the tables it is refused."""
     late, plain = RolloutAge(layout, 3, 8, after=2), RolloutAge(layout, 3, 8)
     with torch.no_grad():
         plain.table.weight[1:].normal_()
@@ -738,6 +738,8 @@ def test_the_rollout_age_tables_start_after_rollout_age_after(layout):
     assert torch.equal(late.moves(pred, counts)[:3], pred[:3]) and not torch.equal(late.moves(pred, 3), pred)
     with pytest.raises(ConfigError, match="rollout_age_after >= 0"):
         RolloutAge(layout, 3, 8, after=-1)
+    with pytest.raises(ConfigError, match="rollout_age >= 1"):  # an offset for tables that are off: refused, not ignored
+        build_model(dataclasses.replace(config().model, rollout_age_after=8), layout)
 
 
 def test_an_unroll_that_trains_the_age_alone_leaves_every_other_weight_to_the_real_frames(shared_store, layout):
