@@ -120,7 +120,7 @@ class RolloutAge(nn.Module):
     def __init__(self, layout: FrameLayout, oldest: int, d_model: int, after: int = 0):
         super().__init__()
         if oldest < 1 or after < 0:
-            raise ConfigError(f"the age tables need model.rollout_age >= 1 and rollout_age_after >= 0, got {oldest} and {after}")
+            raise ConfigError(f"model.rollout_age must be >= 0 (0: off), rollout_age_after >= 0 (needs rollout_age); got {oldest}, {after}")
         self.oldest, self.after = oldest, after
         self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
         self.motion = nn.Embedding(oldest + 1, 2, padding_idx=0)  # x, y
