@@ -120,7 +120,7 @@ class RolloutAge(nn.Module):
     def __init__(self, layout: FrameLayout, oldest: int, d_model: int, after: int = 0):
         super().__init__()
         if oldest < 1 or after < 0:
-            raise ConfigError(f"model.rollout_age must be >= 0 (0: off), rollout_age_after >= 0 (needs rollout_age); got {oldest}, {after}")
+            raise ConfigError(f"model.rollout_age must be >= 0 (0: off) and rollout_age_after >= 0, got {oldest} and {after}")
         self.oldest, self.after = oldest, after
         self.table = nn.Embedding(oldest + 1, d_model, padding_idx=0)
         self.motion = nn.Embedding(oldest + 1, 2, padding_idx=0)  # x, y
@@ -193,8 +193,7 @@ class FrameStackMamba2(nn.Module):
         self.heads = PredictionHeads(layout, config.d_model)
         self.prior = build_prior(config, layout, self.heads, config.d_model)
         self.hold = build_hold(config, layout, config.d_model)
-        aged = config.rollout_age or config.rollout_age_after  # rollout_age_after alone: refused by RolloutAge
-        self.age = RolloutAge(layout, config.rollout_age, config.d_model, config.rollout_age_after) if aged else None
+        self.age = RolloutAge(layout, config.rollout_age, config.d_model, config.rollout_age_after) if config.rollout_age else None
 
     def forward(self, float_ctx, int_ctx, next_ctrl) -> dict[str, torch.Tensor]:
         steps = self.motion.steps(float_ctx) if self.motion is not None else None  # (B, K, P)
@@ -280,7 +279,7 @@ class FrameStackMLP(nn.Module):
         super().__init__()
         if len(config.mlp_hidden) != 2:
             raise ConfigError(f"model.mlp_hidden must hold two sizes, got {config.mlp_hidden}")
-        if config.rollout_age or config.rollout_age_after:
+        if config.rollout_age:
             raise ConfigError(
                 "model.rollout_age needs recurrent predictions (model.arch 'mamba2'); FrameStackMLP reads real and own frames alike"
             )
@@ -327,6 +326,8 @@ def build_model(config: ModelConfig, layout: FrameLayout) -> nn.Module:
     """The model named by config.arch."""
     if config.arch not in ARCHS:
         raise ConfigError(f"unknown model.arch {config.arch!r}; options: {', '.join(ARCHS)}")
+    if config.rollout_age_after and not config.rollout_age:
+        raise ConfigError(f"model.rollout_age_after {config.rollout_age_after} needs rollout_age, the tables it shifts (0: off)")
     return ARCHS[config.arch](layout, config)
 
 
