@@ -49,3 +49,9 @@ def uniform_distinct(counts: np.ndarray, batch: int) -> float:
     )
     absent = torch.where(total - n >= batch, log_absent.exp(), 0.0)  # a game holding more than N - B examples is always drawn
     return float((1 - absent).sum())
+
+
+def windows_per_game(lengths: np.ndarray, seq_len: int) -> np.ndarray:
+    """(games,) sequence windows (no warm-up) in games of these lengths: seq_len apart from position 0,
+    each holding at least one target (melee_model.sampler.items_of)."""
+    return -(-(lengths.astype(np.int64) - 1) // seq_len)

@@ -10,7 +10,8 @@ Every configuration runs in a fresh process (its peak RSS is its own), trials in
   decoded about that many times an epoch; faster, less mixed);
 - baseline, today's grouping before this loader: whole stored chunks, 4 to a group;
 - the exact expectation of distinct games per batch under uniform sampling of the same split;
-- the sequence objective (windows of --seq-len): supervised targets/s;
+- the sequence objective (windows of --seq-len, the sequence yaml's pieces): supervised targets/s,
+  distinct games per batch of windows against uniform sampling of the same windows;
 - baseline: random (K+1)-frame windows read one by one from the compressed arrays (a per-sample
   `__getitem__` over the store); ceiling: the card's batch gathers from decoded memory.
 """
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _mixing import GameIndex, uniform_distinct  # noqa: E402
+from _mixing import GameIndex, uniform_distinct, windows_per_game  # noqa: E402
 
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.batches import build_batch  # noqa: E402
@@ -152,6 +153,8 @@ def main() -> None:
         source = source_for(store_path, **configs["mixed"])
         store, layout = source.store, source.layout
         uniform = uniform_distinct(GameIndex(source).targets[source.rows["train"]], args.batch_size)
+        windows = windows_per_game(store.games["length"][source_for(store_path, **configs["sequence"]).rows["train"]], args.seq_len)
+        uniform_windows = uniform_distinct(windows, args.seq_batch_size)
         baseline, ceiling = per_window_rate(store, layout), in_memory_rate(store, layout, args.batch_size)
 
     mixed, hands, chunks, sequence = runs["mixed"], runs["chunk_hands"], runs["chunk_groups"], runs["sequence"]
@@ -175,6 +178,8 @@ def main() -> None:
         "sequence": {
             "windows_per_s": sequence["items_per_s"],
             "peak_rss_mb": sequence["peak_rss_mb"],
+            "distinct_games_per_batch": sequence["distinct_games_per_batch"],
+            "uniform_distinct_games_per_batch": uniform_windows,
             "seq_len": args.seq_len,
             "batch_size": args.seq_batch_size,
         },
@@ -211,6 +216,11 @@ def main() -> None:
             f"sequence objective, windows of {args.seq_len}: targets/s",
             f"{sequence['targets_per_s']:,.0f}",
             f"target >= {TARGETS['targets_per_s']:,}; peak RSS {sequence['peak_rss_mb']:,.0f} MB",
+        ),
+        (
+            f"  distinct games per batch of {args.seq_batch_size} windows",
+            f"{sequence['distinct_games_per_batch']:,.1f}",
+            f"uniform over the same windows: {uniform_windows:,.1f}",
         ),
         ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
         ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),

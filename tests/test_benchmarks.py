@@ -44,6 +44,8 @@ def test_loader_throughput_reports_mixing_and_both_objectives(shared_store):
     )
     assert figures["samples_per_s"] > 0 and figures["chunk_hands"]["samples_per_s"] > 0 and figures["targets_per_s"]["sequence"] > 0
     assert 1 <= figures["chunk_groups"]["distinct_games_per_batch"] < figures["distinct_games_per_batch"]  # whole chunks mix less
+    sequence = figures["sequence"]
+    assert all(1 <= sequence[key] <= 16 for key in ("distinct_games_per_batch", "uniform_distinct_games_per_batch"))  # 16 windows a batch
 
 
 @pytest.mark.slow
