@@ -51,7 +51,9 @@ def uniform_distinct(counts: np.ndarray, batch: int) -> float:
     return float((1 - absent).sum())
 
 
-def windows_per_game(lengths: np.ndarray, seq_len: int) -> np.ndarray:
-    """(games,) sequence windows (no warm-up) in games of these lengths: seq_len apart from position 0,
-    each holding at least one target (melee_model.sampler.items_of)."""
-    return -(-(lengths.astype(np.int64) - 1) // seq_len)
+def items_per_game(pieces) -> np.ndarray:
+    """(games,) the items (examples, or sequence windows) each game of a split holds, read from the
+    sampler's plan of it (`ExampleSource.pieces[split]`), whose ranges each lie in one game."""
+    keys = np.concatenate([piece.part << 40 | piece.ends for piece in pieces])  # (R,) each range's game
+    counts = np.concatenate([piece.counts for piece in pieces])  # (R,) items per range
+    return np.bincount(np.unique(keys, return_inverse=True)[1], weights=counts).astype(np.int64)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _mixing import GameIndex, uniform_distinct, windows_per_game  # noqa: E402
+from _mixing import GameIndex, items_per_game, uniform_distinct  # noqa: E402
 
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.batches import build_batch  # noqa: E402
@@ -152,8 +152,8 @@ def main() -> None:
         runs = {name: {key: statistics.median(t[key] for t in results) for key in results[0]} for name, results in trials.items()}
         source = source_for(store_path, **configs["mixed"])
         store, layout = source.store, source.layout
-        uniform = uniform_distinct(GameIndex(source).targets[source.rows["train"]], args.batch_size)
-        windows = windows_per_game(store.games["length"][source_for(store_path, **configs["sequence"]).rows["train"]], args.seq_len)
+        uniform = uniform_distinct(items_per_game(source.pieces["train"]), args.batch_size)
+        windows = items_per_game(source_for(store_path, **configs["sequence"]).pieces["train"])
         uniform_windows = uniform_distinct(windows, args.seq_batch_size)
         baseline, ceiling = per_window_rate(store, layout), in_memory_rate(store, layout, args.batch_size)
 
