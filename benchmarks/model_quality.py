@@ -102,19 +102,22 @@ RUN = [
 ]
 SAMPLED = ["train.scheduled_sampling.anneal_epochs=0", "train.scheduled_sampling.targets=noisy"]
 # The figures' names (the issue's) -> the trainer's metric keys: change_acc over both players, the
-# reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss.
+# reference's p0-only change_acc, position MAE (game units), p0 action accuracy, the total loss, and
+# the hold gate's accuracy (model.hold_gate; null for a model without one).
 TEACHER_FORCED = {
     "change_acc": "metric/change_acc_both",
     "change_acc_p0": "metric/action_change_acc",
     "pos_mae": "metric/position_mae",
     "action_acc_p0": "metric/p0_action_acc",
     "loss": "loss/total",
+    "hold_acc": "metric/hold_acc",
 }
 ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
 
 
-def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict]:
-    """A model trained for `seconds` of wall clock, and its steps, seconds and targets."""
+def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict, list | None]:
+    """A model trained for `seconds` of wall clock; its steps, seconds and targets; the float errors'
+    divisors it trained with (loss.float_weighting "target_std"; None for "encoded")."""
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, max_seconds=seconds))
     trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     started = time.perf_counter()
@@ -124,7 +127,8 @@ def train_for(config: ExperimentConfig, store: str, seconds: float, output: str)
         "train_s": time.perf_counter() - started,
         "targets": targets_trained(config, trainer.progress.step, trainer.updates_per_epoch),
     }
-    return trainer.accelerator.unwrap_model(trainer.model).eval(), run
+    scale = None if trainer.float_scale is None else trainer.float_scale.tolist()
+    return trainer.accelerator.unwrap_model(trainer.model).eval(), run, scale
 
 
 def targets_trained(config: ExperimentConfig, steps: int, steps_per_epoch: int) -> int:
@@ -137,15 +141,17 @@ def targets_trained(config: ExperimentConfig, steps: int, steps_per_epoch: int) 
     return data.batch_size * (steps * (data.seq_len - data.warmup) + unrolled_steps * unroll.frames)
 
 
-def assess(model, name: str, configs: dict, sources: dict, split: str, windows, starts, max_batches: int | None) -> tuple[dict, np.ndarray]:
+def assess(
+    model, name: str, configs: dict, sources: dict, split: str, windows, starts, max_batches: int | None, scale
+) -> tuple[dict, np.ndarray]:
     """One model's figures (flat keys), and its recurrent rollouts' pos_error (N, H) per rollout, from
-    the real windows (floats, ints) that every model and baseline rolls out from."""
+    the real windows (floats, ints) that every model and baseline rolls out from; `scale`: train_for's."""
     device = torch.device("cpu")
     card, sequence = card_config(configs[name]), configs["sequence"]
-    tf, _ = teacher_forced(model, sources["card"], card, split, device, max_batches)
-    own, _ = teacher_forced(model, sources["sequence"], sequence, split, device, max_batches)
-    figures = {f"val_{name}": tf[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()}
-    figures.update({f"own_{name}": own[VAL_PREFIX + key] for name, key in TEACHER_FORCED.items()})
+    tf, _ = teacher_forced(model, sources["card"], card, split, device, max_batches, trained_scale=scale)
+    own, _ = teacher_forced(model, sources["sequence"], sequence, split, device, max_batches, trained_scale=scale)
+    figures = {f"val_{name}": tf.get(VAL_PREFIX + key, math.nan) for name, key in TEACHER_FORCED.items()}
+    figures.update({f"own_{name}": own.get(VAL_PREFIX + key, math.nan) for name, key in TEACHER_FORCED.items()})
     layout = sources["card"].layout
     recurrent = rollout_windows(model, layout, *windows, starts, device, stepping="recurrent")
     window = rollout_windows(model, layout, *windows, starts, device, stepping="window")
@@ -278,9 +284,9 @@ def main() -> None:
     results, runs = {}, {}
     runs_dir = contextlib.nullcontext(args.output) if args.output else tempfile.TemporaryDirectory(prefix="model-quality-")
     with runs_dir as tmp, contextlib.redirect_stdout(sys.stderr):
-        models = {}
+        models, scales = {}, {}
         for name, config in configs.items():
-            models[name], runs[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))
+            models[name], runs[name], scales[name] = train_for(config, args.store, 60 * args.minutes, os.path.join(tmp, name))
         torch.set_num_threads(1)  # rollouts step small batches: a second thread costs more than it gives
         sources = {
             "card": ExampleSource.for_experiment(val_store, card_config(configs["last"])),
@@ -296,7 +302,7 @@ def main() -> None:
         }
         errors = {name: e["pos_error"] for name, (_, e) in per_baseline.items()}
         for name, model in models.items():
-            results[name], errors[name] = assess(model, name, configs, sources, split, windows, starts, args.val_batches)
+            results[name], errors[name] = assess(model, name, configs, sources, split, windows, starts, args.val_batches, scales[name])
             results[name].update(runs[name], **paired_keys(errors, name, starts[:, 0], horizons))
     setup = {
         "store": args.store,

@@ -5,7 +5,8 @@
         optimizer.pt    the optimizer's state dict
         ranks.pt        per rank: torch (and CUDA) RNG state, unlogged metric sums, escape-hatch state
         state.json      step, epoch, batch in epoch, best val loss, scheduler state, configs,
-                        the store's fingerprint, the wandb run id
+                        the store's fingerprint, the float errors' divisors (loss.float_weighting
+                        "target_std"), the wandb run id
     OUTPUT/latest, OUTPUT/best      symlinks to a checkpoint directory
 
 A checkpoint is written to a temporary directory and renamed into place, then the symlink is

@@ -140,12 +140,13 @@ def evaluate_checkpoint(
         if not games:
             raise ConfigError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)
-        metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers)
+        scale = read_state(checkpoint).get("float_scale")  # None: encoded errors, or a checkpoint from before it was kept
+        metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers, scale)
         evaluation = Evaluation(split, games, examples, metrics, stage_floor=layout.stage_floor)
         if config.data.objective == "sequence":
             windows = ExampleSource.for_experiment(path, config, options)
             evaluation.sequence, evaluation.sequence_targets = teacher_forced(
-                model, windows, config, split, device, max_batches, num_workers
+                model, windows, config, split, device, max_batches, num_workers, scale
             )
         if rollouts > 0:
             starts = rollout_starts(source, split, rollouts, horizon, seed)

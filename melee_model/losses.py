@@ -9,7 +9,8 @@ With loss.float_loss "huber" the MSEs become the squared error below loss.huber_
 block's loss.huber_deltas) and linear above it. The float blocks' errors are in encoded units (the
 card's), or with loss.float_weighting "target_std" in units of each target's spread (`float_scale`:
 the train split's standard deviation of each float target, from `ExampleSource.float_target_std`;
-the binary block's BCE is left as is).
+the binary block's BCE is left as is; a checkpoint keeps them, so evaluation on another store
+divides by the same).
 
 With model.hold_gate the model's dict also holds "hold" (B, 2), a logit per player that its x and y
 stay exactly as they are, and the batch "hold" (B, 2), whether they do (`motion.hold_targets`): one
@@ -39,14 +40,19 @@ HUBER_BLOCKS = tuple(name for name in FLOAT_TERMS if name != "binary")  # the bl
 MIN_STD = 1e-4  # a target that never changes in the sample still gets a finite scale
 
 
-def float_scale(layout: FrameLayout, config: LossConfig, target_std, device) -> torch.Tensor | None:
+def float_scale(layout: FrameLayout, config: LossConfig, target_std, device, given: list[float] | None = None) -> torch.Tensor | None:
     """The divisor of each float target's error for `config.float_weighting`: None for "encoded";
     for "target_std", (T,) float32 with the std from `target_std()` (called only then: it reads the
-    store), floored at MIN_STD, and 1 for the binary block."""
+    store), floored at MIN_STD, and 1 for the binary block; or `given`, a scale made so before (a
+    checkpoint's), as it is."""
     if config.float_weighting not in FLOAT_WEIGHTINGS:
         raise ConfigError(f"loss.float_weighting must be one of {', '.join(FLOAT_WEIGHTINGS)}, got {config.float_weighting!r}")
     if config.float_weighting == "encoded":
         return None
+    if given is not None:
+        if len(given) != layout.float_target_dim:
+            raise ConfigError(f"a float scale of {len(given)} targets for a layout of {layout.float_target_dim}")
+        return torch.tensor(given, dtype=torch.float32, device=device)
     scale = np.maximum(np.asarray(target_std(), np.float32), MIN_STD)  # (T,)
     scale[layout.float_blocks["binary"]] = 1.0
     return torch.as_tensor(scale, device=device)

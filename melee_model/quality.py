@@ -71,14 +71,19 @@ def teacher_forced(
     device,
     max_batches: int | None = None,
     num_workers: int | None = None,
+    trained_scale: list[float] | None = None,
 ) -> tuple[dict[str, float], int]:
     """(the trainer's metrics of `split`, "val_" keys; targets seen) with config's objective, over at
-    most `max_batches` batches of `source` (opened with that objective). split "all": train and val."""
+    most `max_batches` batches of `source` (opened with that objective). split "all": train and val.
+
+    trained_scale: the float errors' divisors the model trained with (a checkpoint's "float_scale",
+    loss.float_weighting "target_std"), so that the loss reads as in training whatever store this
+    is; None measures them on `source`'s train split."""
     device = torch.device(device)
     objective = build_objective(config, source.layout, device)
     batches = chain.from_iterable(source.loader(s, 0, num_workers=num_workers) for s in (SPLITS if split == "all" else (split,)))
     autocast = lambda: autocast_for(device, config.train.mixed_precision)  # noqa: E731
-    scale = float_scale(source.layout, config.loss, source.float_target_std, device)
+    scale = float_scale(source.layout, config.loss, source.float_target_std, device, trained_scale)
     metrics, targets = score(model, islice(batches, max_batches), source.layout, config.loss, device, autocast, objective, scale)
     return metrics.compute(prefix=VAL_PREFIX), targets
 

@@ -291,6 +291,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "config": to_dict(self.config),
                 "store": self.fingerprint,
+                "float_scale": None if self.float_scale is None else self.float_scale.tolist(),  # evaluation on another store reads it
                 "world_size": self.world,
                 "wandb_id": self.wandb_id,
             }

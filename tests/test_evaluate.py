@@ -1,5 +1,6 @@
 """Rollouts and checkpoint evaluation on real stores: rollout mechanics, metrics, and scripts/evaluate.py end to end."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -15,10 +16,12 @@ from melee_model.batches import build_batch
 from melee_model.checkpoint import save_checkpoint
 from melee_model.config import ExperimentConfig, from_dict
 from melee_model.evaluate import evaluate_checkpoint
-from melee_model.examples import EncodingMismatch
+from melee_model.examples import EncodingMismatch, ExampleSource
 from melee_model.horizons import HORIZON_METRICS
 from melee_model.layout import TARGET_FIELDS, FrameLayout, layout_for
+from melee_model.losses import float_scale
 from melee_model.model import build_model
+from melee_model.quality import teacher_forced
 from melee_model.rollout import pick_starts, rollout, rollout_store
 from melee_model.sampler import is_validation
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
@@ -366,6 +369,28 @@ def test_evaluate_script_on_replay_files(shared_store, checkpoint):
     expected = sum(int(n) - K for s, n in lengths.items() if s.endswith(names))
     assert out["split"] == "all" and out["games"] == 2 and out["examples"] == expected
     assert isinstance(out["val_loss/total"], float)
+
+
+def test_evaluation_divides_by_the_spreads_the_checkpoint_kept(shared_store, layout, tmp_path):
+    """With loss.float_weighting target_std, a checkpoint's float_scale (its train split's spreads),
+    not the evaluated store's, divides the float errors; a checkpoint without one measures them."""
+    config = small_config()
+    config = dataclasses.replace(config, loss=dataclasses.replace(config.loss, float_weighting="target_std"))
+    source = ExampleSource.for_experiment(shared_store, config)
+    measured = float_scale(layout, config.loss, source.float_target_std, "cpu")  # (T,)
+    kept = measured.clone()
+    kept[layout.float_blocks["continuous"]] *= 2.0  # the spreads of another train split
+    losses = {}
+    for name, scale in (("kept", kept.tolist()), ("none", None)):
+        state = {"config": config.to_dict(), "progress": {"step": 0}, "store": {"path": shared_store}, "float_scale": scale}
+        save_checkpoint(tmp_path / name, 0, model=small_model(layout).state_dict(), optimizer={}, ranks=[{}], state=state)
+        losses[name] = evaluate_checkpoint(tmp_path / name / "latest", shared_store, max_batches=2, device="cpu", num_workers=0).metrics
+    by_hand, _ = teacher_forced(small_model(layout), source, config, "val", "cpu", 2, 0, trained_scale=kept.tolist())
+    assert losses["kept"]["val_loss/continuous"] == pytest.approx(by_hand["val_loss/continuous"], rel=1e-6)
+    assert losses["kept"]["val_loss/continuous"] == pytest.approx(losses["none"]["val_loss/continuous"] / 4, rel=1e-5)  # squared errors
+    assert losses["kept"]["val_loss/velocity"] == pytest.approx(losses["none"]["val_loss/velocity"], rel=1e-6)
+    with pytest.raises(ValueError, match="a float scale of 3 targets for a layout of"):
+        float_scale(layout, config.loss, source.float_target_std, "cpu", [1.0, 1.0, 1.0])
 
 
 def test_evaluate_refuses_another_encoding(checkpoint, tmp_path):

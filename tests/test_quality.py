@@ -436,6 +436,8 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         "2",
         "--sequence-set",
         "model.motion_prior=constant_velocity",
+        "--sequence-set",
+        "model.hold_gate=true",
         "--last-set",
         "model.stage_floor=true",
         "--sampling",
@@ -464,6 +466,8 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         assert all(isinstance(out[name][key], (int, float)) for key in keys), name
         assert out[name]["steps"] > 0 and 6 <= out[name]["train_s"] < 30
         assert (tmp_path / name / "latest" / "model.pt").is_file(), name  # --output keeps the runs
+    assert 0 <= out["sequence"]["val_hold_acc"] <= 1 and 0 <= out["sequence"]["own_hold_acc"] <= 1
+    assert out["last"]["val_hold_acc"] is None  # no hold gate
     for name in BASELINES:
         assert all(isinstance(out["baselines"][name][f"rollout_pos_error_{h}"], float) for h in (1, 10, 60, 300))
     assert all(out["baselines"]["copy_last"][f"rollout_motion_ratio_{h}"] == 0.0 for h in (1, 10, 60, 300))
@@ -480,7 +484,10 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
     assert "rollout_pos_error_vs_last_60" not in out["last"]
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
     assert out["setup"]["sampling"] == 0.5 and out["setup"]["sampling_mode"] == "rollout"
-    assert out["setup"]["overrides"] == {"last": ["model.stage_floor=true"], "sequence": ["model.motion_prior=constant_velocity"]}
+    assert out["setup"]["overrides"] == {
+        "last": ["model.stage_floor=true"],
+        "sequence": ["model.motion_prior=constant_velocity", "model.hold_gate=true"],
+    }
 
 
 def test_model_quality_counts_unrolled_targets_from_their_start_epoch():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from melee_encode.config import EncodingConfig
-from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from melee_model.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
 from melee_model.config import ExperimentConfig, ModelConfig, ScheduledSamplingConfig, TrainConfig, load_config, to_dict
 from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, patience_verdict, track_patience
@@ -123,6 +123,17 @@ def test_resume_on_another_store_is_refused(shared_store, tiny_run, tmp_path):
 def _quick_trainer(store: str, tmp_path: Path, *overrides: str) -> Trainer:
     config = load_config(TINY, ["wandb.enabled=false", "train.eval_at_start=false", "data.batch_size=256", *overrides])
     return Trainer(config, store, output_dir=str(tmp_path), progress_bar=False)
+
+
+@pytest.mark.parametrize("weighting", ["encoded", "target_std"])
+def test_a_checkpoint_keeps_the_float_errors_divisors(shared_store, tmp_path, weighting):
+    trainer = _quick_trainer(shared_store, tmp_path, f"loss.float_weighting={weighting}", "train.max_steps=1", "train.val_batches=1")
+    trainer.fit()
+    kept = read_state(tmp_path / "latest")["float_scale"]
+    if weighting == "encoded":
+        assert kept is None and trainer.float_scale is None
+    else:
+        assert kept == trainer.float_scale.tolist() and len(kept) == trainer.layout.float_target_dim
 
 
 def test_nonfinite_loss_stops_with_a_checkpoint(shared_store, tmp_path):
