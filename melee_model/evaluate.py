@@ -80,11 +80,6 @@ def default_device() -> torch.device:
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def checkpoint_config(checkpoint: str | Path) -> ExperimentConfig:
-    """The experiment config a checkpoint was trained with (its state.json "config")."""
-    return from_dict(ExperimentConfig, read_state(checkpoint)["config"])
-
-
 def load_model(checkpoint: str | Path, config: ExperimentConfig, layout: FrameLayout, device) -> torch.nn.Module:
     """The checkpoint's model on `device`, in eval mode."""
     # The scan backend does not change the weights; "auto" runs a model trained with mamba-ssm's
@@ -127,7 +122,8 @@ def evaluate_checkpoint(
         raise ConfigError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if (plot is not None or html is not None) and rollouts <= 0:
         raise ConfigError("a plot or page needs rollouts (rollouts > 0)")
-    config = checkpoint_config(checkpoint)
+    state = read_state(checkpoint)
+    config = from_dict(ExperimentConfig, state["config"])  # the config it trained with
     if stage_floor is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, stage_floor=stage_floor))
     device = torch.device(device) if device is not None else default_device()
@@ -140,7 +136,7 @@ def evaluate_checkpoint(
         if not games:
             raise ConfigError(f"no game of {path} is in split {split!r} after the config's data filters")
         model = load_model(checkpoint, config, layout, device)
-        scale = read_state(checkpoint).get("float_scale")  # None: encoded errors, or a checkpoint from before it was kept
+        scale = state.get("float_scale")  # None: encoded errors, or a checkpoint from before it was kept
         metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers, scale)
         evaluation = Evaluation(split, games, examples, metrics, stage_floor=layout.stage_floor)
         if config.data.objective == "sequence":
