@@ -31,7 +31,10 @@ the replay moved them; copy_last 0), for every model and baseline, since a model
 players less can lower its mean error while its typical rollout gets worse; and the pos_error of
 the players who started below the main platform's level, on it, above it, and of those the replay
 keeps within 5 units (`rollout_pos_error_<below|level|above|still>_<h>`), which says where a
-predictor's error comes from. With
+predictor's error comes from; and the pos_error of the best hedge of each predictor's rollouts
+(`rollout_pos_error_hedged_<h>`: its players pulled toward where they started by a factor per start
+level and axis, fit on the games of one parity and read on the other's), what moving the players
+less, and nothing else, could give it. With
 64 rollouts the interval of a sequence/card ratio at 60 frames was 0.10-0.14 wide (README, "How many
 rollouts a ratio needs"), hence the default of 512. `targets` counts the target rows of the steps
 taken (unrolled rows from train.unroll.start_epoch on). Training uses --threads torch threads
@@ -69,6 +72,7 @@ from melee_model.quality import (  # noqa: E402
     baseline_rollouts,
     card_config,
     errors_by_start,
+    hedged_errors,
     median_errors,
     motion_ratios,
     paired_ratio,
@@ -156,20 +160,22 @@ def assess(
     recurrent = rollout_windows(model, layout, *windows, starts, device, stepping="recurrent")
     window = rollout_windows(model, layout, *windows, starts, device, stepping="window")
     figures.update(rollout_keys(recurrent.metrics, "rollout_"))
-    figures.update(spread_keys(layout, windows, recurrent.per_rollout["pos_error"], recurrent.pred_floats))
+    figures.update(spread_keys(layout, windows, starts[:, 0], recurrent.per_rollout["pos_error"], recurrent.pred_floats))
     figures.update(rollout_keys(window.metrics, "window_rollout_"))
     return figures, recurrent.per_rollout["pos_error"]
 
 
-def spread_keys(layout, windows, pos_error: np.ndarray, pred_floats: np.ndarray) -> dict:
-    """A predictor's median pos_error, motion ratio and pos_error by the players' start at every
-    horizon of its rollouts (quality's median_errors, motion_ratios, errors_by_start): pos_error
-    (N, H), pred_floats (N, H, F), windows the real ones."""
+def spread_keys(layout, windows, games: np.ndarray, pos_error: np.ndarray, pred_floats: np.ndarray) -> dict:
+    """A predictor's median pos_error, motion ratio, pos_error by the players' start and its best
+    hedge's pos_error at every horizon of its rollouts (quality's median_errors, motion_ratios,
+    errors_by_start, hedged_errors): pos_error (N, H), pred_floats (N, H, F), windows the real ones,
+    games (N,) each rollout's game."""
     horizons = report_at(pos_error.shape[1])
     return {
         **median_errors(pos_error, horizons),
         **motion_ratios(layout, windows[0], pred_floats, horizons),
         **errors_by_start(layout, windows[0], pred_floats, horizons),
+        **hedged_errors(layout, windows[0], pred_floats, games, horizons),
     }
 
 
@@ -212,6 +218,7 @@ def table(results: dict, baselines: dict, horizons) -> list[str]:
             row(f"rollout {metric} @{h}", f"rollout_{metric}_{h}")
         row(f"rollout pos_error median @{h}", f"rollout_pos_error_median_{h}")
         row(f"rollout motion ratio @{h}", f"rollout_motion_ratio_{h}")
+        row(f"rollout pos_error, best hedge @{h}", f"rollout_pos_error_hedged_{h}")
         for group in (*START_LEVELS, "still"):
             row(f"rollout pos_error, players {group} @{h}", f"rollout_pos_error_{group}_{h}")
         row(f"window rollout pos_error @{h}", f"window_rollout_pos_error_{h}")
@@ -297,7 +304,10 @@ def main() -> None:
         windows = store_windows(store, starts, layout.context_len, args.horizon)  # read once, for every predictor
         per_baseline = baseline_rollouts(layout, *windows)
         baselines = {
-            name: {**rollout_keys(at_horizons(curves_of(e)), "rollout_"), **spread_keys(layout, windows, e["pos_error"], frames)}
+            name: {
+                **rollout_keys(at_horizons(curves_of(e)), "rollout_"),
+                **spread_keys(layout, windows, starts[:, 0], e["pos_error"], frames),
+            }
             for name, (frames, e) in per_baseline.items()
         }
         errors = {name: e["pos_error"] for name, (_, e) in per_baseline.items()}

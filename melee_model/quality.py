@@ -16,6 +16,9 @@
   typical rollout does, the motion ratio how far the players were moved.
 - `errors_by_start`: the position error of the players who started below the main platform's
   level, on it or above it, and of those the replay keeps still: where a predictor's error comes from.
+- `hedged_errors`: the position error of the best hedge of a predictor's rollouts (its players
+  pulled back toward where they started, by a factor per start level and axis, fit on other games):
+  how far moving the players less, and nothing else, could take it.
 """
 
 from __future__ import annotations
@@ -177,6 +180,41 @@ def errors_by_start(layout: FrameLayout, float_windows: np.ndarray, pred_floats:
     for h in horizons:
         for group, players in player_groups(real, K, h).items():
             figures[f"rollout_pos_error_{group}_{h}"] = float(error[:, h - 1][players].mean()) if players.any() else float("nan")
+    return figures
+
+
+HEDGE_FACTORS = np.linspace(0.0, 1.5, 31)  # a hedge's choices: 0 (copy_last) to 1.5x the predictor's move, by 0.05
+BY_CLOSENESS_TO_1 = np.argsort(np.abs(HEDGE_FACTORS - 1.0), kind="stable")  # of equal fits, the least hedge wins
+
+
+def hedged_errors(layout: FrameLayout, float_windows: np.ndarray, pred_floats: np.ndarray, games: np.ndarray, horizons) -> dict[str, float]:
+    """{"rollout_pos_error_hedged_<h>": the pos_error at the h-th predicted frame once every predicted
+    x and y is pulled toward the last real frame, start + a (pred - start), with a factor a from
+    HEDGE_FACTORS per START_LEVELS group and axis, fit on the rollouts of the games of one parity and
+    read on the other's, both ways (NaN if every rollout is of one parity; of factors that fit
+    equally, as for a group with no rollout or no move to fit on, the one closest to 1)}; game units.
+
+    What hedging alone could give this predictor, knowing where its players start and nothing
+    else: its own pos_error is the hedge at a = 1, copy_last's at a = 0. float_windows (N, K+H, F)
+    the real windows, pred_floats (N, H, F), games (N,) each rollout's game."""
+    K = layout.context_len
+    real = positions(layout, float_windows)  # (N, K+H, 4): p0.x, p1.x, p0.y, p1.y
+    start = real[:, K - 1]  # (N, 4)
+    level = np.digitize(start[:, 2:], [high for _, high in list(START_LEVELS.values())[:-1]])  # (N, 2): the START_LEVELS index
+    group = np.concatenate([level, level + len(START_LEVELS)], axis=1)  # (N, 4): a group per start level and axis
+    even = games % 2 == 0  # (N,)
+    figures = {}
+    for h in horizons:
+        moved, missed = positions(layout, pred_floats[:, h - 1]) - start, start - real[:, K + h - 1]  # (N, 4) each
+        errors = np.abs(missed + HEDGE_FACTORS[:, None, None] * moved)  # (A, N, 4)
+        total = 0.0
+        for fit, read in ((even, ~even), (~even, even)):
+            for g in range(2 * len(START_LEVELS)):
+                fit_cells, read_cells = fit[:, None] & (group == g), read[:, None] & (group == g)  # (N, 4) each
+                fits = errors[:, fit_cells].sum(axis=1)  # (A,)
+                best = BY_CLOSENESS_TO_1[np.argmin(fits[BY_CLOSENESS_TO_1])]
+                total += errors[best][read_cells].sum()
+        figures[f"rollout_pos_error_hedged_{h}"] = float(total / start.size) if even.any() and (~even).any() else float("nan")
     return figures
 
 

@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator
 
 from melee_model.batches import batch_to_device
-from melee_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, store_fingerprint
+from melee_model.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint, store_fingerprint
 from melee_model.config import ExperimentConfig, to_dict
 from melee_model.examples import ExampleSource
 from melee_model.hatches import StopTraining, change_acc_verdict, patience_verdict, track_patience
@@ -81,7 +81,8 @@ class Trainer:
         self.source = ExampleSource.for_experiment(store, config, storage_options)
         self.layout = self.source.layout
         self.objective = build_objective(config, self.layout, self.device)
-        self.float_scale = float_scale(self.layout, config.loss, self.source.float_target_std, self.device)
+        kept = read_state(resume).get("float_scale") if resume else None  # a resumed run divides as it did (None: measure)
+        self.float_scale = float_scale(self.layout, config.loss, self.source.float_target_std, self.device, kept)
         torch.manual_seed(train.seed)  # the same initial weights on every rank
         model = build_model(config.model, self.layout)
         self.describe = describe_model(model, self.layout)

@@ -30,6 +30,7 @@ from melee_model.quality import (
     baseline_errors,
     card_config,
     errors_by_start,
+    hedged_errors,
     median_errors,
     motion_ratios,
     paired_ratio,
@@ -363,6 +364,35 @@ def test_errors_by_start_split_the_rollouts_pos_error_by_where_the_players_were(
     assert list(errors_by_start(layout, floats, shifted, horizons).values()) == pytest.approx([1.0] * 12, abs=1e-4)
 
 
+def test_the_best_hedge_undoes_a_move_scaled_per_axis_and_leaves_copy_last_as_it_is(layout, shared_store):
+    """hedged_errors: a predictor that moves the players twice as far as the replay in x and 4/3 as
+    far in y hedges to the replay (factors 0.5 and 0.75, fit on the other parity's games), copy_last
+    to its own error (no factor moves it), the replay to 0; rollouts of one parity of games: NaN."""
+    store = open_store(shared_store)
+    starts = pick_starts(store.games, np.arange(store.n_games), 96, H, K, seed=2)
+    floats, ints = store_windows(store, starts, K, H)
+    games, horizons = starts[:, 0], (1, 10, H)
+    assert (games % 2 == 0).any() and (games % 2 == 1).any()
+    still, true_ints = baseline_frames("copy_last", layout, floats, ints)
+    overshoot = floats[:, K:].copy()
+    for name, factor in (("p0.x", 2.0), ("p1.x", 2.0), ("p0.y", 4 / 3), ("p1.y", 4 / 3)):
+        column = layout.schema.float_index(name)
+        start = floats[:, K - 1 : K, column]  # (N, 1): encoded units are affine in game units
+        overshoot[..., column] = start + factor * (floats[:, K:, column] - start)
+    moving = (10, H)  # by frame 1 some groups of one parity have not moved: nothing to fit a factor on
+    assert list(hedged_errors(layout, floats, overshoot, games, moving).values()) == pytest.approx([0.0] * 2, abs=1e-4)
+    assert list(hedged_errors(layout, floats, floats[:, K:], games, horizons).values()) == pytest.approx([0.0] * 3, abs=1e-4)
+    pos_error = per_frame(layout, still, true_ints, floats[:, K:], ints[:, K:])["pos_error"]  # (N, H)
+    hedged = hedged_errors(layout, floats, still, games, horizons)
+    assert list(hedged) == [f"rollout_pos_error_hedged_{h}" for h in horizons]
+    assert list(hedged.values()) == pytest.approx([pos_error[:, h - 1].mean() for h in horizons], rel=1e-5)
+    overshot = per_frame(layout, overshoot, true_ints, floats[:, K:], ints[:, K:])["pos_error"][:, H - 1].mean()
+    assert overshot > 1.0  # the unhedged overshoot is far off
+    one_parity = games % 2 == 0
+    lone = hedged_errors(layout, floats[one_parity], still[one_parity], games[one_parity], horizons)
+    assert all(np.isnan(v) for v in lone.values())
+
+
 # ---------------------------------------------------------------- a sequence-trained checkpoint, evaluated both ways
 
 
@@ -476,6 +506,9 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         assert all(figures[f"rollout_motion_ratio_{h}"] >= 0 and figures[f"rollout_pos_error_median_{h}"] >= 0 for h in (1, 10, 60, 300))
         by_start = [figures[f"rollout_pos_error_{g}_{h}"] for g in START_LEVELS for h in (1, 10, 60, 300)]  # null: nobody started there
         assert all(e is None or e >= 0 for e in by_start) and any(e is not None for e in by_start)
+        assert all(figures[f"rollout_pos_error_hedged_{h}"] is None or figures[f"rollout_pos_error_hedged_{h}"] >= 0 for h in (1, 60))
+    copy_last = out["baselines"]["copy_last"]  # no factor moves players that copy_last never moved (null: games of one parity)
+    assert copy_last["rollout_pos_error_hedged_60"] in (None, pytest.approx(copy_last["rollout_pos_error_60"], rel=1e-5))
     for name, other in [("sequence", "last"), ("sequence_sampled", "last"), ("last", "copy_last"), ("sequence", "constant_velocity")]:
         ratio, low, high = out[name][f"rollout_pos_error_vs_{other}_60"]  # paired on the same rollouts
         errors = out["baselines"] if other in BASELINES else out

@@ -134,6 +134,11 @@ def test_a_checkpoint_keeps_the_float_errors_divisors(shared_store, tmp_path, we
         assert kept is None and trainer.float_scale is None
     else:
         assert kept == trainer.float_scale.tolist() and len(kept) == trainer.layout.float_target_dim
+        state = json.loads((tmp_path / "latest" / "state.json").read_text())
+        state["float_scale"] = [2 * v for v in kept]  # a resumed run divides by what it kept, not by the store's spreads again
+        (tmp_path / "latest" / "state.json").write_text(json.dumps(state))
+        resumed = Trainer(trainer.config, shared_store, output_dir=str(tmp_path), resume=str(tmp_path / "latest"), progress_bar=False)
+        assert resumed.float_scale.tolist() == state["float_scale"]
 
 
 def test_nonfinite_loss_stops_with_a_checkpoint(shared_store, tmp_path):
