@@ -54,6 +54,7 @@ class Evaluation:
     sequence: dict[str, float] | None = None  # sequence-trained models: the metrics over their own windows
     sequence_targets: int = 0
     stage_floor: bool = False  # the rollouts' frame rule landed players on the main platform (model.stage_floor)
+    own_frames: str = "all"  # what the rollouts read back (rollout.OWN_FRAMES): "all" but for a diagnostic
 
     @property
     def horizons(self) -> dict:
@@ -72,6 +73,7 @@ class Evaluation:
             out["rollout"] = {str(h): finite(values) for h, values in self.rollout.metrics.items()}
             out["rollouts"] = len(self.rollout.starts)
             out["stage_floor"] = self.stage_floor
+            out["own_frames"] = self.own_frames
             out["horizons"] = {name: {str(h): finite(values) for h, values in table.items()} for name, table in self.horizons.items()}
         return out
 
@@ -106,13 +108,14 @@ def evaluate_checkpoint(
     storage_options: dict | None = None,
     stepping: str | None = None,
     stage_floor: bool | None = None,
+    own_frames: str = "all",
 ) -> Evaluation:
     """A checkpoint's metrics on `split` of `store` (default "val") or of `replays` (default "all").
 
     rollouts > 0 also runs that many rollouts of `horizon` frames (`stepping`: rollout.STEPPINGS, None
     for the model's default; `stage_floor`: land players on the main platform, None for the
-    checkpoint's model.stage_floor; the baselines follow the same rule) and the baselines on the same
-    windows; `plot` then writes the first rollout's PNG, `html` a page that plays them all
+    checkpoint's model.stage_floor; the baselines follow the same rule; `own_frames`: what they read
+    back, rollout.OWN_FRAMES) and the baselines on the same windows; `plot` then writes the first rollout's PNG, `html` a page that plays them all
     (melee_model.viewer).
     """
     if (store is None) == (not replays):
@@ -138,7 +141,7 @@ def evaluate_checkpoint(
         model = load_model(checkpoint, config, layout, device)
         scale = state.get("float_scale")  # None: encoded errors, or a checkpoint from before it was kept
         metrics, examples = teacher_forced(model, source, card, split, device, max_batches, num_workers, scale)
-        evaluation = Evaluation(split, games, examples, metrics, stage_floor=layout.stage_floor)
+        evaluation = Evaluation(split, games, examples, metrics, stage_floor=layout.stage_floor, own_frames=own_frames)
         if config.data.objective == "sequence":
             windows = ExampleSource.for_experiment(path, config, options)
             evaluation.sequence, evaluation.sequence_targets = teacher_forced(
@@ -146,7 +149,9 @@ def evaluate_checkpoint(
             )
         if rollouts > 0:
             starts = rollout_starts(source, split, rollouts, horizon, seed)
-            evaluation.rollout, evaluation.curves = rollouts_with_baselines(model, layout, source.store, starts, horizon, device, stepping)
+            evaluation.rollout, evaluation.curves = rollouts_with_baselines(
+                model, layout, source.store, starts, horizon, device, stepping, own_frames
+            )
             result = evaluation.rollout
             characters = tuple(source.store.games["characters"][result.first.start[0]])
         if html is not None:
@@ -204,6 +209,7 @@ def metrics_table(evaluation: Evaluation) -> str:
             "",
             f"rollouts: {len(evaluation.rollout.starts)}, each from a real context with the replay's controllers"
             + (", landing on the main platform (stage floor)" if evaluation.stage_floor else "")
+            + (f", reading back own {evaluation.own_frames} only (the replay's for the rest)" if evaluation.own_frames != "all" else "")
             + "; the baselines on the same windows (* the best of each row)",
         ]
         lines.append(comparison_table(evaluation.horizons))

@@ -97,12 +97,20 @@ def rollout_starts(source: ExampleSource, split: str, count: int, horizon: int, 
 
 
 def rollouts_with_baselines(
-    model: torch.nn.Module, layout: FrameLayout, store: Store, starts: np.ndarray, horizon: int, device, stepping: str | None = None
+    model: torch.nn.Module,
+    layout: FrameLayout,
+    store: Store,
+    starts: np.ndarray,
+    horizon: int,
+    device,
+    stepping: str | None = None,
+    own: str = "all",
 ) -> tuple[RolloutResult, dict]:
-    """The model's rollouts of `horizon` frames from `starts`, and {predictor: {metric: (H,) curve}}
-    (the mean over rollouts) for the model (key MODEL) and every baseline, all on the same real windows."""
+    """The model's rollouts of `horizon` frames from `starts` (`stepping`, `own`: rollout_windows'), and
+    {predictor: {metric: (H,) curve}} (the mean over rollouts) for the model (key MODEL) and every
+    baseline, all on the same real windows."""
     float_windows, int_windows = store_windows(store, starts, layout.context_len, horizon)  # (N, K+H, F), (N, K+H, I)
-    result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping)
+    result = rollout_windows(model, layout, float_windows, int_windows, starts, device, stepping=stepping, own=own)
     curves = {MODEL: result.curves}
     for name, errors in baseline_errors(layout, float_windows, int_windows).items():
         curves[name] = curves_of(errors)

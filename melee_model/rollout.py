@@ -15,6 +15,13 @@ Two ways to step the model (`stepping`):
   over the K frames before it, so the model never sees more than its K-frame training context (and,
   like every full forward, reads its own frames as real ones).
 
+What a rollout reads back as its own frame (`own`): "all" (the default, and every figure's unless
+said) the frame the stepper made from the prediction; "floats" the made floats with the replay's
+ints (actions, jumps, ...), so only the float columns drift; "positions" the replay's frame with the
+players' x and y made (layout.moving_columns), so only positions drift. The last two are
+diagnostics: they say how much of a rollout's drift the other columns' mistakes cause, and their
+frames match the replay in every column they take from it.
+
 `rollout` runs start points in one game's frames; `rollout_store` runs start points anywhere in a
 store; `pick_starts` chooses start points over a split's games, deterministically for a seed. Both
 return a `RolloutResult`: per-frame errors averaged over the rollouts, read off at horizons, and the
@@ -37,6 +44,7 @@ from melee_model.layout import FrameLayout
 from melee_model.stepper import FrameStepper
 
 STEPPINGS = ("recurrent", "window")
+OWN_FRAMES = ("all", "floats", "positions")  # what a rollout reads back (module docstring)
 # Per-player fields of a trajectory, in game units (action: ids).
 TRAJECTORY_FIELDS = ("x", "y", "percent", "stocks", "action")
 
@@ -168,18 +176,22 @@ def rollout_windows(
     horizons=None,
     batch_size: int = 1024,
     stepping: str | None = None,
+    own: str = "all",
 ) -> RolloutResult:
     """Rollouts over windows of real frames t0-K .. t0+H-1: (N, K+H, F) floats, (N, K+H, I) ints.
 
     The first K frames are the starting context; of the other H, only the controller columns are
-    read to predict (the rest is the truth the metrics compare with). Runs in eval mode without
-    gradients, `batch_size` rollouts at a time, and restores the model's mode afterwards. `stepping`:
-    one of STEPPINGS (module docstring); None picks "recurrent" for a model that has a step.
+    read to predict (the rest is the truth the metrics compare with; with `own` other than "all",
+    OWN_FRAMES, also what the rollout reads back). Runs in eval mode without gradients,
+    `batch_size` rollouts at a time, and restores the model's mode afterwards. `stepping`: one of
+    STEPPINGS (module docstring); None picks "recurrent" for a model that has a step.
     """
     K = layout.context_len
     horizon = float_windows.shape[1] - K
     if horizon < 1 or len(float_windows) < 1:
         raise ConfigError(f"a rollout needs at least one start and one frame past the {K} context frames")
+    if own not in OWN_FRAMES:
+        raise ConfigError(f"a rollout's own frames must be one of {', '.join(OWN_FRAMES)}, got {own!r}")
     roll = _stepped_roll(model, stepping)
     device = torch.device(device)
     stepper = FrameStepper(layout, device)
@@ -187,7 +199,7 @@ def rollout_windows(
     model.eval()
     try:
         pieces = [
-            roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device)
+            roll(model, stepper, float_windows[a : a + batch_size], int_windows[a : a + batch_size], device, own)
             for a in range(0, len(float_windows), batch_size)
         ]
     finally:
@@ -219,19 +231,20 @@ def _stepped_roll(model: torch.nn.Module, stepping: str | None):
 
 @torch.no_grad()
 def _roll_recurrent(
-    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device
+    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device, own: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, one model step per frame."""
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
-    last_int = torch.as_tensor(int_windows[:, :K], device=device).long()  # (n, K, I)
-    x, state = model.prefill(windows[:, :K], last_int)  # (n, D), FrameStackState
-    last_float, last_int = windows[:, K - 1], last_int[:, -1]  # (n, F), (n, I)
+    int_windows = torch.as_tensor(int_windows, device=device).long()  # (n, K+H, I)
+    x, state = model.prefill(windows[:, :K], int_windows[:, :K])  # (n, D), FrameStackState
+    last_float, last_int = windows[:, K - 1], int_windows[:, K - 1]  # (n, F), (n, I)
     floats, ints = [], []
     for h in range(windows.shape[1] - K):
         replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
         pred = model.predict(x, stepper.next_ctrl(last_float, replay), state.step, age=h)  # h own frames read
-        last_float, last_int = stepper.frame(last_float, last_int, pred, replay)  # (n, F), (n, I)
+        made = stepper.frame(last_float, last_int, pred, replay)  # (n, F), (n, I)
+        last_float, last_int = read_back(stepper.layout, own, *made, replay, int_windows[:, K + h])
         floats.append(last_float)
         ints.append(last_int)
         if h + 1 < windows.shape[1] - K:
@@ -241,23 +254,39 @@ def _roll_recurrent(
 
 @torch.no_grad()
 def _roll_window(
-    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device
+    model: torch.nn.Module, stepper: FrameStepper, float_windows: np.ndarray, int_windows: np.ndarray, device: torch.device, own: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted frames (n, H, F) float32 and (n, H, I) int16 of one batch of windows, a K-frame forward per frame."""
     K = stepper.layout.context_len
     windows = torch.as_tensor(float_windows, dtype=torch.float32, device=device)  # (n, K+H, F)
-    ctx_float = windows[:, :K].clone()  # (n, K, F)
-    ctx_int = torch.as_tensor(int_windows[:, :K], device=device).long()  # (n, K, I)
+    int_windows = torch.as_tensor(int_windows, device=device).long()  # (n, K+H, I)
+    ctx_float, ctx_int = windows[:, :K].clone(), int_windows[:, :K]  # (n, K, F), (n, K, I)
     floats, ints = [], []
     for h in range(windows.shape[1] - K):
         replay = windows[:, K + h]  # (n, F): the replay's frame t0+h, for its controls
         pred = model(ctx_float, ctx_int, stepper.next_ctrl(ctx_float[:, -1], replay))
-        frame_float, frame_int = stepper.frame(ctx_float[:, -1], ctx_int[:, -1], pred, replay)  # (n, F), (n, I)
+        made = stepper.frame(ctx_float[:, -1], ctx_int[:, -1], pred, replay)  # (n, F), (n, I)
+        frame_float, frame_int = read_back(stepper.layout, own, *made, replay, int_windows[:, K + h])
         floats.append(frame_float)
         ints.append(frame_int)
         ctx_float = torch.cat([ctx_float[:, 1:], frame_float[:, None]], dim=1)  # (n, K, F)
         ctx_int = torch.cat([ctx_int[:, 1:], frame_int[:, None]], dim=1)  # (n, K, I)
     return torch.stack(floats, 1).cpu().numpy(), torch.stack(ints, 1).to(torch.int16).cpu().numpy()  # (n, H, F), (n, H, I)
+
+
+def read_back(
+    layout: FrameLayout, own: str, made_float: torch.Tensor, made_int: torch.Tensor, replay_float: torch.Tensor, replay_int: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frame a rollout reads back, (n, F) and (n, I), for `own` (OWN_FRAMES): the stepper's made
+    frame, or parts of it put into the replay's frame at the same time."""
+    if own == "all":
+        return made_float, made_int
+    if own == "floats":
+        return made_float, replay_int
+    moving = list(layout.moving_columns)
+    floats = replay_float.clone()  # (n, F)
+    floats[:, moving] = made_float[:, moving]
+    return floats, replay_int
 
 
 def game_units(layout: FrameLayout, floats: np.ndarray, ints: np.ndarray) -> dict[str, np.ndarray]:

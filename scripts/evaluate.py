@@ -22,7 +22,7 @@ import sys
 from melee_encode.errors import run_command
 from melee_encode.storage import add_storage_option_argument, parse_storage_options
 from melee_model.evaluate import EVAL_SPLITS, evaluate_checkpoint, metrics_table, write_replay_html
-from melee_model.rollout import STEPPINGS
+from melee_model.rollout import OWN_FRAMES, STEPPINGS
 
 
 def main() -> int:
@@ -40,6 +40,13 @@ def main() -> int:
     parser.add_argument("--horizon", type=int, default=300, help="frames per rollout (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rollout start points")
     parser.add_argument("--stepping", choices=STEPPINGS, help="rollouts: recurrent state (Mamba-2's default) or a K-frame window per frame")
+    parser.add_argument(
+        "--own-frames",
+        choices=OWN_FRAMES,
+        default="all",
+        help="rollouts read back the model's whole frame (all, the default), its floats with the replay's ints (floats), "
+        "or the replay's frame with the players' x and y the model's (positions): where the drift comes from",
+    )
     parser.add_argument(
         "--stage-floor",
         choices=["on", "off"],
@@ -76,6 +83,7 @@ def main() -> int:
         storage_options=parse_storage_options(args.storage_option),
         stepping=args.stepping,
         stage_floor=None if args.stage_floor is None else args.stage_floor == "on",
+        own_frames=args.own_frames,
     )
     if args.json:
         print(json.dumps(evaluation.to_json(), indent=1))

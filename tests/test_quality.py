@@ -38,7 +38,7 @@ from melee_model.quality import (
     positions,
     rollouts_with_baselines,
 )
-from melee_model.rollout import pick_starts, rollout_windows, store_windows
+from melee_model.rollout import OWN_FRAMES, pick_starts, rollout_windows, store_windows
 from melee_model.stepper import CLAMP_RANGES, FrameStepper
 from melee_model.train import Trainer
 
@@ -137,6 +137,29 @@ def test_an_untrained_motion_prior_model_rolls_out_the_constant_velocity_baselin
     gain = (heads_input + 1) * len(moving) if prior == "scaled_velocity" else 0
     assert count_parameters(model) == count_parameters(plain) + gain
     assert set(model.state_dict()) - set(plain.state_dict()) == ({"prior.gain.weight", "prior.gain.bias"} if gain else set())
+
+
+@pytest.mark.parametrize("stepping", ["recurrent", "window"])
+def test_a_rollout_reading_back_only_its_positions_or_floats_takes_the_rest_from_the_replay(layout, windows, stepping):
+    """rollout_windows' `own` (a drift diagnostic): "positions" reads back the replay's frame with the
+    players' x and y made from the prediction, "floats" the made floats with the replay's ints; the
+    first frame, made from real frames alone, is the same in every mode; an unknown mode is refused."""
+    starts, floats, ints = windows
+    torch.manual_seed(0)
+    model = build_model(seq_config().model, layout)
+    rolled = {own: rollout_windows(model, layout, floats, ints, starts, "cpu", stepping=stepping, own=own) for own in OWN_FRAMES}
+    true_floats, true_ints = floats[:, K:], ints[:, K:]  # (6, H, F), (6, H, I)
+    moving = list(layout.moving_columns)
+    rest = [c for c in range(layout.n_float) if c not in moving]
+    positions_only, floats_only, whole = rolled["positions"], rolled["floats"], rolled["all"]
+    assert np.array_equal(positions_only.pred_floats[..., rest], true_floats[..., rest])
+    assert np.array_equal(positions_only.pred_ints, true_ints) and np.array_equal(floats_only.pred_ints, true_ints)
+    assert not np.array_equal(whole.pred_ints, true_ints) and not np.array_equal(floats_only.pred_floats[..., rest], true_floats[..., rest])
+    for result in (positions_only, floats_only):
+        np.testing.assert_array_equal(result.pred_floats[:, 0, moving], whole.pred_floats[:, 0, moving])  # the same first step
+        assert not np.array_equal(result.pred_floats[:, 1:, moving], whole.pred_floats[:, 1:, moving])  # then each reads its own
+    with pytest.raises(ConfigError, match="own frames must be one of"):
+        rollout_windows(model, layout, floats, ints, starts, "cpu", own="ints")
 
 
 def test_the_scaled_prior_adds_the_last_step_times_one_plus_its_gain(layout):
