@@ -115,8 +115,8 @@ def evaluate_checkpoint(
     rollouts > 0 also runs that many rollouts of `horizon` frames (`stepping`: rollout.STEPPINGS, None
     for the model's default; `stage_floor`: land players on the main platform, None for the
     checkpoint's model.stage_floor; the baselines follow the same rule; `own_frames`: what they read
-    back, rollout.OWN_FRAMES) and the baselines on the same windows; `plot` then writes the first rollout's PNG, `html` a page that plays them all
-    (melee_model.viewer).
+    back, rollout.OWN_FRAMES) and the baselines on the same windows; `plot` then writes the first
+    rollout's PNG, `html` a page that plays them all (melee_model.viewer).
     """
     if (store is None) == (not replays):
         raise ConfigError("give a store or replays to evaluate on (one of them)")
