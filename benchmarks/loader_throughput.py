@@ -10,8 +10,9 @@ Every configuration runs in a fresh process (its peak RSS is its own), trials in
   decoded about that many times an epoch; faster, less mixed);
 - baseline, today's grouping before this loader: whole stored chunks, 4 to a group;
 - the exact expectation of distinct games per batch under uniform sampling of the same split;
-- the sequence objective (windows of --seq-len, the sequence yaml's pieces): supervised targets/s,
-  distinct games per batch of windows against uniform sampling of the same windows;
+- the sequence objective (windows of --seq-len; pieces as experiments/mamba2-v3-seq.yaml has them, or
+  --seq-piece-frames x --seq-pieces-per-group): supervised targets/s, distinct games per batch of
+  windows against uniform sampling of the same windows, peak RSS;
 - baseline: random (K+1)-frame windows read one by one from the compressed arrays (a per-sample
   `__getitem__` over the store); ceiling: the card's batch gathers from decoded memory.
 """
@@ -35,7 +36,7 @@ from _mixing import GameIndex, items_per_game, uniform_distinct  # noqa: E402
 
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
 from melee_model.batches import build_batch  # noqa: E402
-from melee_model.config import DataConfig  # noqa: E402
+from melee_model.config import DataConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
 from melee_model.layout import FrameLayout  # noqa: E402
 
@@ -43,6 +44,9 @@ from _report import emit, peak_rss_mb  # noqa: E402
 
 TARGETS = {"samples_per_s": 300_000, "distinct_games_per_batch": 256, "peak_rss_mb": 2000, "targets_per_s": 5_000_000}
 REFERENCE_PER_PROCESS = 4_300  # the reference's per-sample loader, samples/s per process
+SEQUENCE_DATA = load_config(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "mamba2-v3-seq.yaml")
+).data
 
 
 def source_for(store_path: str, **data) -> ExampleSource:
@@ -118,8 +122,10 @@ def main() -> None:
     parser.add_argument("--pieces-per-group", type=int, default=DataConfig.pieces_per_group)
     parser.add_argument("--chunk-visits", type=int, default=DataConfig.chunk_visits)
     parser.add_argument("--hands", type=int, default=8, help="data.chunk_visits of the chunk_hands row (default %(default)s)")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--seq-batch-size", type=int, default=112)
+    parser.add_argument("--seq-len", type=int, default=SEQUENCE_DATA.seq_len)
+    parser.add_argument("--seq-batch-size", type=int, default=SEQUENCE_DATA.batch_size)
+    parser.add_argument("--seq-piece-frames", type=int, default=SEQUENCE_DATA.piece_frames)
+    parser.add_argument("--seq-pieces-per-group", type=int, default=SEQUENCE_DATA.pieces_per_group)
     parser.add_argument("--min-examples", type=int, default=8_000_000, help="card examples per trial (sequence: targets)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", action="store_true")
@@ -130,7 +136,6 @@ def main() -> None:
         if store_path is None:
             store_path = os.path.join(tmp, "shared.zarr")
             encode([args.replays], store_path, EncodeOptions(progress=False))
-        chunk_frames = open_store(store_path).chunk_frames
         mixed = dict(batch_size=args.batch_size, piece_frames=args.piece_frames, pieces_per_group=args.pieces_per_group)
         configs = {
             "mixed": {**mixed, "chunk_visits": args.chunk_visits},
@@ -140,9 +145,9 @@ def main() -> None:
                 batch_size=args.seq_batch_size,
                 objective="sequence",
                 seq_len=args.seq_len,
-                piece_frames=2 * chunk_frames,
-                pieces_per_group=8,
-            ),  # as experiments/mamba2-v3-seq.yaml
+                piece_frames=args.seq_piece_frames,
+                pieces_per_group=args.seq_pieces_per_group,
+            ),
         }
         budget = {name: args.min_examples for name in configs} | {"sequence": args.min_examples // args.seq_len * 4}
         trials = {name: [] for name in configs}
@@ -182,6 +187,8 @@ def main() -> None:
             "uniform_distinct_games_per_batch": uniform_windows,
             "seq_len": args.seq_len,
             "batch_size": args.seq_batch_size,
+            "piece_frames": args.seq_piece_frames,
+            "pieces_per_group": args.seq_pieces_per_group,
         },
         "per_window_zarr_samples_per_s": baseline,
         "in_memory_gather_samples_per_s": ceiling,
@@ -213,7 +220,7 @@ def main() -> None:
         ("baseline, 4 whole chunks a group: examples/s", f"{chunks['items_per_s']:,.0f}", "the grouping before this loader"),
         ("  distinct games per batch", f"{chunks['distinct_games_per_batch']:,.1f}", f"peak RSS {chunks['peak_rss_mb']:,.0f} MB"),
         (
-            f"sequence objective, windows of {args.seq_len}: targets/s",
+            f"sequence objective, windows of {args.seq_len} (pieces {args.seq_piece_frames} x {args.seq_pieces_per_group}): targets/s",
             f"{sequence['targets_per_s']:,.0f}",
             f"target >= {TARGETS['targets_per_s']:,}; peak RSS {sequence['peak_rss_mb']:,.0f} MB",
         ),

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from melee_model.config import load_config
+
 from conftest import ROOT, replay
 
 
@@ -46,6 +48,8 @@ def test_loader_throughput_reports_mixing_and_both_objectives(shared_store):
     assert 1 <= figures["chunk_groups"]["distinct_games_per_batch"] < figures["distinct_games_per_batch"]  # whole chunks mix less
     sequence = figures["sequence"]
     assert all(1 <= sequence[key] <= 16 for key in ("distinct_games_per_batch", "uniform_distinct_games_per_batch"))  # 16 windows a batch
+    yaml = load_config(ROOT / "experiments" / "mamba2-v3-seq.yaml").data
+    assert (sequence["piece_frames"], sequence["pieces_per_group"]) == (yaml.piece_frames, yaml.pieces_per_group)
 
 
 @pytest.mark.slow
@@ -55,3 +59,19 @@ def test_mixing_quality_trains_and_scores_every_grouping(shared_store):
     groupings = ("mixed", "chunk_hands", "large_pieces", "one_group", "chunk_groups")
     assert set(figures) >= {*groupings, "mixed_over_one_group"}
     assert all(figures[name]["val_loss"] > 0 and figures[name]["val_examples"] == 8 * 64 for name in groupings)
+
+
+@pytest.mark.slow
+def test_mixing_quality_of_sequence_windows_counts_the_games_of_a_batch(shared_store):
+    short = ["--objective", "sequence", "--steps", "2", "--batch-size", "8", "--seq-len", "32", "--val-batches", "4"]
+    figures = benchmark("mixing_quality.py", "--store", shared_store, "--val-store", shared_store, *short)
+    groupings = ("mixed", "narrow", "small_pieces", "one_group")
+    assert set(figures) >= {*groupings, "mixed_over_one_group"} and figures["objective"] == "sequence"
+    assert all(figures[name]["steps"] == 2 for name in groupings)  # --steps, short of an epoch
+    examples = 4 * 8 * 32  # 4 batches of the card's K-frame examples, 8 windows x 32 positions each
+    assert all(figures[name]["val_loss"] > 0 and figures[name]["val_examples"] == examples for name in groupings)
+    games = {name: figures[name]["distinct_games_per_batch"] for name in groupings}
+    assert all(1 <= n <= 8 for n in games.values())
+    assert games["narrow"] < games["one_group"]  # two pieces of 65,536 frames a group hold fewer games
+    uniform = {figures[name]["uniform_distinct_games_per_batch"] for name in groupings}
+    assert len(uniform) == 1 and games["one_group"] <= next(iter(uniform)) + 1  # the same windows; a full shuffle is uniform
