@@ -1,6 +1,6 @@
 """A run-card-sized store, built and read on this machine.
 
-    python benchmarks/scale.py [--games 65000] [--json] [--dir DIR] [--keep]
+    python benchmarks/scale.py [--games 65000] [--chunk-frames 32768] [--json] [--dir DIR] [--keep]
 
 Builds a store of N games from real encoded games: ../shared/corpus is encoded once (into DIR, or
 reused from there), its games are held in memory, and they are written again and again under new
@@ -39,6 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _mixing import GameIndex, uniform_distinct  # noqa: E402
 
+from melee_encode.format import DEFAULT_CHUNK_FRAMES  # noqa: E402
+
 from _report import emit, peak_rss_mb  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "experiments", "mamba2-v3-65k-ranked.yaml")
@@ -76,14 +78,14 @@ def corpus_games(path: str) -> list[tuple]:
     return games
 
 
-def build(store_path: str, corpus: list[tuple], n_games: int) -> dict:
-    """Append copies of the corpus games until the store holds n_games; the build's figures."""
+def build(store_path: str, corpus: list[tuple], n_games: int, chunk_frames: int) -> dict:
+    """Append copies of the corpus games until the store holds n_games (chunks of chunk_frames); the build's figures."""
     import xxhash
 
     from melee_encode.append import GameAppender
 
     started = time.perf_counter()
-    with GameAppender(store_path, config=corpus[0][0].config) as appender:
+    with GameAppender(store_path, config=corpus[0][0].config, chunk_frames=chunk_frames) as appender:
         for k in range(math.ceil(n_games / len(corpus))):
             order = np.random.default_rng(k).permutation(len(corpus))[: n_games - k * len(corpus)]
             for i in order:
@@ -220,7 +222,7 @@ def measure(args, work: str, created: list[str]) -> dict:
     from melee_encode import EncodeOptions, encode
 
     corpus_path = os.path.join(work, "corpus.zarr")
-    figures = {"games": args.games, "uptime_load_1min": os.getloadavg()[0]}
+    figures = {"games": args.games, "chunk_frames": args.chunk_frames, "uptime_load_1min": os.getloadavg()[0]}
     if not os.path.exists(corpus_path):
         created.append(corpus_path)
         started = time.perf_counter()
@@ -228,10 +230,11 @@ def measure(args, work: str, created: list[str]) -> dict:
         figures["corpus_encode_s"] = time.perf_counter() - started
     corpus = corpus_games(corpus_path)
     figures["corpus_games"] = len(corpus)
-    store_path = os.path.join(work, f"scale-{args.games}.zarr")
+    chunks = "" if args.chunk_frames == DEFAULT_CHUNK_FRAMES else f"-chunks{args.chunk_frames}"
+    store_path = os.path.join(work, f"scale-{args.games}{chunks}.zarr")
     if not os.path.exists(store_path):
         created.append(store_path)
-    figures.update(build(store_path, corpus, args.games))
+    figures.update(build(store_path, corpus, args.games, args.chunk_frames))
     del corpus
     figures["info_s"], info = timed_json([sys.executable, "-m", "melee_encode.cli", "info", store_path, "--json"])
     figures.update(
@@ -301,7 +304,7 @@ def report(figures: dict, as_json: bool) -> None:
     emit(
         figures,
         as_json,
-        f"scale: {f['games']:,} games (load {f['uptime_load_1min']:.1f} at start, {f['uptime_load_1min_after']:.1f} at end)",
+        f"scale: {f['games']:,} games, chunks of {f['chunk_frames']:,} frames (load {f['uptime_load_1min']:.1f} at start, {f['uptime_load_1min_after']:.1f} at end)",
         rows,
     )
 
@@ -309,6 +312,7 @@ def report(figures: dict, as_json: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--games", type=int, default=65_000)
+    parser.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="the store's chunks (default %(default)s)")
     parser.add_argument("--corpus", default=os.path.join(ROOT, "..", "shared", "corpus"))
     parser.add_argument("--dir", help="work folder for the corpus encode and the store (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep what this run creates in the work folder")

@@ -11,12 +11,15 @@ import sys
 import numpy as np
 import pytest
 
+from melee_encode import open_store
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import scale  # noqa: E402
 
 GAMES = 300
+CHUNK_FRAMES = 8192  # not the default, so that --chunk-frames is read
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +33,21 @@ def figures_and_store(tmp_path_factory) -> tuple[dict, str]:
         "--dir",
         str(work),
         "--keep",
+        "--chunk-frames",
+        str(CHUNK_FRAMES),
         "--loader-batches",
         "5",
         "--json",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout), str(work / f"scale-{GAMES}.zarr")
+    return json.loads(done.stdout), str(work / f"scale-{GAMES}-chunks{CHUNK_FRAMES}.zarr")
 
 
 @pytest.mark.slow
 def test_the_benchmark_builds_plans_and_reads_every_example_once(figures_and_store):
-    figures, _ = figures_and_store
+    figures, store = figures_and_store
+    assert figures["chunk_frames"] == open_store(store).chunk_frames == CHUNK_FRAMES
     assert figures["built_games"] == GAMES and figures["built_frames"] == figures["frames"] > 0
     assert figures["epoch_split"] == "train" and figures["epoch_exactly_once"] is True
     assert figures["epoch_examples"] == figures["epoch_expected_examples"] == figures["plan_train_examples"]
