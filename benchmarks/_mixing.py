@@ -34,6 +34,10 @@ class GameIndex:
         inside = (position >= self.first[at]) & (position < self.end[at])
         return frame, self.order[at], inside
 
+    def games_per_batch(self, batches: list[np.ndarray]) -> float:
+        """The mean number of distinct games in batches of example ids (NaN for no batch)."""
+        return float(np.mean([len(np.unique(self.locate(ids)[1])) for ids in batches])) if batches else math.nan
+
 
 def uniform_distinct(counts: np.ndarray, batch: int) -> float:
     """Expected distinct games in `batch` examples drawn uniformly without replacement from a split

@@ -20,7 +20,6 @@ Every configuration runs in a fresh process (its peak RSS is its own), trials in
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import os
 import statistics
@@ -74,12 +73,10 @@ def measure(store_path: str, data: dict, min_items: int, counted: int = 200) -> 
                 break
         epoch += 1
     seconds = time.perf_counter() - started
-    index = GameIndex(source)
-    distinct = [len(np.unique(index.locate(ids)[1])) for ids in kept]
     return {
         "items_per_s": items / seconds,
         "targets_per_s": targets / seconds,
-        "distinct_games_per_batch": float(np.mean(distinct)) if distinct else math.nan,
+        "distinct_games_per_batch": GameIndex(source).games_per_batch(kept),
         "peak_rss_mb": peak_rss_mb(),
         "items": items,
     }

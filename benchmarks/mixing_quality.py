@@ -36,14 +36,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _mixing import GameIndex, items_per_game, uniform_distinct  # noqa: E402
 
 from melee_encode import EncodeOptions, encode  # noqa: E402
-from melee_model.checkpoint import read_state  # noqa: E402
 from melee_model.config import ExperimentConfig, load_config  # noqa: E402
 from melee_model.evaluate import evaluate_checkpoint  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
@@ -83,9 +81,8 @@ REPORTED = {  # JSON name -> the validation metric's key
 }
 
 
-def small_run(steps: int, batch_size: int, seq_len: int, seed: int) -> list[str]:
+def small_run(steps: int, batch_size: int, seed: int) -> list[str]:
     return [
-        f"data.seq_len={seq_len}",
         f"data.seed={seed}",
         f"train.seed={seed}",
         "model.d_model=128",
@@ -109,13 +106,13 @@ def games_per_batch(config: ExperimentConfig, store: str) -> tuple[float, float]
     """(mean distinct games in the first COUNTED_BATCHES full train batches of epoch 0, the same
     expected of uniform sampling over the split's items)."""
     source = ExampleSource.for_experiment(store, config)
-    index, size, distinct = GameIndex(source), config.data.batch_size, []
+    size, full = config.data.batch_size, []
     for batch in source.loader("train", 0, num_workers=0):
         if len(batch["example_id"]) == size:
-            distinct.append(len(np.unique(index.locate(batch["example_id"].numpy())[1])))
-        if len(distinct) == COUNTED_BATCHES:
+            full.append(batch["example_id"].numpy())
+        if len(full) == COUNTED_BATCHES:
             break
-    return float(np.mean(distinct)), uniform_distinct(items_per_game(source.pieces["train"]), size)
+    return GameIndex(source).games_per_batch(full), uniform_distinct(items_per_game(source.pieces["train"]), size)
 
 
 def train_and_score(
@@ -124,14 +121,15 @@ def train_and_score(
     config = load_config(experiment, overrides + [f"name=mixing-{name}"])
     distinct, uniform = games_per_batch(config, store)
     started = time.perf_counter()
+    trainer = Trainer(config, store, output_dir=output, progress_bar=False)
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines; stdout keeps the table or the JSON
-        Trainer(config, store, output_dir=output, progress_bar=False).fit()
+        trainer.fit()
     seconds = time.perf_counter() - started
     evaluation = evaluate_checkpoint(os.path.join(output, "latest"), val_store, split="all", max_batches=val_batches, num_workers=0)
     return {
         **{name: evaluation.metrics[key] for name, key in REPORTED.items()},
         "train_s": seconds,
-        "steps": read_state(os.path.join(output, "latest"))["progress"]["step"],
+        "steps": trainer.progress.step,
         "val_examples": evaluation.examples,
         "distinct_games_per_batch": distinct,
         "uniform_distinct_games_per_batch": uniform,
@@ -158,7 +156,9 @@ def main() -> None:
             stores[name] = given or os.path.join(tmp, f"{name}.zarr")
             if given is None:
                 encode([os.path.join(ROOT, replays)], stores[name], EncodeOptions(progress=False, workers=2))
-        small = small_run(args.steps, batch_size, args.seq_len, args.seed)
+        small = small_run(args.steps, batch_size, args.seed)
+        if args.objective == "sequence":
+            small.append(f"data.seq_len={args.seq_len}")
         experiment = EXPERIMENTS[args.objective]
         results = {
             name: train_and_score(

@@ -176,7 +176,7 @@ def loader_phase(store_path: str, batches: int) -> dict:
         "loader_samples_per_s": sum(map(len, ids)) / seconds,
         "loader_examples": sum(map(len, ids)),
         "loader_peak_rss_mb": rss,
-        "distinct_games_per_batch": float(np.mean([len(np.unique(index.locate(i)[1])) for i in ids])),
+        "distinct_games_per_batch": index.games_per_batch(ids),
         "uniform_distinct_games_per_batch": uniform_distinct(index.targets[rows], source.config.batch_size),
         "train_games": len(rows),
     }
