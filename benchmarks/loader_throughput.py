@@ -1,6 +1,7 @@
 """Training-data throughput and mixing from a store, in one process, against baselines from the same run.
 
     python benchmarks/loader_throughput.py [--store STORE] [--batch-size 4096] [--trials 3] [--json]
+        [--compare-store OTHER [--compare-seq-piece-frames N] [--compare-seq-pieces-per-group N]]
 
 Without --store, the shared replays (../shared/replays) are encoded into a temporary store first.
 Every configuration runs in a fresh process (its peak RSS is its own), trials interleaved, medians:
@@ -15,6 +16,10 @@ Every configuration runs in a fresh process (its peak RSS is its own), trials in
   windows against uniform sampling of the same windows, peak RSS;
 - baseline: random (K+1)-frame windows read one by one from the compressed arrays (a per-sample
   `__getitem__` over the store); ceiling: the card's batch gathers from decoded memory.
+With --compare-store, the card's default and the sequence row also read OTHER (e.g. the same games
+encoded with other --chunk-frames; its sequence pieces from --compare-seq-*), each trial of OTHER next
+to the same trial of STORE, and the table gives OTHER's figures and its rate over STORE's, the median
+of the per-trial ratios with their range: separate runs on this machine differ by more than that.
 """
 
 from __future__ import annotations
@@ -87,6 +92,75 @@ def in_child(store_path: str, data: dict, min_items: int) -> dict:
         return pool.apply(measure, (store_path, data, min_items))
 
 
+def interleaved(jobs: dict[str, tuple[str, dict, int]], trials: int) -> dict[str, list[dict]]:
+    """Every job (store, data config, items) once a trial, in order, each in a fresh process: the
+    machine's drift hits every job alike."""
+    results = {name: [] for name in jobs}
+    for _ in range(trials):
+        for name, job in jobs.items():
+            results[name].append(in_child(*job))
+    return results
+
+
+def medians(results: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+
+
+def ratios(over: list[dict], under: list[dict], key: str) -> list[float]:
+    """[median, lowest, highest] of the per-trial ratios over[i][key] / under[i][key]."""
+    each = [a[key] / b[key] for a, b in zip(over, under)]
+    return [statistics.median(each), min(each), max(each)]
+
+
+def compare_figures(trials: dict[str, list[dict]], path: str, seq: dict) -> dict:
+    """The --compare-store object of the JSON: that store's two rows (trials "compare_mixed",
+    "compare_sequence"; `seq` the latter's data config) and their rates over the main store's."""
+    mixed, sequence = trials["compare_mixed"], trials["compare_sequence"]
+    store, m, q = open_store(path), medians(mixed), medians(sequence)
+    return {
+        "store": path,
+        "chunk_frames": store.chunk_frames,
+        "samples_per_s": m["items_per_s"],
+        "distinct_games_per_batch": m["distinct_games_per_batch"],
+        "peak_rss_mb": m["peak_rss_mb"],
+        "samples_per_s_ratio": ratios(mixed, trials["mixed"], "items_per_s"),
+        "sequence": {
+            "targets_per_s": q["targets_per_s"],
+            "distinct_games_per_batch": q["distinct_games_per_batch"],
+            "peak_rss_mb": q["peak_rss_mb"],
+            "piece_frames": seq["piece_frames"],
+            "pieces_per_group": seq["pieces_per_group"],
+            "targets_per_s_ratio": ratios(sequence, trials["sequence"], "targets_per_s"),
+        },
+    }
+
+
+def spread(ratio: list[float]) -> str:
+    return f"{ratio[0]:.2f}x the --store's ({ratio[1]:.2f}-{ratio[2]:.2f} trial by trial)"
+
+
+def compare_rows(compare: dict) -> list[tuple[str, str, str]]:
+    sequence = compare["sequence"]
+    return [
+        (
+            f"{compare['store']} (chunks of {compare['chunk_frames']:,}): card default examples/s",
+            f"{compare['samples_per_s']:,.0f}",
+            spread(compare["samples_per_s_ratio"]),
+        ),
+        ("  distinct games per batch", f"{compare['distinct_games_per_batch']:,.1f}", f"peak RSS {compare['peak_rss_mb']:,.0f} MB"),
+        (
+            f"  sequence (pieces {sequence['piece_frames']} x {sequence['pieces_per_group']}): targets/s",
+            f"{sequence['targets_per_s']:,.0f}",
+            spread(sequence["targets_per_s_ratio"]),
+        ),
+        (
+            "  distinct games per batch of windows",
+            f"{sequence['distinct_games_per_batch']:,.1f}",
+            f"peak RSS {sequence['peak_rss_mb']:,.0f} MB",
+        ),
+    ]
+
+
 def per_window_rate(store: Store, layout: FrameLayout, windows: int = 300) -> float:
     """Random (K+1)-frame windows, each read from the compressed arrays on its own."""
     rng = np.random.default_rng(0)
@@ -125,6 +199,11 @@ def main() -> None:
     parser.add_argument("--seq-pieces-per-group", type=int, default=SEQUENCE_DATA.pieces_per_group)
     parser.add_argument("--min-examples", type=int, default=8_000_000, help="card examples per trial (sequence: targets)")
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--compare-store", help="read the card's default and the sequence row from this store too, trials interleaved")
+    parser.add_argument(
+        "--compare-seq-piece-frames", type=int, help="the sequence row's pieces on --compare-store (default: --seq-piece-frames)"
+    )
+    parser.add_argument("--compare-seq-pieces-per-group", type=int, help="(default: --seq-pieces-per-group)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -147,11 +226,19 @@ def main() -> None:
             ),
         }
         budget = {name: args.min_examples for name in configs} | {"sequence": args.min_examples // args.seq_len * 4}
-        trials = {name: [] for name in configs}
-        for _ in range(args.trials):  # interleaved: the machine's drift hits every configuration alike
-            for name, data in configs.items():
-                trials[name].append(in_child(store_path, data, budget[name]))
-        runs = {name: {key: statistics.median(t[key] for t in results) for key in results[0]} for name, results in trials.items()}
+        jobs = {name: (store_path, data, budget[name]) for name, data in configs.items()}
+        if args.compare_store:
+            other_seq = {
+                **configs["sequence"],
+                "piece_frames": args.compare_seq_piece_frames or args.seq_piece_frames,
+                "pieces_per_group": args.compare_seq_pieces_per_group or args.seq_pieces_per_group,
+            }
+            jobs |= {
+                "compare_mixed": (args.compare_store, configs["mixed"], budget["mixed"]),
+                "compare_sequence": (args.compare_store, other_seq, budget["sequence"]),
+            }
+        trials = interleaved(jobs, args.trials)
+        runs = {name: medians(results) for name, results in trials.items()}
         source = source_for(store_path, **configs["mixed"])
         store, layout = source.store, source.layout
         uniform = uniform_distinct(items_per_game(source.pieces["train"]), args.batch_size)
@@ -199,6 +286,8 @@ def main() -> None:
         "trials": args.trials,
         "targets": TARGETS,
     }
+    if args.compare_store:
+        figures["compare"] = compare_figures(trials, args.compare_store, jobs["compare_sequence"][1])
     goal = min(TARGETS["distinct_games_per_batch"], 0.5 * uniform)
     rows = [
         (
@@ -228,6 +317,7 @@ def main() -> None:
         ),
         ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
         ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),
+        *(compare_rows(figures["compare"]) if args.compare_store else []),
     ]
     title = f"loader ({len(store):,} games, {store.n_frames:,} frames; batch {args.batch_size}, pieces {args.piece_frames} x {args.pieces_per_group}, chunk visits {args.chunk_visits}; median of {args.trials})"
     emit(figures, args.json, title, rows)

@@ -30,13 +30,23 @@ def test_encode_throughput_measures_the_encode_against_the_bare_parse():
 
 
 @pytest.mark.slow
-def test_loader_throughput_reports_mixing_and_both_objectives(shared_store):
+def test_loader_throughput_reports_mixing_and_both_objectives_and_compares_two_stores(shared_store, replays_dir, tmp_path):
+    from melee_encode import EncodeOptions, encode
+
+    default_chunks = str(tmp_path / "default-chunks.zarr")
+    encode([replays_dir], default_chunks, EncodeOptions(progress=False))
     figures = benchmark(
         "loader_throughput.py",
         "--store",
         shared_store,
+        "--compare-store",
+        default_chunks,
+        "--compare-seq-piece-frames",
+        "32768",
+        "--compare-seq-pieces-per-group",
+        "2",
         "--trials",
-        "1",
+        "2",
         "--min-examples",
         "20000",
         "--batch-size",
@@ -50,6 +60,12 @@ def test_loader_throughput_reports_mixing_and_both_objectives(shared_store):
     assert all(1 <= sequence[key] <= 16 for key in ("distinct_games_per_batch", "uniform_distinct_games_per_batch"))  # 16 windows a batch
     yaml = load_config(ROOT / "experiments" / "mamba2-v3-seq.yaml").data
     assert (sequence["piece_frames"], sequence["pieces_per_group"]) == (yaml.piece_frames, yaml.pieces_per_group)
+    compare = figures["compare"]
+    assert compare["store"] == default_chunks and compare["chunk_frames"] == 32768  # the encoder's default
+    assert (compare["sequence"]["piece_frames"], compare["sequence"]["pieces_per_group"]) == (32768, 2)
+    for ratio in (compare["samples_per_s_ratio"], compare["sequence"]["targets_per_s_ratio"]):
+        assert len(ratio) == 3 and 0 < ratio[1] <= ratio[0] <= ratio[2]  # median of two trials' ratios, within their range
+    assert 1 <= compare["sequence"]["distinct_games_per_batch"] <= 16 and compare["distinct_games_per_batch"] >= 1
 
 
 @pytest.mark.slow
