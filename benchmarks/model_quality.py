@@ -3,7 +3,7 @@ the rollout baselines, on the same validation games.
 
     python benchmarks/model_quality.py --store S [--val-store V] [--minutes M] [--width small|card] [--json]
         [--rollouts N] [--sampling RATE [--sampling-mode model|rollout]] [--output DIR]
-        [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
+        [--settings FILE] [--seed N] [--last-set KEY=VALUE ...] [--sequence-set KEY=VALUE ...]
 
 Trains experiments/mamba2-v3-65k-ranked.yaml (objective "last") and experiments/mamba2-v3-seq.yaml
 (objective "sequence") on S for the same wall-clock budget each (--minutes, default 10; the trainer's
@@ -16,7 +16,9 @@ third model, "sequence_sampled", with the model's own predictions as inputs (--s
 one-step predictions for that fraction of input frames, or "rollout", that fraction of windows rolled
 out from a random position on; full rate from the second epoch, delta targets from the frame it
 reads). Batches at the small width: 256 examples ("last") and 32 windows of 64 positions
-("sequence"); --last-set / --sequence-set override any config value.
+("sequence"); --settings FILE (YAML: lists of KEY=VALUE under "both", "last", "sequence"; the
+settings of a README run, e.g. benchmarks/quality_settings/x1.yaml), then --seed N (train.seed and
+data.seed of every model), then --last-set / --sequence-set override any config value.
 
 Figures per model: the card's teacher-forced metrics at K = 10 context frames (val_*), the same over
 the sequence windows (own_*: the sequence model's own context, 1 .. seq_len frames; the card model
@@ -58,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = Path(HERE).parent
@@ -117,6 +120,21 @@ TEACHER_FORCED = {
     "hold_acc": "metric/hold_acc",
 }
 ROLLOUT_ROWS = ("pos_error", "pos_error_euclid", "action_match", "on_ground_match", "facing_match", "stocks_match", "damage_error")
+
+
+def settings_overrides(path: str | None, seed: int | None) -> dict[str, list[str]]:
+    """Each objective's KEY=VALUE overrides from a --settings file ("both" first) and --seed."""
+    settings = {}
+    if path is not None:
+        with open(path) as f:
+            settings = yaml.safe_load(f) or {}
+    if not isinstance(settings, dict) or not all(isinstance(lines, list) for lines in settings.values()):
+        raise SystemExit(f"{path}: a settings file maps both, last and sequence to lists of KEY=VALUE")
+    unknown = sorted(set(settings) - {"both", "last", "sequence"})
+    if unknown:
+        raise SystemExit(f"{path}: unknown keys {', '.join(unknown)}; a settings file has lists under both, last and sequence")
+    seeds = [] if seed is None else [f"train.seed={seed}", f"data.seed={seed}"]
+    return {name: [*settings.get("both", []), *settings.get(name, []), *seeds] for name in ("last", "sequence")}
 
 
 def train_for(config: ExperimentConfig, store: str, seconds: float, output: str) -> tuple[torch.nn.Module, dict, list | None]:
@@ -258,6 +276,8 @@ def main() -> None:
     parser.add_argument(
         "--sampling-mode", choices=["model", "rollout"], default="model", help="sequence_sampled's scheduled_sampling.mode (default model)"
     )
+    parser.add_argument("--settings", help="a YAML file of overrides: lists of KEY=VALUE under both, last and sequence")
+    parser.add_argument("--seed", type=int, help="train.seed and data.seed of every model (default: the configs', 0)")
     parser.add_argument("--last-set", action="append", default=[], metavar="KEY=VALUE", help="override the card objective's config")
     parser.add_argument(
         "--sequence-set",
@@ -274,10 +294,10 @@ def main() -> None:
     horizons = report_at(args.horizon)
 
     common = RUN + WIDTHS[args.width]
-    configs = {
-        name: load_config(CONFIGS[name], common + BATCHES[args.width][name] + (args.last_set if name == "last" else args.sequence_set))
-        for name in CONFIGS
-    }
+    overrides = settings_overrides(args.settings, args.seed)
+    overrides["last"] += args.last_set
+    overrides["sequence"] += args.sequence_set
+    configs = {name: load_config(CONFIGS[name], common + BATCHES[args.width][name] + overrides[name]) for name in CONFIGS}
     if args.sampling is not None:
         configs["sequence_sampled"] = load_config(
             CONFIGS["sequence"],
@@ -285,7 +305,7 @@ def main() -> None:
             + BATCHES[args.width]["sequence"]
             + SAMPLED
             + [f"train.scheduled_sampling.mode={args.sampling_mode}", f"train.scheduled_sampling.rate={args.sampling}"]
-            + args.sequence_set,
+            + overrides["sequence"],
         )
     val_store, split = (args.val_store, "all") if args.val_store else (args.store, "val")
     results, runs = {}, {}
@@ -328,7 +348,9 @@ def main() -> None:
         "batch_size": {name: c.data.batch_size for name, c in configs.items()},
         "sampling": args.sampling,
         "sampling_mode": args.sampling_mode if args.sampling is not None else None,
-        "overrides": {"last": args.last_set, "sequence": args.sequence_set},
+        "settings": args.settings,
+        "seed": args.seed,
+        "overrides": overrides,
     }
     if args.json:
         json.dump(_finite({**results, "baselines": baselines, "setup": setup}), sys.stdout, indent=1)

@@ -17,7 +17,7 @@ from melee_encode.errors import ConfigError
 from melee_encode.stage_geometry import STAGE_GEOMETRY
 from melee_model.baselines import BASELINES, baseline_frames
 from melee_model.checkpoint import load_checkpoint
-from melee_model.config import ExperimentConfig, TrainConfig, from_dict
+from melee_model.config import ExperimentConfig, TrainConfig, from_dict, load_config
 from melee_model.evaluate import evaluate_checkpoint, metrics_table
 from melee_model.horizons import HORIZON_METRICS, at_horizons, comparison_table, horizon_errors, per_frame, report_at
 from melee_model.layout import layout_for
@@ -45,7 +45,7 @@ from melee_model.train import Trainer
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from model_quality import targets_trained  # noqa: E402
+from model_quality import CONFIGS, settings_overrides, targets_trained  # noqa: E402
 
 K, H = 10, 60
 
@@ -497,6 +497,8 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
         "0.5",
         "--sampling-mode",
         "rollout",
+        "--seed",
+        "2",
         "--output",
         str(tmp_path),
         "--json",
@@ -540,10 +542,33 @@ def test_model_quality_script_short_budget(shared_store, tmp_path):
     assert "rollout_pos_error_vs_last_60" not in out["last"]
     assert out["setup"]["rollouts"] == 4 and out["setup"]["split"] == "val"
     assert out["setup"]["sampling"] == 0.5 and out["setup"]["sampling_mode"] == "rollout"
-    assert out["setup"]["overrides"] == {
-        "last": ["model.stage_floor=true"],
-        "sequence": ["model.motion_prior=constant_velocity", "model.hold_gate=true"],
+    assert out["setup"]["overrides"] == {  # the seed's, then the flags'
+        "last": ["train.seed=2", "data.seed=2", "model.stage_floor=true"],
+        "sequence": ["train.seed=2", "data.seed=2", "model.motion_prior=constant_velocity", "model.hold_gate=true"],
     }
+    assert out["setup"]["seed"] == 2 and out["setup"]["settings"] is None
+
+
+def test_model_quality_settings_file_gives_each_objective_its_overrides_then_the_seed(tmp_path):
+    x1 = settings_overrides(str(ROOT / "benchmarks" / "quality_settings" / "x1.yaml"), 1)
+    last, sequence = (load_config(CONFIGS[name], x1[name]) for name in ("last", "sequence"))
+    for config in (last, sequence):  # "both": the loss, the prior and the floor of every README run since S3
+        assert (config.loss.float_loss, config.loss.huber_delta, config.model.motion_prior) == ("huber", 0.0005, "scaled_velocity")
+        assert config.model.motion_inputs and config.model.stage_floor and config.data.stocks_target == "delta"
+        assert (config.train.lr, config.train.seed, config.data.seed) == (1e-3, 1, 1)
+    unroll = sequence.train.unroll
+    assert (unroll.frames, unroll.share, unroll.age_lr, unroll.gradient, unroll.trains) == (48, 0.05, 60, "local", "age")
+    assert (sequence.model.rollout_age, sequence.model.rollout_age_after, sequence.data.batch_size, sequence.data.warmup) == (24, 12, 16, 9)
+    assert last.train.unroll.frames == 0 and last.model.rollout_age == 0  # the card's model has neither
+    assert settings_overrides(None, 3) == {name: ["train.seed=3", "data.seed=3"] for name in ("last", "sequence")}
+    assert settings_overrides(None, None) == {"last": [], "sequence": []}
+    misspelled = tmp_path / "bad.yaml"
+    misspelled.write_text("sequnce: [train.lr=1e-3]\n")
+    with pytest.raises(SystemExit, match="unknown keys sequnce"):
+        settings_overrides(str(misspelled), None)
+    misspelled.write_text("both: train.lr=1e-3\n")  # a line where a list belongs
+    with pytest.raises(SystemExit, match="lists of KEY=VALUE"):
+        settings_overrides(str(misspelled), None)
 
 
 def test_model_quality_counts_unrolled_targets_from_their_start_epoch():
