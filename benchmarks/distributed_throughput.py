@@ -2,6 +2,7 @@
 against local disk, in the same run.
 
     python benchmarks/distributed_throughput.py [--replays ../shared/replays] [--repeat 20] [--trials 3] [--json]
+        [--chunk-frames N]
 
 Encode: the replays, repeated --repeat times (duplicates allowed, so every copy is encoded and the
 start-up is amortized), each run into a fresh store on local disk:
@@ -11,7 +12,8 @@ start-up is amortized), each run into a fresh store on local disk:
 Loader: the replays encoded once (repeated --loader-repeat times, for several chunk groups per
 epoch), the store copied into a bucket of a moto S3 server on loopback (its own process); examples/s
 of one train epoch in one process (num_workers=0), batch 4096: from the bucket, from the bucket with
-a warm disk cache, and from local disk.
+a warm disk cache, and from local disk. --chunk-frames sets that store's chunks (smaller chunks: more
+objects, more requests).
 This machine's speed drifts by tens of percent: trials interleave the alternatives, the ratios are
 taken within a trial, and medians are reported.
 """
@@ -68,10 +70,12 @@ def epoch_rate(source: ExampleSource, epoch: int) -> float:
     return examples / (time.perf_counter() - started)
 
 
-def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workdir: str) -> tuple[list[tuple[float, float, float]], dict]:
+def loader_trials(
+    replays: str, repeat: int, trials: int, batch_size: int, chunk_frames: int, workdir: str
+) -> tuple[list[tuple[float, float, float]], dict]:
     """(S3 examples/s, S3 with warm cache, local disk) per trial, and the store's figures."""
     local = os.path.join(workdir, "loader.zarr")
-    encode([replays] * repeat, local, EncodeOptions(allow_duplicates=True, progress=False))
+    encode([replays] * repeat, local, EncodeOptions(allow_duplicates=True, progress=False, chunk_frames=chunk_frames))
     store = open_store(local)
     layout = FrameLayout(store.schema)
     config = DataConfig(batch_size=batch_size, require_fields="none", num_workers=0)
@@ -90,6 +94,7 @@ def loader_trials(replays: str, repeat: int, trials: int, batch_size: int, workd
     figures = {
         "frames": store.n_frames,
         "chunks": sum(-(-f // store.chunk_frames) for f in store.parts.values()),
+        "chunk_frames": store.chunk_frames,
         "train_examples": sources[2].example_count("train"),
     }
     return results, figures
@@ -102,13 +107,16 @@ def main() -> None:
     parser.add_argument("--loader-repeat", type=int, default=4, help="corpus repetitions in the loader's store (default 4)")
     parser.add_argument("--trials", type=int, default=3, help="interleaved trials (default 3)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument(
+        "--chunk-frames", type=int, default=EncodeOptions.chunk_frames, help="the loader store's chunks (default %(default)s)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory(prefix="distributed-bench-") as workdir:
         encodes = encode_trials(args.replays, args.repeat, args.trials, workdir)
-        loads, store = loader_trials(args.replays, args.loader_repeat, args.trials, args.batch_size, workdir)
+        loads, store = loader_trials(args.replays, args.loader_repeat, args.trials, args.batch_size, args.chunk_frames, workdir)
 
     dask_rate, pool_rate = median(d for d, _ in encodes), median(p for _, p in encodes)
     encode_ratio = median(d / p for d, p in encodes)
@@ -154,7 +162,7 @@ def main() -> None:
         (
             "loader, local disk",
             f"{disk_rate:,.0f} examples/s",
-            f"1 process, batch {args.batch_size}, {store['frames']:,} frames in {store['chunks']} chunks",
+            f"1 process, batch {args.batch_size}, {store['frames']:,} frames in {store['chunks']} chunks of {store['chunk_frames']:,}",
         ),
     ]
     emit(figures, args.json, f"distributed throughput ({os.cpu_count()} CPUs)", rows)

@@ -69,6 +69,16 @@ def test_loader_throughput_reports_mixing_and_both_objectives_and_compares_two_s
 
 
 @pytest.mark.slow
+def test_distributed_throughput_reads_its_loader_store_from_s3_in_the_chunks_asked_for(replays_dir):
+    short = ["--repeat", "1", "--loader-repeat", "1", "--trials", "1", "--batch-size", "512", "--chunk-frames", "4096"]
+    figures = benchmark("distributed_throughput.py", "--replays", replays_dir, *short)
+    store = figures["loader_store"]
+    assert store["chunk_frames"] == 4096 and store["chunks"] >= store["frames"] / 4096
+    assert all(figures[key] > 0 for key in ("dask_frames_per_s", "pool_frames_per_s", "s3_examples_per_s", "disk_examples_per_s"))
+    assert figures["s3_to_disk"] == pytest.approx(figures["s3_examples_per_s"] / figures["disk_examples_per_s"])  # one trial
+
+
+@pytest.mark.slow
 def test_mixing_quality_trains_and_scores_every_grouping(shared_store):
     short = ["--steps", "3", "--batch-size", "64", "--val-batches", "8"]
     figures = benchmark("mixing_quality.py", "--store", shared_store, "--val-store", shared_store, *short)
