@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _mixing import GameIndex, items_per_game, uniform_distinct  # noqa: E402
 
 from melee_encode import EncodeOptions, Store, encode, open_store  # noqa: E402
+from melee_encode.errors import MeleeError  # noqa: E402
 from melee_model.batches import build_batch  # noqa: E402
 from melee_model.config import DataConfig, load_config  # noqa: E402
 from melee_model.examples import ExampleSource  # noqa: E402
@@ -112,13 +113,13 @@ def ratios(over: list[dict], under: list[dict], key: str) -> list[float]:
     return [statistics.median(each), min(each), max(each)]
 
 
-def compare_figures(trials: dict[str, list[dict]], path: str, seq: dict) -> dict:
+def compare_figures(trials: dict[str, list[dict]], store: Store, seq: dict) -> dict:
     """The --compare-store object of the JSON: that store's two rows (trials "compare_mixed",
     "compare_sequence"; `seq` the latter's data config) and their rates over the main store's."""
     mixed, sequence = trials["compare_mixed"], trials["compare_sequence"]
-    store, m, q = open_store(path), medians(mixed), medians(sequence)
+    m, q = medians(mixed), medians(sequence)
     return {
-        "store": path,
+        "store": store.path,
         "chunk_frames": store.chunk_frames,
         "samples_per_s": m["items_per_s"],
         "distinct_games_per_batch": m["distinct_games_per_batch"],
@@ -206,6 +207,10 @@ def main() -> None:
     parser.add_argument("--compare-seq-pieces-per-group", type=int, help="(default: --seq-pieces-per-group)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    try:  # before minutes of trials
+        other = open_store(args.compare_store) if args.compare_store else None
+    except MeleeError as error:
+        raise SystemExit(f"--compare-store: {error}")
 
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         store_path = args.store
@@ -227,7 +232,7 @@ def main() -> None:
         }
         budget = {name: args.min_examples for name in configs} | {"sequence": args.min_examples // args.seq_len * 4}
         jobs = {name: (store_path, data, budget[name]) for name, data in configs.items()}
-        if args.compare_store:
+        if other is not None:
             other_seq = {
                 **configs["sequence"],
                 "piece_frames": args.compare_seq_piece_frames or args.seq_piece_frames,
@@ -286,8 +291,8 @@ def main() -> None:
         "trials": args.trials,
         "targets": TARGETS,
     }
-    if args.compare_store:
-        figures["compare"] = compare_figures(trials, args.compare_store, jobs["compare_sequence"][1])
+    if other is not None:
+        figures["compare"] = compare_figures(trials, other, jobs["compare_sequence"][1])
     goal = min(TARGETS["distinct_games_per_batch"], 0.5 * uniform)
     rows = [
         (
@@ -317,7 +322,7 @@ def main() -> None:
         ),
         ("baseline: windows read one by one", f"{baseline:,.0f}", "examples/s"),
         ("ceiling: gathers from decoded memory", f"{ceiling:,.0f}", "examples/s, no decoding, no shuffling"),
-        *(compare_rows(figures["compare"]) if args.compare_store else []),
+        *(compare_rows(figures["compare"]) if other is not None else []),
     ]
     title = f"loader ({len(store):,} games, {store.n_frames:,} frames; batch {args.batch_size}, pieces {args.piece_frames} x {args.pieces_per_group}, chunk visits {args.chunk_visits}; median of {args.trials})"
     emit(figures, args.json, title, rows)

@@ -68,6 +68,13 @@ def test_loader_throughput_reports_mixing_and_both_objectives_and_compares_two_s
     assert 1 <= compare["sequence"]["distinct_games_per_batch"] <= 16 and compare["distinct_games_per_batch"] >= 1
 
 
+def test_loader_throughput_refuses_a_compare_store_that_is_not_one_before_any_trial(shared_store, tmp_path):
+    missing = tmp_path / "none.zarr"
+    command = [sys.executable, str(ROOT / "benchmarks" / "loader_throughput.py"), "--store", shared_store, "--compare-store", str(missing)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == f"--compare-store: no store at {missing}"
+
+
 @pytest.mark.slow
 def test_distributed_throughput_reads_its_loader_store_from_s3_in_the_chunks_asked_for(replays_dir):
     short = ["--repeat", "1", "--loader-repeat", "1", "--trials", "1", "--batch-size", "512", "--chunk-frames", "4096"]
