@@ -113,11 +113,12 @@ def ratios(over: list[dict], under: list[dict], key: str) -> list[float]:
     return [statistics.median(each), min(each), max(each)]
 
 
-def compare_figures(trials: dict[str, list[dict]], store: Store, seq: dict) -> dict:
-    """The --compare-store object of the JSON: that store's two rows (trials "compare_mixed",
-    "compare_sequence"; `seq` the latter's data config) and their rates over the main store's."""
+def compare_figures(runs: dict[str, dict], trials: dict[str, list[dict]], store: Store, seq: dict) -> dict:
+    """The --compare-store object of the JSON: that store's two rows (jobs "compare_mixed" and
+    "compare_sequence": their medians in `runs`, their trials in `trials`; `seq` the latter's data
+    config) and their per-trial rates over the main store's."""
     mixed, sequence = trials["compare_mixed"], trials["compare_sequence"]
-    m, q = medians(mixed), medians(sequence)
+    m, q = runs["compare_mixed"], runs["compare_sequence"]
     return {
         "store": store.path,
         "chunk_frames": store.chunk_frames,
@@ -292,7 +293,7 @@ def main() -> None:
         "targets": TARGETS,
     }
     if other is not None:
-        figures["compare"] = compare_figures(trials, other, jobs["compare_sequence"][1])
+        figures["compare"] = compare_figures(runs, trials, other, other_seq)
     goal = min(TARGETS["distinct_games_per_batch"], 0.5 * uniform)
     rows = [
         (
